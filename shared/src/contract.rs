@@ -1,0 +1,139 @@
+//! What travels between processes: the public AMQP event contract, dead-letter records
+//! and retry tasks. Records are versioned tagged enums so a newer deliverer can read what
+//! an older one wrote, and the other way round fails loudly rather than silently.
+
+use crate::domain::event::Event;
+use crate::domain::policy::{DeadLetterReason, Failure};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// `content-type` of every message Hookline publishes and expects.
+pub const JSON: &str = "application/json";
+/// Header that ingest sets on events it publishes, so metrics can tell HTTP-ingested
+/// events from those the ATS published straight to the exchange.
+pub const SOURCE_HEADER: &str = "x-hookline-source";
+pub const SOURCE_HTTP: &str = "http";
+pub const SOURCE_AMQP: &str = "amqp";
+/// Set by quorum queues on redelivery: how often the broker handed the message out before.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// Dead-letter records on `{prefix}.dead-letter`, readable by any AMQP client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeadLetter {
+    /// A delivery to one endpoint that will not be attempted again.
+    DeliveryV1(DeadDelivery),
+    /// A message on the events exchange that is not a valid event.
+    InvalidMessageV1(InvalidMessage),
+}
+
+impl DeadLetter {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::DeliveryV1(d) => &d.id,
+            Self::InvalidMessageV1(m) => &m.id,
+        }
+    }
+
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            Self::DeliveryV1(d) => d.reason,
+            Self::InvalidMessageV1(_) => DeadLetterReason::InvalidMessage,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadDelivery {
+    /// `{event id}:{endpoint id}`: one dead letter per delivery, so a redelivered message
+    /// that is dead-lettered twice is recognisably the same entry.
+    pub id: String,
+    pub reason: DeadLetterReason,
+    pub endpoint_id: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Failure>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub dead_lettered_at: OffsetDateTime,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidMessage {
+    pub id: String,
+    pub reason: DeadLetterReason,
+    /// What was wrong, naming the field.
+    pub error: String,
+    pub routing_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The body as received (lossy UTF-8, truncated), for the ATS team to inspect.
+    pub body: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub dead_lettered_at: OffsetDateTime,
+}
+
+/// The id of one delivery: the same event at one endpoint.
+pub fn delivery_id(event_id: &str, endpoint_id: &str) -> String {
+    format!("{event_id}:{endpoint_id}")
+}
+
+/// A delivery waiting in Redis for its next attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RetryTask {
+    DeliveryV1(PendingDelivery),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingDelivery {
+    pub endpoint_id: String,
+    /// Attempts made so far; 0 for a delivery that was deferred before its first attempt
+    /// (endpoint busy) or queued by a replay.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Failure>,
+    pub event: Event,
+}
+
+impl PendingDelivery {
+    pub fn id(&self) -> String {
+        delivery_id(&self.event.id, &self.endpoint_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{EventMessage, Fallbacks, TenantId};
+
+    #[test]
+    fn records_are_tagged_and_round_trip() {
+        let message: EventMessage =
+            serde_json::from_str(r#"{"type":"a.b","data":{"x":1}}"#).expect("message");
+        let event = Event::from_message(
+            message,
+            Fallbacks {
+                tenant: Some(TenantId::parse("t").expect("tenant")),
+                id: "e1".into(),
+                occurred_at: OffsetDateTime::UNIX_EPOCH,
+            },
+        )
+        .expect("event");
+        let record = DeadLetter::DeliveryV1(DeadDelivery {
+            id: delivery_id("e1", "ep_1"),
+            reason: DeadLetterReason::RetriesExhausted,
+            endpoint_id: "ep_1".into(),
+            attempts: 3,
+            last_error: None,
+            dead_lettered_at: OffsetDateTime::UNIX_EPOCH,
+            event,
+        });
+        let json = serde_json::to_value(&record).expect("serialize");
+        assert_eq!(json["type"], "delivery_v1");
+        assert_eq!(json["reason"], "retries_exhausted");
+        assert_eq!(json["id"], "e1:ep_1");
+        let back: DeadLetter = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,28 @@
+//! Hookline's shared crate: the domain model, the wire contract, configuration, telemetry
+//! and the broker/store adapters that both binaries use.
+//!
+//! # Layout
+//! - [`domain`]: events, patterns, endpoints, payload formats, signing and the retry
+//!   policy. Pure: no IO, no clock, no randomness of its own.
+//! - [`contract`]: what travels between processes — the AMQP message properties of the
+//!   public event contract, dead-letter records and retry tasks.
+//! - [`settings`]: loading a binary's typed settings from defaults, a file and
+//!   `HOOKLINE__…` environment variables; the sections both binaries share.
+//! - [`telemetry`]: tracing setup; [`metrics`]: the Prometheus registry and the admin
+//!   server (`/healthz`, `/readyz`, `/metrics`).
+//! - [`broker`]: RabbitMQ topology and the supervised, confirming publisher.
+//! - [`store`]: Redis key layout and the endpoint store.
+
+pub mod broker;
+pub mod contract;
+pub mod domain;
+pub mod metrics;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+pub use domain::Invalid;
+
+/// `Hookline/<version>`, sent as `user-agent` on every webhook.
+pub const USER_AGENT: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

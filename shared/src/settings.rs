@@ -1,0 +1,196 @@
+//! Settings: compiled-in defaults, then an optional file, then `HOOKLINE__SECTION__KEY`
+//! environment variables. Loading is pure apart from reading the file and the
+//! environment it is given, and every error names the key.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub const ENV_PREFIX: &str = "HOOKLINE";
+pub const ENV_SEPARATOR: &str = "__";
+/// The environment variable that names a settings file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "HOOKLINE_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    #[error("invalid configuration: {0} (environment variables are HOOKLINE__SECTION__KEY, e.g. HOOKLINE__AMQP__URL)")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {key} ({env}): {message}")]
+    Invalid {
+        key: &'static str,
+        env: &'static str,
+        message: String,
+    },
+}
+
+impl SettingsError {
+    pub fn invalid(key: &'static str, env: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            env,
+            message: message.into(),
+        }
+    }
+}
+
+/// Layers `defaults` (TOML), the optional file and the process environment.
+pub fn load<T: DeserializeOwned>(defaults: &str, file: Option<&Path>) -> Result<T, SettingsError> {
+    load_from(defaults, file, None)
+}
+
+/// As [`load`], with an explicit environment instead of the process's (for tests).
+pub fn load_from<T: DeserializeOwned>(
+    defaults: &str,
+    file: Option<&Path>,
+    environment: Option<std::collections::HashMap<String, String>>,
+) -> Result<T, SettingsError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path).required(true));
+    }
+    let env = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator(ENV_SEPARATOR)
+        .separator(ENV_SEPARATOR)
+        .source(environment);
+    Ok(builder.add_source(env).build()?.try_deserialize()?)
+}
+
+/// The settings file to read: `--config PATH`, else `HOOKLINE_CONFIG`, else none.
+pub fn config_path(flag: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    flag.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(Into::into))
+}
+
+/// Names of every exchange, queue and Redis key start with it, so installations and
+/// test runs can share one broker.
+pub fn validate_prefix(prefix: &str) -> Result<(), SettingsError> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 48
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SettingsError::invalid(
+            "prefix",
+            "HOOKLINE__PREFIX",
+            "must be 1-48 ASCII letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    pub queue_type: QueueType,
+    /// Unacked deliveries the broker may hand one consumer at once.
+    pub prefetch: u16,
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Redeliveries after which a message is dead-lettered instead of cycling forever.
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    /// How long in-flight work may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Deserialize)]
+    struct Example {
+        prefix: String,
+        amqp: AmqpSettings,
+    }
+
+    const DEFAULTS: &str = r#"
+        prefix = "hookline"
+        [amqp]
+        url = "amqp://127.0.0.1:5672/%2f"
+        queue_type = "quorum"
+        prefetch = 200
+        confirm_timeout = "10s"
+        connect_timeout = "5s"
+        delivery_limit = 10
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let loaded: Example = load_from(
+            DEFAULTS,
+            None,
+            env(&[("HOOKLINE__PREFIX", "t1"), ("HOOKLINE__AMQP__PREFETCH", "50"), ("HOOKLINE__AMQP__QUEUE_TYPE", "classic")]),
+        )
+        .expect("valid");
+        assert_eq!(loaded.prefix, "t1");
+        assert_eq!(loaded.amqp.prefetch, 50);
+        assert_eq!(loaded.amqp.queue_type, QueueType::Classic);
+        assert_eq!(loaded.amqp.confirm_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let error = load_from::<Example>(DEFAULTS, None, env(&[("HOOKLINE__AMQP__PREFETCH", "lots")]))
+            .expect_err("invalid");
+        assert!(error.to_string().contains("amqp.prefetch"), "{error}");
+        let error = load_from::<Example>(DEFAULTS, None, env(&[("HOOKLINE__AMQP__CONFIRM_TIMEOUT", "soon")]))
+            .expect_err("invalid");
+        assert!(error.to_string().contains("amqp.confirm_timeout"), "{error}");
+        assert!(validate_prefix("ok_1-x").is_ok());
+        assert!(validate_prefix("no.dots").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Endpoints in Redis: one hash per tenant, endpoint id → JSON.
+
+use super::{Keyspace, StoreError};
+use crate::domain::endpoint::Endpoint;
+use crate::domain::event::TenantId;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+#[derive(Debug, Clone)]
+pub struct EndpointStore {
+    redis: ConnectionManager,
+    keys: Keyspace,
+}
+
+/// Creates only below the quota and only if the id is new, atomically, so concurrent
+/// creates cannot overshoot the limit.
+const CREATE: &str = r"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+";
+
+/// Replaces only an endpoint that still exists, so an update racing a delete cannot
+/// resurrect it.
+const REPLACE: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
+impl EndpointStore {
+    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+        Self { redis, keys }
+    }
+
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
+        let key = self.keys.endpoints(tenant);
+        let values: Vec<String> = self.redis.clone().hvals(&key).await?;
+        let mut endpoints = values
+            .iter()
+            .map(|json| decode(&key, json))
+            .collect::<Result<Vec<_>, _>>()?;
+        endpoints.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(endpoints)
+    }
+
+    pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<Endpoint>, StoreError> {
+        let key = self.keys.endpoints(tenant);
+        let value: Option<String> = self.redis.clone().hget(&key, id).await?;
+        value.map(|json| decode(&key, &json)).transpose()
+    }
+
+    /// Stores a new endpoint; false if the id exists already.
+    pub async fn create(&self, endpoint: &Endpoint, max_per_tenant: u32) -> Result<bool, StoreError> {
+        let created: i64 = redis::Script::new(CREATE)
+            .key(self.keys.endpoints(&endpoint.tenant))
+            .arg(&endpoint.id)
+            .arg(encode(endpoint))
+            .arg(max_per_tenant)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match created {
+            -1 => Err(StoreError::QuotaExceeded { max: max_per_tenant }),
+            0 => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// Replaces an existing endpoint; false if it no longer exists.
+    pub async fn replace(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
+        let replaced: i64 = redis::Script::new(REPLACE)
+            .key(self.keys.endpoints(&endpoint.tenant))
+            .arg(&endpoint.id)
+            .arg(encode(endpoint))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(replaced == 1)
+    }
+
+    pub async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let removed: i64 = self.redis.clone().hdel(self.keys.endpoints(tenant), id).await?;
+        Ok(removed == 1)
+    }
+}
+
+fn encode(endpoint: &Endpoint) -> String {
+    // An endpoint is strings, numbers and maps of them: serializing cannot fail.
+    serde_json::to_string(endpoint).unwrap_or_default()
+}
+
+fn decode(key: &str, json: &str) -> Result<Endpoint, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}

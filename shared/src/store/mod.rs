@@ -1,0 +1,57 @@
+//! Redis: the key layout and the stores both binaries use.
+//!
+//! Every key starts with the installation prefix. Keys that one script touches together
+//! share a hash tag (`{…}`), so the layout works unchanged on Redis Cluster.
+
+pub mod endpoints;
+pub mod keys;
+
+use crate::settings::RedisSettings;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+
+pub use keys::Keyspace;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored value at {key} is not readable")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the tenant already has the maximum of {max} endpoints")]
+    QuotaExceeded { max: u32 },
+}
+
+impl StoreError {
+    /// True when Redis could not be reached or did not answer in time, as opposed to
+    /// a command or data error: the caller should wait and retry, or answer 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Redis(error) => {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || matches!(error.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A multiplexed connection that reconnects in the background. A command that hits a
+/// broken connection fails (it is not replayed): every write Hookline makes is idempotent
+/// so that callers can simply retry.
+pub async fn connect(settings: &RedisSettings) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(settings.url.expose_secret())?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(settings.response_timeout))
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_number_of_retries(2);
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
