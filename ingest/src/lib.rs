@@ -1,1 +1,157 @@
+//! `hookline-ingest`: accepts events over HTTP and publishes them to RabbitMQ, answering
+//! only after the broker confirmed; serves the management API.
+//!
+//! # Layout
+//! - [`settings`]: the typed settings and their compiled-in defaults.
+//! - [`api`]: the axum router — events, endpoints, errors, bodies.
+//! - [`accepted`]: the dedup window of event ids, in Redis.
+//! - [`metrics`]: ingest's Prometheus metrics.
+//!
+//! `main` only loads settings and calls [`Ingest::bind`] then [`Ingest::run`]; tests do
+//! the same with port 0.
 
+pub mod accepted;
+pub mod api;
+pub mod metrics;
+pub mod settings;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use hookline_shared::broker::publisher::Publisher;
+use hookline_shared::broker::topology::Topology;
+use hookline_shared::metrics::{Readiness, admin_router, new_registry};
+use hookline_shared::store::{self, Keyspace};
+use hookline_shared::store::endpoints::EndpointStore;
+use settings::Settings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+
+/// Ingest with its listeners bound, ready to run.
+#[derive(Debug)]
+pub struct Ingest {
+    settings: Settings,
+    api: TcpListener,
+    admin: TcpListener,
+}
+
+impl Ingest {
+    pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
+        let api = TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("binding the API to {} (http.listen)", settings.http.listen))?;
+        let admin = TcpListener::bind(settings.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin port to {} (admin.listen)", settings.admin.listen))?;
+        Ok(Self { settings, api, admin })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr().unwrap_or(self.settings.http.listen)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.settings.admin.listen)
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight
+    /// requests finish (bounded by the request timeout), and stops the publisher last so
+    /// that those requests can still get their confirms.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { settings, api, admin } = self;
+        let registry = new_registry();
+        let readiness = Readiness::new(&["amqp", "redis"]);
+        let metrics = Arc::new(metrics::IngestMetrics::new(&registry));
+        let tasks = TaskTracker::new();
+        let background = CancellationToken::new();
+
+        let topology = Topology::new(&settings.prefix, settings.amqp.queue_type);
+        let publisher = Publisher::spawn(
+            settings.amqp.clone(),
+            topology.clone(),
+            "ingest",
+            readiness.flag("amqp"),
+            &tasks,
+            background.clone(),
+        );
+        let redis = store::connect(&settings.redis)
+            .await
+            .context("connecting to Redis (redis.url)")?;
+        tasks.spawn(watch_redis(redis.clone(), readiness.flag("redis"), background.clone()));
+        let keys = Keyspace::new(&settings.prefix);
+        let state = api::AppState::new(api::Inner {
+            tokens: settings.api.tokens(),
+            settings: settings.api.clone(),
+            publisher,
+            topology,
+            endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            accepted: accepted::AcceptedEvents::new(redis, keys, settings.api.dedup_window),
+            metrics,
+        });
+        let app = api::router(state).layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.http.request_timeout,
+        ));
+
+        let admin_shutdown = background.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(admin, admin_router(registry, readiness))
+                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "admin server failed");
+            }
+        });
+        tracing::info!(api = %api.local_addr()?, "ingest listening");
+        let served = axum::serve(api, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        served.context("API server failed")
+    }
+}
+
+/// Keeps the `redis` readiness flag true while Redis answers PING.
+async fn watch_redis(
+    redis: redis::aio::ConnectionManager,
+    ready: hookline_shared::metrics::ReadinessFlag,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut redis.clone()).await;
+                ready.set(pong.is_ok());
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

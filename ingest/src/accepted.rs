@@ -1,0 +1,90 @@
+//! Which event ids a tenant has already sent, so a repeated id within the window is
+//! accepted without being published again.
+//!
+//! An id is claimed as `pending` (short TTL) before publishing and marked `done` (the
+//! full window) after the broker confirmed. A publish that fails releases the claim, so
+//! the ATS can retry with the same id; a crash mid-publish leaves `pending` to expire.
+
+use hookline_shared::domain::event::TenantId;
+use hookline_shared::store::{Keyspace, StoreError};
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+const PENDING: &str = "pending";
+const DONE: &str = "done";
+/// Longer than any publish may take (the confirm timeout is seconds).
+const PENDING_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First time this id is seen: publish it.
+    New,
+    /// Published already within the window.
+    Duplicate,
+    /// Another request with this id is being published right now.
+    InFlight,
+}
+
+/// Deletes the claim only while it is still ours (`pending`), never a `done` marker.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+#[derive(Debug, Clone)]
+pub struct AcceptedEvents {
+    redis: ConnectionManager,
+    keys: Keyspace,
+    window: Duration,
+}
+
+impl AcceptedEvents {
+    pub fn new(redis: ConnectionManager, keys: Keyspace, window: Duration) -> Self {
+        Self { redis, keys, window }
+    }
+
+    pub async fn claim(&self, tenant: &TenantId, event_id: &str) -> Result<Claim, StoreError> {
+        let key = self.keys.accepted_event(tenant, event_id);
+        let mut redis = self.redis.clone();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(PENDING)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(PENDING_TTL))
+            .query_async(&mut redis)
+            .await?;
+        if claimed.is_some() {
+            return Ok(Claim::New);
+        }
+        let state: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+        Ok(match state.as_deref() {
+            Some(DONE) => Claim::Duplicate,
+            _ => Claim::InFlight,
+        })
+    }
+
+    pub async fn confirm(&self, tenant: &TenantId, event_id: &str) -> Result<(), StoreError> {
+        let () = redis::cmd("SET")
+            .arg(self.keys.accepted_event(tenant, event_id))
+            .arg(DONE)
+            .arg("PX")
+            .arg(millis(self.window))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, tenant: &TenantId, event_id: &str) -> Result<(), StoreError> {
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(self.keys.accepted_event(tenant, event_id))
+            .arg(PENDING)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,111 @@
+//! JSON bodies with errors that name the field, and a size limit answered as JSON 413.
+
+use super::error::ApiError;
+use axum::body::Body;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// Reads at most `limit` bytes, then parses. Syntax errors (including invalid UTF-8)
+/// are 400; a well-formed document of the wrong shape is 422 naming the field.
+pub async fn parse_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    })?;
+    parse_json_bytes(&bytes)
+}
+
+pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                let field = missing_field(&message)
+                    .map(|name| join_path(&path, name))
+                    .unwrap_or_else(|| if path == "." { String::new() } else { path });
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", strip_position(&message))
+                    .with_field(field)
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {inner}"),
+            ),
+        }
+    })?;
+    deserializer.end().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    Ok(parsed)
+}
+
+/// serde names a missing field only in its message; the path stops at its parent.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+fn join_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() || parent == "." {
+        name.to_owned()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// serde_json appends " at line L column C", which means nothing to an API caller
+/// once the field is named.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        #[serde(rename = "type")]
+        kind: String,
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Nested {
+        count: u32,
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let cases: [(&[u8], u16, &str); 7] = [
+            (b"{", 400, ""),
+            (b"not json", 400, ""),
+            (b"{\"type\": \"\xff\"}", 400, ""),
+            (b"{}", 422, "type"),
+            (b"{\"type\": 5}", 422, "type"),
+            (b"{\"type\": \"a\", \"nested\": {\"count\": -1}}", 422, "nested.count"),
+            (b"{\"type\": \"a\", \"extra\": 1}", 422, "extra"),
+        ];
+        for (body, status, field) in cases {
+            let error = parse_json_bytes::<Sample>(body).expect_err("invalid");
+            assert_eq!(error.status().as_u16(), status, "{}", String::from_utf8_lossy(body));
+            assert_eq!(error.field().unwrap_or(""), field, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

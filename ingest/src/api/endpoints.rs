@@ -1,0 +1,295 @@
+//! Endpoint management: `/v1/tenants/{tenant}/endpoints[/{id}]`.
+
+use super::error::ApiError;
+use super::{AppState, body, tenant};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use hookline_shared::Invalid;
+use hookline_shared::domain::endpoint::{Endpoint, EndpointSpec, ENDPOINT_ID_PREFIX, validate_endpoint_id};
+use hookline_shared::domain::filter::PayloadFilter;
+use hookline_shared::domain::pattern::EventPattern;
+use hookline_shared::domain::payload::PayloadFormat;
+use hookline_shared::domain::signing::SigningSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// The endpoint as callers write it. Loose types, so that every rule is checked in
+/// [`EndpointInput::into_spec`] and reported with the field's name.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointInput {
+    url: String,
+    event_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<PayloadFormat>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filter: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit_per_s: Option<u32>,
+}
+
+impl EndpointInput {
+    fn into_spec(self) -> Result<(EndpointSpec, Option<SigningSecret>), Invalid> {
+        let url = url::Url::parse(&self.url).map_err(|e| Invalid::new("url", format_args!("is not a URL: {e}")))?;
+        let event_types = self
+            .event_types
+            .into_iter()
+            .enumerate()
+            .map(|(index, pattern)| {
+                EventPattern::parse(pattern).map_err(|e| e.within(&format!("event_types[{index}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = self
+            .filter
+            .map(PayloadFilter::parse)
+            .transpose()
+            .map_err(|e| e.within("filter"))?;
+        let secret = self.secret.as_deref().map(SigningSecret::parse).transpose()?;
+        let spec = EndpointSpec {
+            url,
+            event_types,
+            description: self.description,
+            format: self.format.unwrap_or_default(),
+            headers: self.headers,
+            enabled: self.enabled.unwrap_or(true),
+            filter,
+            rate_limit_per_s: self.rate_limit_per_s,
+        };
+        spec.validate()?;
+        Ok((spec, secret))
+    }
+
+    fn from_spec(spec: &EndpointSpec) -> Self {
+        Self {
+            url: spec.url.to_string(),
+            event_types: spec.event_types.iter().map(|p| p.as_str().to_owned()).collect(),
+            description: spec.description.clone(),
+            format: Some(spec.format),
+            headers: spec.headers.clone(),
+            secret: None,
+            enabled: Some(spec.enabled),
+            filter: spec.filter.clone().map(Into::into),
+            rate_limit_per_s: spec.rate_limit_per_s,
+        }
+    }
+}
+
+/// An endpoint as the API shows it. The secret appears only when it was just created.
+#[derive(Debug, Serialize)]
+pub struct EndpointView {
+    id: String,
+    tenant: String,
+    #[serde(flatten)]
+    spec: EndpointSpec,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl EndpointView {
+    fn of(endpoint: &Endpoint) -> Self {
+        Self {
+            id: endpoint.id.clone(),
+            tenant: endpoint.tenant.to_string(),
+            spec: endpoint.spec.clone(),
+            created_at: endpoint.created_at,
+            updated_at: endpoint.updated_at,
+            secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointList {
+    data: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretView {
+    secret: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Path(raw_tenant): Path<String>,
+    request_body: Body,
+) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    let input: EndpointInput = body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    let (spec, secret) = input.into_spec().map_err(ApiError::invalid)?;
+    let now = OffsetDateTime::now_utc();
+    let endpoint = Endpoint {
+        id: format!("{ENDPOINT_ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
+        tenant,
+        spec,
+        secret: secret.unwrap_or_else(|| SigningSecret::from_random_bytes(rand::random())),
+        retiring_secret: None,
+        created_at: now,
+        updated_at: now,
+    };
+    if !state
+        .endpoints
+        .create(&endpoint, state.settings.max_endpoints_per_tenant)
+        .await?
+    {
+        // A UUIDv7 collision: practically impossible, but never overwrite.
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "endpoint id collision; retry"));
+    }
+    let mut view = EndpointView::of(&endpoint);
+    view.secret = Some(endpoint.secret.expose());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(raw_tenant): Path<String>,
+) -> Result<Json<EndpointList>, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    let endpoints = state.endpoints.list(&tenant).await?;
+    Ok(Json(EndpointList {
+        data: endpoints.iter().map(EndpointView::of).collect(),
+    }))
+}
+
+async fn load(state: &AppState, raw_tenant: String, id: &str) -> Result<Endpoint, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    validate_endpoint_id(id).map_err(ApiError::bad_path)?;
+    state
+        .endpoints
+        .get(&tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+) -> Result<Json<EndpointView>, ApiError> {
+    let endpoint = load(&state, raw_tenant, &id).await?;
+    Ok(Json(EndpointView::of(&endpoint)))
+}
+
+pub async fn secret(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+) -> Result<Json<SecretView>, ApiError> {
+    let endpoint = load(&state, raw_tenant, &id).await?;
+    Ok(Json(SecretView {
+        secret: endpoint.secret.expose(),
+    }))
+}
+
+/// A JSON merge patch (RFC 7396) over the endpoint's current fields, validated as a
+/// whole: the result must be a valid endpoint.
+pub async fn update(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+    request_body: Body,
+) -> Result<Json<EndpointView>, ApiError> {
+    let mut endpoint = load(&state, raw_tenant, &id).await?;
+    let patch: Map<String, Value> = body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    if patch.contains_key("secret") {
+        return Err(ApiError::invalid(Invalid::new(
+            "secret",
+            "cannot be patched; rotate it with POST …/secret/rotate",
+        )));
+    }
+    let mut merged = serde_json::to_value(EndpointInput::from_spec(&endpoint.spec))
+        .map_err(|e| ApiError::invalid(Invalid::new("", e)))?;
+    merge_patch(&mut merged, Value::Object(patch));
+    let input: EndpointInput = body::parse_json_bytes(merged.to_string().as_bytes())?;
+    let (spec, _) = input.into_spec().map_err(ApiError::invalid)?;
+    endpoint.spec = spec;
+    endpoint.updated_at = OffsetDateTime::now_utc();
+    if !state.endpoints.replace(&endpoint).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    Ok(Json(EndpointView::of(&endpoint)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    validate_endpoint_id(&id).map_err(ApiError::bad_path)?;
+    if state.endpoints.delete(&tenant, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("endpoint"))
+    }
+}
+
+fn merge_patch(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(entries) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Value::Object(map) = target {
+                for (key, value) in entries {
+                    if value.is_null() {
+                        map.remove(&key);
+                    } else {
+                        merge_patch(map.entry(key).or_insert(Value::Null), value);
+                    }
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let cases = [
+            (json!({"a": 1, "b": 2}), json!({"a": 3}), json!({"a": 3, "b": 2})),
+            (json!({"a": 1, "b": 2}), json!({"b": null}), json!({"a": 1})),
+            (json!({"h": {"x": "1"}}), json!({"h": {"y": "2"}}), json!({"h": {"x": "1", "y": "2"}})),
+            (json!({"t": ["a"]}), json!({"t": ["b", "c"]}), json!({"t": ["b", "c"]})),
+        ];
+        for (mut target, patch, expected) in cases {
+            merge_patch(&mut target, patch);
+            assert_eq!(target, expected);
+        }
+    }
+
+    #[test]
+    fn input_errors_name_nested_fields() {
+        let input: EndpointInput = serde_json::from_value(json!({
+            "url": "https://x.example", "event_types": ["a.b", "a..b"]
+        }))
+        .expect("shape");
+        assert_eq!(input.into_spec().expect_err("invalid").field, "event_types[1]");
+        let input: EndpointInput = serde_json::from_value(json!({
+            "url": "https://x.example", "event_types": ["#"], "filter": {"a..b": 1}
+        }))
+        .expect("shape");
+        assert_eq!(input.into_spec().expect_err("invalid").field, "filter.a..b");
+        let input: EndpointInput = serde_json::from_value(json!({
+            "url": "relative/path", "event_types": ["#"]
+        }))
+        .expect("shape");
+        assert_eq!(input.into_spec().expect_err("invalid").field, "url");
+    }
+}

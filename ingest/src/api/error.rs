@@ -1,0 +1,119 @@
+//! API errors: `{"error": {"code", "message", "field"?}}`. A 4xx says what the caller
+//! must fix; a 5xx is opaque to the caller and logged once, here.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hookline_shared::Invalid;
+use hookline_shared::broker::publisher::PublishError;
+use hookline_shared::store::StoreError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        let field = field.into();
+        self.field = (!field.is_empty()).then_some(field);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+    }
+
+    pub fn not_found(what: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// A body that parsed but broke a rule: 422 naming the field.
+    pub fn invalid(invalid: Invalid) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", invalid.message)
+            .with_field(invalid.field)
+    }
+
+    /// A malformed path segment (tenant or endpoint id): 400 naming it.
+    pub fn bad_path(invalid: Invalid) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", invalid.message).with_field(invalid.field)
+    }
+
+    pub fn unavailable(dependency: &'static str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{dependency} is unavailable; retry later"),
+        )
+    }
+
+    fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::QuotaExceeded { max } => Self::new(
+                StatusCode::CONFLICT,
+                "quota_exceeded",
+                format!("the tenant already has the maximum of {max} endpoints"),
+            ),
+            error if error.is_unavailable() => {
+                tracing::warn!(error = format!("{error:#}"), "Redis unavailable");
+                Self::unavailable("storage")
+            }
+            error => {
+                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "storage error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::Unavailable | PublishError::ConfirmTimeout(_) | PublishError::Amqp(_) => {
+                tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), "publish failed");
+                Self::unavailable("the event broker")
+            }
+            error => {
+                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "publish refused");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = field.into();
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}

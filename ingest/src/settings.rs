@@ -1,0 +1,127 @@
+//! `hookline-ingest` settings; the commented defaults are in `config/default.toml`.
+
+use hookline_shared::settings::{
+    self, AdminSettings, AmqpSettings, LogSettings, RedisSettings, SettingsError, ShutdownSettings,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub prefix: String,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub api: ApiSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    #[serde(default)]
+    pub extra_tokens: Option<SecretString>,
+    pub max_event_bytes: usize,
+    pub max_endpoint_bytes: usize,
+    pub max_endpoints_per_tenant: u32,
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl ApiSettings {
+    /// Every token that may call the API.
+    pub fn tokens(&self) -> Vec<SecretString> {
+        let extra = self
+            .extra_tokens
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+            .unwrap_or_default();
+        self.token
+            .iter()
+            .map(|t| t.expose_secret().to_owned())
+            .chain(extra.split(',').map(str::trim).map(str::to_owned))
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from)
+            .collect()
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let settings: Self = settings::load(DEFAULTS, file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        settings::validate_prefix(&self.prefix)?;
+        if self.api.tokens().is_empty() {
+            return Err(SettingsError::invalid(
+                "api.token",
+                "HOOKLINE__API__TOKEN",
+                "must be set: the API refuses to run without authentication",
+            ));
+        }
+        if self.api.max_event_bytes < 1024 {
+            return Err(SettingsError::invalid(
+                "api.max_event_bytes",
+                "HOOKLINE__API__MAX_EVENT_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The defaults with the given overrides, for tests and tools.
+    pub fn from_defaults_with(
+        overrides: std::collections::HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let settings: Self = settings::load_from(DEFAULTS, None, Some(overrides))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let error = Settings::from_defaults_with(env(&[])).expect_err("no token");
+        assert!(error.to_string().contains("HOOKLINE__API__TOKEN"), "{error}");
+        let settings =
+            Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t1"), ("HOOKLINE__API__EXTRA_TOKENS", "t2, t3")]))
+                .expect("valid");
+        assert_eq!(settings.api.tokens().len(), 3);
+        assert_eq!(settings.http.listen.port(), 8080);
+        assert_eq!(settings.admin.listen.port(), 9090);
+    }
+
+    #[test]
+    fn bad_listen_address_names_the_key() {
+        let error = Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t"), ("HOOKLINE__HTTP__LISTEN", "nowhere")]))
+            .expect_err("invalid");
+        assert!(error.to_string().contains("http.listen"), "{error}");
+    }
+}
