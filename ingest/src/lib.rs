@@ -19,8 +19,11 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
-use hookline_shared::metrics::{Readiness, admin_router, new_registry};
-use hookline_shared::store::{self, Keyspace};
+use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
+use hookline_shared::lifecycle::{connect_redis, watch_redis};
+use hookline_shared::store::Keyspace;
+
+pub use hookline_shared::lifecycle::shutdown_signal;
 use hookline_shared::store::endpoints::EndpointStore;
 use settings::Settings;
 use std::net::SocketAddr;
@@ -77,9 +80,12 @@ impl Ingest {
             &tasks,
             background.clone(),
         );
-        let redis = store::connect(&settings.redis)
-            .await
-            .context("connecting to Redis (redis.url)")?;
+        let Some(redis) = connect_redis(&settings.redis, &shutdown).await else {
+            background.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Ok(());
+        };
         tasks.spawn(watch_redis(redis.clone(), readiness.flag("redis"), background.clone()));
         let keys = Keyspace::new(&settings.prefix);
         let state = api::AppState::new(api::Inner {
@@ -96,15 +102,7 @@ impl Ingest {
             settings.http.request_timeout,
         ));
 
-        let admin_shutdown = background.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(admin, admin_router(registry, readiness))
-                .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "admin server failed");
-            }
-        });
+        tasks.spawn(serve_admin(admin, registry, readiness.clone(), background.clone()));
         tracing::info!(api = %api.local_addr()?, "ingest listening");
         let served = axum::serve(api, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -113,45 +111,5 @@ impl Ingest {
         tasks.close();
         tasks.wait().await;
         served.context("API server failed")
-    }
-}
-
-/// Keeps the `redis` readiness flag true while Redis answers PING.
-async fn watch_redis(
-    redis: redis::aio::ConnectionManager,
-    ready: hookline_shared::metrics::ReadinessFlag,
-    shutdown: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = interval.tick() => {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut redis.clone()).await;
-                ready.set(pong.is_ok());
-            }
-        }
-    }
-}
-
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }

@@ -23,22 +23,23 @@ pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 pub enum DeadLetter {
     /// A delivery to one endpoint that will not be attempted again.
     DeliveryV1(DeadDelivery),
-    /// A message on the events exchange that is not a valid event.
-    InvalidMessageV1(InvalidMessage),
+    /// A message taken off the events queue that was not processed: not a valid event
+    /// (`invalid_message`) or handed out too often (`delivery_limit`).
+    MessageV1(RejectedMessage),
 }
 
 impl DeadLetter {
     pub fn id(&self) -> &str {
         match self {
             Self::DeliveryV1(d) => &d.id,
-            Self::InvalidMessageV1(m) => &m.id,
+            Self::MessageV1(m) => &m.id,
         }
     }
 
     pub fn reason(&self) -> DeadLetterReason {
         match self {
             Self::DeliveryV1(d) => d.reason,
-            Self::InvalidMessageV1(_) => DeadLetterReason::InvalidMessage,
+            Self::MessageV1(m) => m.reason,
         }
     }
 }
@@ -59,7 +60,7 @@ pub struct DeadDelivery {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InvalidMessage {
+pub struct RejectedMessage {
     pub id: String,
     pub reason: DeadLetterReason,
     /// What was wrong, naming the field.
@@ -93,7 +94,17 @@ pub struct PendingDelivery {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<Failure>,
+    /// The body as first rendered: every retry sends the same bytes, and rendering
+    /// happens once per delivery, not once per attempt. Absent before a first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<StoredPayload>,
     pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPayload {
+    pub content_type: String,
+    pub body: String,
 }
 
 impl PendingDelivery {

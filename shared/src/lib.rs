@@ -16,6 +16,7 @@
 pub mod broker;
 pub mod contract;
 pub mod domain;
+pub mod lifecycle;
 pub mod metrics;
 pub mod settings;
 pub mod store;

@@ -128,3 +128,18 @@ pub fn exponential_buckets(start: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, 2.0, count)
         .unwrap_or_else(|e| unreachable!("static bucket definition: {e}"))
 }
+
+/// Serves the admin router on `listener` until `shutdown`.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    readiness: Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let served = axum::serve(listener, admin_router(registry, readiness))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "admin server failed");
+    }
+}

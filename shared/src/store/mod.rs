@@ -5,6 +5,7 @@
 
 pub mod endpoints;
 pub mod keys;
+pub mod retries;
 
 use crate::settings::RedisSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

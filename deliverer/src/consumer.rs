@@ -1,0 +1,126 @@
+//! Consuming the deliveries queue under a supervisor that owns reconnection: connect with
+//! backoff, declare, consume, and start over when the connection or channel dies. Messages
+//! in progress on a dead channel are requeued by the broker; nothing is acked that was not
+//! settled.
+
+use crate::acks::AckWindow;
+use crate::delivery::Worker;
+use futures::StreamExt;
+use hookline_shared::broker::backoff::Backoff;
+use hookline_shared::broker::topology::Topology;
+use hookline_shared::metrics::ReadinessFlag;
+use hookline_shared::settings::AmqpSettings;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer, Event};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug)]
+pub struct ConsumerLoop {
+    pub settings: AmqpSettings,
+    pub topology: Topology,
+    pub worker: Arc<Worker>,
+    pub ready: ReadinessFlag,
+    /// Every message handler runs here, so shutdown can wait for them.
+    pub handlers: TaskTracker,
+}
+
+impl ConsumerLoop {
+    /// Consumes until `shutdown`; then cancels the consumer and returns, leaving the
+    /// handlers in `handlers` to finish (the caller bounds that by the grace period).
+    /// Returns the connection so the caller can close it after the handlers finished.
+    pub async fn run(self, shutdown: CancellationToken) -> Option<(Connection, AckWindow)> {
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = async {
+                let connection = hookline_shared::broker::connect(&self.settings, "deliverer").await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+                    .await?;
+                self.topology.declare(&channel).await?;
+                let consumer = channel
+                    .basic_consume(
+                        self.topology.deliveries_queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>((connection, channel, consumer))
+            };
+            let (connection, channel, consumer) = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                result = attempt => match result {
+                    Ok(parts) => parts,
+                    Err(error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "consumer connection failed");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return None,
+                            () = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                },
+            };
+            backoff.reset();
+            let acks = AckWindow::start(channel.clone());
+            self.ready.set(true);
+            self.worker.metrics.consumer_connected.set(1);
+            tracing::info!(queue = %self.topology.deliveries_queue, "consuming");
+            let stopped = self.consume(&connection, consumer.clone(), &acks, &shutdown).await;
+            self.ready.set(false);
+            self.worker.metrics.consumer_connected.set(0);
+            if stopped {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+                )
+                .await;
+                return Some((connection, acks));
+            }
+            tracing::warn!("consumer lost its connection; reconnecting");
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "reconnecting".into())).await;
+        }
+    }
+
+    /// True when stopped by `shutdown`, false when the connection or consumer failed.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        mut consumer: Consumer,
+        acks: &AckWindow,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut events = connection.events_listener();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return true,
+                event = events.next() => match event {
+                    Some(Event::Error(error)) => {
+                        tracing::warn!(%error, "RabbitMQ connection error");
+                        return false;
+                    }
+                    Some(_) => {}
+                    None => return false,
+                },
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        acks.received(delivery.delivery_tag);
+                        let worker = self.worker.clone();
+                        let acks = acks.clone();
+                        self.handlers.spawn(async move { worker.handle_message(delivery, acks).await });
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "consumer failed");
+                        return false;
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The delivery pipeline: one message in, one signed POST per matching endpoint, and for
+//! each delivery an outcome made durable — delivered, retry stored in Redis, or
+//! dead-lettered with a confirm — before the message is acked.
+
+use crate::acks::AckWindow;
+use crate::dead_letter::DeadLetters;
+use crate::dispatch::{AttemptReport, Dispatcher, Payload};
+use crate::endpoint_cache::EndpointCache;
+use crate::metrics::{DelivererMetrics, status_class};
+use bytes::Bytes;
+use futures::future::join_all;
+use hookline_shared::broker::backoff::Backoff;
+use hookline_shared::contract::{
+    DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, PendingDelivery, RejectedMessage, SOURCE_AMQP,
+    SOURCE_HEADER, SOURCE_HTTP, StoredPayload,
+};
+use hookline_shared::domain::endpoint::Endpoint;
+use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
+use hookline_shared::domain::payload::{self, PayloadFormat, Purpose};
+use hookline_shared::domain::policy::{AttemptOutcome, DeadLetterReason, Decision, RetrySchedule, decide};
+use hookline_shared::store::retries::{Claimed, RetryStore};
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// How much of an unparseable message's body a dead-letter record keeps.
+const MAX_REJECTED_BODY: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Worker {
+    pub schedule: RetrySchedule,
+    pub defer_delay: Duration,
+    pub delivery_limit: u32,
+    pub dispatcher: Dispatcher,
+    pub endpoints: EndpointCache,
+    pub retries: RetryStore,
+    pub dead_letters: DeadLetters,
+    pub metrics: DelivererMetrics,
+    pub slots: EndpointSlots,
+    /// Cancelled when the shutdown grace ran out: work still waiting for Redis or the
+    /// broker gives up and its message goes back to the queue.
+    pub abort: CancellationToken,
+}
+
+/// What must be made durable for one delivery after its attempt.
+enum Action {
+    Delivered,
+    Retry(PendingDelivery, i64),
+    DeadLetter(DeadLetter),
+}
+
+/// Gave up waiting for a dependency because the shutdown grace ran out.
+#[derive(Debug)]
+struct Aborted;
+
+impl Worker {
+    /// Handles one message from the events queue and settles it in `acks`.
+    pub async fn handle_message(&self, delivery: Delivery, acks: AckWindow) {
+        let tag = delivery.delivery_tag;
+        match self.process_message(&delivery).await {
+            Ok(()) => acks.ack(tag),
+            Err(Aborted) => acks.requeue(tag),
+        }
+    }
+
+    async fn process_message(&self, delivery: &Delivery) -> Result<(), Aborted> {
+        let routing_key = delivery.routing_key.as_str();
+        if let Some(count) = delivery_count(delivery) {
+            if count >= u64::from(self.delivery_limit) {
+                let record = rejected(delivery, DeadLetterReason::DeliveryLimit, format!("handed out {count} times"));
+                return self.dead_letter(record).await;
+            }
+        }
+        let event = match parse_event(delivery) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(error, routing_key, "invalid message dead-lettered");
+                let record = rejected(delivery, DeadLetterReason::InvalidMessage, error);
+                return self.dead_letter(record).await;
+            }
+        };
+        self.metrics.events_consumed.with_label_values(&[source(delivery)]).inc();
+
+        let endpoints = self.until_durable("loading endpoints", || self.endpoints.endpoints(&event.tenant)).await?;
+        let matching: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
+            .collect();
+        let mut payloads: HashMap<PayloadFormat, Payload> = HashMap::new();
+        for endpoint in matching.iter().filter(|e| e.spec.enabled) {
+            payloads
+                .entry(endpoint.spec.format)
+                .or_insert_with(|| render(&event, endpoint.spec.format));
+        }
+        let actions = join_all(matching.iter().map(|endpoint| async {
+            if !endpoint.spec.enabled {
+                return Action::DeadLetter(dead_delivery(
+                    &event,
+                    &endpoint.id,
+                    DeadLetterReason::EndpointDisabled,
+                    0,
+                    None,
+                ));
+            }
+            let payload = &payloads[&endpoint.spec.format];
+            self.deliver(&event, endpoint, payload, 0).await
+        }))
+        .await;
+        self.make_durable(actions).await
+    }
+
+    /// One attempt at one endpoint, or a deferral when the endpoint is already as busy as
+    /// this replica lets it be. `attempts` counts the attempts made before this one.
+    async fn deliver(&self, event: &Event, endpoint: &Endpoint, payload: &Payload, attempts: u32) -> Action {
+        let Some(_slot) = self.slots.try_acquire(&endpoint.id) else {
+            self.metrics.attempts.with_label_values(&["endpoint_busy", "none"]).inc();
+            let task = pending(event, endpoint, payload, attempts, None);
+            return Action::Retry(task, due_in(self.defer_delay));
+        };
+        self.metrics.in_flight.inc();
+        let report = self.dispatcher.attempt(endpoint, &event.id, payload).await;
+        self.metrics.in_flight.dec();
+        self.record_attempt(event, &report);
+        let attempts = attempts + 1;
+        match decide(&self.schedule, attempts, &report.outcome, rand::random()) {
+            Decision::Done => Action::Delivered,
+            Decision::RetryAfter(delay) => {
+                let last_error = match report.outcome {
+                    AttemptOutcome::Failed(failure) => Some(failure),
+                    AttemptOutcome::Delivered { .. } => None,
+                };
+                Action::Retry(pending(event, endpoint, payload, attempts, last_error), due_in(delay))
+            }
+            Decision::DeadLetter(reason) => {
+                let last_error = match report.outcome {
+                    AttemptOutcome::Failed(failure) => Some(failure),
+                    AttemptOutcome::Delivered { .. } => None,
+                };
+                Action::DeadLetter(dead_delivery(event, &endpoint.id, reason, attempts, last_error))
+            }
+        }
+    }
+
+    fn record_attempt(&self, event: &Event, report: &AttemptReport) {
+        let outcome = match &report.outcome {
+            AttemptOutcome::Delivered { .. } => {
+                let lag = OffsetDateTime::now_utc() - event.occurred_at;
+                self.metrics.lag.observe(lag.as_seconds_f64().max(0.0));
+                "success"
+            }
+            AttemptOutcome::Failed(failure) => failure.class.as_str(),
+        };
+        self.metrics
+            .attempts
+            .with_label_values(&[outcome, status_class(report.status())])
+            .inc();
+        self.metrics.attempt_duration.observe(report.duration.as_secs_f64());
+    }
+
+    /// Stores the retries (one Redis round trip for all of them) and publishes the dead
+    /// letters, each with a confirm, waiting out outages until the shutdown grace ends.
+    async fn make_durable(&self, actions: Vec<Action>) -> Result<(), Aborted> {
+        let mut retries = Vec::new();
+        let mut dead = Vec::new();
+        for action in actions {
+            match action {
+                Action::Delivered => {}
+                Action::Retry(task, due) => retries.push((task, due)),
+                Action::DeadLetter(record) => dead.push(record),
+            }
+        }
+        if !retries.is_empty() {
+            self.until_durable("storing retries", || self.retries.schedule(&retries)).await?;
+            self.metrics.retries_scheduled.inc_by(retries.len() as u64);
+        }
+        for record in dead {
+            self.dead_letter(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, record: DeadLetter) -> Result<(), Aborted> {
+        self.until_durable("publishing a dead letter", || self.dead_letters.publish(&record)).await?;
+        self.metrics.dead_letters.with_label_values(&[record.reason().as_str()]).inc();
+        Ok(())
+    }
+
+    /// Runs one claimed retry to its next durable state.
+    pub async fn handle_retry(&self, claimed: Claimed) {
+        let _ = self.process_retry(claimed).await;
+    }
+
+    async fn process_retry(&self, claimed: Claimed) -> Result<(), Aborted> {
+        let Claimed { id, token, task } = claimed;
+        let task = match task {
+            Ok(task) => task,
+            Err((raw, error)) => {
+                tracing::error!(delivery.id = %id, error, "unreadable retry task dead-lettered");
+                let record = DeadLetter::MessageV1(RejectedMessage {
+                    id: id.clone(),
+                    reason: DeadLetterReason::InvalidMessage,
+                    error: format!("unreadable retry task: {error}"),
+                    routing_key: String::new(),
+                    message_id: None,
+                    body: truncate(raw),
+                    dead_lettered_at: OffsetDateTime::now_utc(),
+                });
+                self.dead_letter(record).await?;
+                return self.complete(&id, token).await;
+            }
+        };
+        let endpoints = self
+            .until_durable("loading endpoints", || self.endpoints.endpoints(&task.event.tenant))
+            .await?;
+        let endpoint = endpoints.iter().find(|e| e.id == task.endpoint_id);
+        let reason = match endpoint {
+            None => Some(DeadLetterReason::EndpointDeleted),
+            Some(endpoint) if !endpoint.spec.enabled => Some(DeadLetterReason::EndpointDisabled),
+            Some(_) => None,
+        };
+        let (Some(endpoint), None) = (endpoint, reason) else {
+            let reason = reason.unwrap_or(DeadLetterReason::EndpointDeleted);
+            let record = dead_delivery(&task.event, &task.endpoint_id, reason, task.attempts, task.last_error.clone());
+            self.dead_letter(record).await?;
+            return self.complete(&id, token).await;
+        };
+        let payload = match &task.payload {
+            Some(stored) => stored_payload(stored),
+            None => render(&task.event, endpoint.spec.format),
+        };
+        match self.deliver(&task.event, endpoint, &payload, task.attempts).await {
+            Action::Delivered => self.complete(&id, token).await,
+            Action::Retry(next, due) => {
+                self.until_durable("rescheduling a retry", || self.retries.reschedule(&id, token, &next, due))
+                    .await?;
+                self.metrics.retries_scheduled.inc();
+                Ok(())
+            }
+            Action::DeadLetter(record) => {
+                self.dead_letter(record).await?;
+                self.complete(&id, token).await
+            }
+        }
+    }
+
+    async fn complete(&self, id: &str, token: i64) -> Result<(), Aborted> {
+        let owned = self.until_durable("completing a retry", || self.retries.complete(id, token)).await?;
+        if !owned {
+            tracing::warn!(delivery.id = %id, "retry lease expired before completion; another replica took it over");
+        }
+        Ok(())
+    }
+
+    /// Retries `operation` with backoff until it succeeds or the shutdown grace ends.
+    /// This is how an outage of Redis or RabbitMQ holds work instead of losing it.
+    async fn until_durable<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, Aborted>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<anyhow::Error>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = format!("{:#}", error.into()), retry_in = ?delay, "{what} failed; holding the work");
+                    tokio::select! {
+                        () = self.abort.cancelled() => return Err(Aborted),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts concurrent attempts per endpoint in this replica.
+#[derive(Debug)]
+pub struct EndpointSlots {
+    limit: usize,
+    // A std Mutex: held for a map update, never across an await.
+    busy: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+#[derive(Debug)]
+pub struct Slot {
+    endpoint_id: String,
+    busy: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl EndpointSlots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            busy: Arc::default(),
+        }
+    }
+
+    pub fn try_acquire(&self, endpoint_id: &str) -> Option<Slot> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let count = busy.entry(endpoint_id.to_owned()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            endpoint_id: endpoint_id.to_owned(),
+            busy: self.busy.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = busy.get_mut(&self.endpoint_id) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&self.endpoint_id);
+            }
+        }
+    }
+}
+
+fn render(event: &Event, format: PayloadFormat) -> Payload {
+    let rendered = payload::render(event, format, Purpose::Live);
+    Payload {
+        content_type: rendered.content_type,
+        body: Bytes::from(rendered.body),
+    }
+}
+
+fn stored_payload(stored: &StoredPayload) -> Payload {
+    let content_type = match stored.content_type.as_str() {
+        "application/x-www-form-urlencoded" => "application/x-www-form-urlencoded",
+        _ => "application/json",
+    };
+    Payload {
+        content_type,
+        body: Bytes::from(stored.body.clone().into_bytes()),
+    }
+}
+
+fn pending(
+    event: &Event,
+    endpoint: &Endpoint,
+    payload: &Payload,
+    attempts: u32,
+    last_error: Option<hookline_shared::domain::policy::Failure>,
+) -> PendingDelivery {
+    PendingDelivery {
+        endpoint_id: endpoint.id.clone(),
+        attempts,
+        last_error,
+        payload: Some(StoredPayload {
+            content_type: payload.content_type.to_owned(),
+            body: String::from_utf8_lossy(&payload.body).into_owned(),
+        }),
+        event: event.clone(),
+    }
+}
+
+fn dead_delivery(
+    event: &Event,
+    endpoint_id: &str,
+    reason: DeadLetterReason,
+    attempts: u32,
+    last_error: Option<hookline_shared::domain::policy::Failure>,
+) -> DeadLetter {
+    DeadLetter::DeliveryV1(DeadDelivery {
+        id: hookline_shared::contract::delivery_id(&event.id, endpoint_id),
+        reason,
+        endpoint_id: endpoint_id.to_owned(),
+        attempts,
+        last_error,
+        dead_lettered_at: OffsetDateTime::now_utc(),
+        event: event.clone(),
+    })
+}
+
+fn due_in(delay: Duration) -> i64 {
+    let due = OffsetDateTime::now_utc() + delay;
+    i64::try_from(due.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Parses the public AMQP contract. An absent `id` falls back to the `message_id`
+/// property, then to a hash of the body — stable across redeliveries, so subscribers can
+/// still deduplicate on `webhook-id`.
+pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
+    let message: EventMessage = serde_json::from_slice(&delivery.data).map_err(|e| format!("body: {e}"))?;
+    let id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_else(|| format!("evt_{}", &hex(&Sha256::digest(&delivery.data))[..32]));
+    let occurred_at = delivery
+        .properties
+        .timestamp()
+        .and_then(|seconds| i64::try_from(seconds).ok())
+        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+        .unwrap_or_else(OffsetDateTime::now_utc);
+    Event::from_message(
+        message,
+        Fallbacks {
+            tenant: None,
+            id,
+            occurred_at,
+        },
+    )
+    .map_err(|invalid| invalid.to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn source(delivery: &Delivery) -> &'static str {
+    let from_ingest = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(SOURCE_HEADER))
+        .is_some_and(|value| matches!(value, AMQPValue::LongString(s) if s.as_bytes() == SOURCE_HTTP.as_bytes()));
+    if from_ingest { SOURCE_HTTP } else { SOURCE_AMQP }
+}
+
+fn delivery_count(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(DELIVERY_COUNT_HEADER)? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+fn rejected(delivery: &Delivery, reason: DeadLetterReason, error: String) -> DeadLetter {
+    let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+    let body = String::from_utf8_lossy(&delivery.data).into_owned();
+    DeadLetter::MessageV1(RejectedMessage {
+        id: message_id
+            .clone()
+            .unwrap_or_else(|| format!("msg_{}", &hex(&Sha256::digest(&delivery.data))[..32])),
+        reason,
+        error,
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        message_id,
+        body: truncate(body),
+        dead_lettered_at: OffsetDateTime::now_utc(),
+    })
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > MAX_REJECTED_BODY {
+        let mut cut = MAX_REJECTED_BODY;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

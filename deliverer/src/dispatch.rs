@@ -1,0 +1,236 @@
+//! One HTTP attempt: sign, POST, classify the answer. Nothing here decides what happens
+//! next; that is [`hookline_shared::domain::policy::decide`]'s job.
+
+use crate::address_guard::{AddressPolicy, BlockedAddress, GuardedResolver};
+use crate::settings::DeliverySettings;
+use bytes::Bytes;
+use hookline_shared::domain::endpoint::Endpoint;
+use hookline_shared::domain::policy::{AttemptOutcome, ErrorClass, Failure};
+use hookline_shared::domain::signing::signature_header;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use time::OffsetDateTime;
+
+/// A body ready to send: rendered once, shared by every endpoint of that format.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub outcome: AttemptOutcome,
+    pub duration: Duration,
+    /// The start of the receiver's answer, lossy UTF-8, at most the configured bytes.
+    pub response_excerpt: Option<String>,
+}
+
+impl AttemptReport {
+    pub fn status(&self) -> Option<u16> {
+        match &self.outcome {
+            AttemptOutcome::Delivered { status } => Some(*status),
+            AttemptOutcome::Failed(failure) => failure.status,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+    timeout: Duration,
+    excerpt_bytes: usize,
+}
+
+impl Dispatcher {
+    pub fn new(settings: &DeliverySettings) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(AddressPolicy::new(
+            settings.allow_private_networks,
+            settings.allowed_networks.clone(),
+        ));
+        let client = reqwest::Client::builder()
+            .user_agent(hookline_shared::USER_AGENT)
+            // A redirect is the receiver's answer, not an instruction: following it would
+            // let a receiver point Hookline at an internal address.
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            client,
+            policy,
+            timeout: settings.timeout,
+            excerpt_bytes: settings.response_excerpt_bytes,
+        })
+    }
+
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+
+    /// Makes one signed attempt. Never fails: every problem is an outcome.
+    pub async fn attempt(&self, endpoint: &Endpoint, webhook_id: &str, payload: &Payload) -> AttemptReport {
+        let started = Instant::now();
+        let (outcome, response_excerpt) = match self.policy.check_url(&endpoint.spec.url) {
+            Err(blocked) => (blocked_outcome(&blocked), None),
+            Ok(()) => match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload)).await {
+                Ok(result) => result,
+                Err(_) => (
+                    AttemptOutcome::Failed(Failure {
+                        class: ErrorClass::Timeout,
+                        status: None,
+                        retry_after: None,
+                        message: format!("no complete answer within {:?}", self.timeout),
+                    }),
+                    None,
+                ),
+            },
+        };
+        AttemptReport {
+            outcome,
+            duration: started.elapsed(),
+            response_excerpt,
+        }
+    }
+
+    async fn send(&self, endpoint: &Endpoint, webhook_id: &str, payload: &Payload) -> (AttemptOutcome, Option<String>) {
+        let now = OffsetDateTime::now_utc();
+        let timestamp = now.unix_timestamp();
+        let signature = signature_header(endpoint.signing_secrets(now), webhook_id, timestamp, &payload.body);
+        let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 4);
+        for (name, value) in &endpoint.spec.headers {
+            // Validated when the endpoint was stored; a header that still fails to
+            // convert is skipped rather than failing every delivery.
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(payload.content_type));
+        if let Ok(id) = HeaderValue::try_from(webhook_id) {
+            headers.insert("webhook-id", id);
+        }
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        if let Ok(signature) = HeaderValue::try_from(signature) {
+            headers.insert("webhook-signature", signature);
+        }
+        let response = self
+            .client
+            .post(endpoint.spec.url.clone())
+            .headers(headers)
+            .body(payload.body.clone())
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(response) => response,
+            Err(error) => return (request_failure(&error), None),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_retry_after);
+        let excerpt = read_excerpt(&mut response, self.excerpt_bytes).await;
+        let outcome = if status.is_success() {
+            AttemptOutcome::Delivered { status: status.as_u16() }
+        } else {
+            AttemptOutcome::Failed(Failure {
+                class: ErrorClass::HttpError,
+                status: Some(status.as_u16()),
+                retry_after: retry_after.filter(|_| matches!(status.as_u16(), 429 | 503)),
+                message: format!("receiver answered {status}"),
+            })
+        };
+        (outcome, excerpt)
+    }
+}
+
+/// Reads at most `limit` bytes of the body. A receiver that streams forever or trickles
+/// is cut off here or by the attempt's timeout; a small body read to its end lets the
+/// connection go back to the pool.
+async fn read_excerpt(response: &mut reqwest::Response, limit: usize) -> Option<String> {
+    let mut excerpt = Vec::new();
+    while excerpt.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - excerpt.len();
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned())
+}
+
+fn blocked_outcome(blocked: &BlockedAddress) -> AttemptOutcome {
+    AttemptOutcome::Failed(Failure {
+        class: ErrorClass::BlockedAddress,
+        status: None,
+        retry_after: None,
+        message: blocked.to_string(),
+    })
+}
+
+fn request_failure(error: &reqwest::Error) -> AttemptOutcome {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(blocked) = cause.downcast_ref::<BlockedAddress>() {
+            return blocked_outcome(blocked);
+        }
+        source = cause.source();
+    }
+    let class = if error.is_timeout() {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::ConnectError
+    };
+    AttemptOutcome::Failed(Failure {
+        class,
+        status: None,
+        retry_after: None,
+        message: error_chain(error),
+    })
+}
+
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// `Retry-After` is delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "past dates mean now");
+        let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        let parsed = parse_retry_after(&future).expect("future date");
+        assert!(parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600), "{parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! Deliverer metrics. Labels are bounded vocabularies (outcomes, status classes,
+//! reasons, sources) — never a URL, tenant, endpoint or event id.
+
+use hookline_shared::metrics::{exponential_buckets, register};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct DelivererMetrics {
+    pub events_consumed: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub attempt_duration: Histogram,
+    pub lag: Histogram,
+    pub retries_scheduled: IntCounter,
+    pub retry_backlog: IntGaugeVec,
+    pub dead_letters: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub consumer_connected: IntGauge,
+}
+
+fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
+    result.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+impl DelivererMetrics {
+    pub fn new(registry: &Registry, timeout: Duration) -> Self {
+        // Attempt buckets from 1 ms doubling until they cover the delivery timeout.
+        let mut attempt_buckets = exponential_buckets(0.001, 24);
+        let limit = timeout.as_secs_f64() * 2.0;
+        attempt_buckets.retain(|b| *b <= limit);
+        let metrics = Self {
+            events_consumed: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_events_consumed_total",
+                    "Events taken from the queue, by how they entered: http (through ingest) or amqp (published directly).",
+                ),
+                &["source"],
+            )),
+            attempts: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_delivery_attempts_total",
+                    "Delivery attempts by outcome (success, http_error, timeout, connect_error, blocked_address, endpoint_busy) and HTTP status class.",
+                ),
+                &["outcome", "status_class"],
+            )),
+            attempt_duration: unreachable_on_error(Histogram::with_opts(
+                HistogramOpts::new("hookline_delivery_attempt_duration_seconds", "Duration of one delivery attempt.")
+                    .buckets(attempt_buckets),
+            )),
+            lag: unreachable_on_error(Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookline_delivery_lag_seconds",
+                    "Time from the event's occurred_at to its successful delivery.",
+                )
+                .buckets(exponential_buckets(0.01, 24)),
+            )),
+            retries_scheduled: unreachable_on_error(IntCounter::new(
+                "hookline_retries_scheduled_total",
+                "Deliveries stored in Redis for a later attempt.",
+            )),
+            retry_backlog: unreachable_on_error(IntGaugeVec::new(
+                Opts::new(
+                    "hookline_retry_backlog",
+                    "Deliveries waiting in Redis: state=due (ready now) or waiting (due later).",
+                ),
+                &["state"],
+            )),
+            dead_letters: unreachable_on_error(IntCounterVec::new(
+                Opts::new("hookline_dead_letters_total", "Deliveries and messages dead-lettered, by reason."),
+                &["reason"],
+            )),
+            in_flight: unreachable_on_error(IntGauge::new(
+                "hookline_deliveries_in_flight",
+                "Delivery attempts in progress in this replica.",
+            )),
+            consumer_connected: unreachable_on_error(IntGauge::new(
+                "hookline_consumer_connected",
+                "1 while this replica consumes from RabbitMQ.",
+            )),
+        };
+        register(registry, metrics.events_consumed.clone());
+        register(registry, metrics.attempts.clone());
+        register(registry, metrics.attempt_duration.clone());
+        register(registry, metrics.lag.clone());
+        register(registry, metrics.retries_scheduled.clone());
+        register(registry, metrics.retry_backlog.clone());
+        register(registry, metrics.dead_letters.clone());
+        register(registry, metrics.in_flight.clone());
+        register(registry, metrics.consumer_connected.clone());
+        metrics
+    }
+}
+
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}

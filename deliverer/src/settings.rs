@@ -1,0 +1,143 @@
+//! `hookline-deliverer` settings; the commented defaults are in `config/default.toml`.
+
+use hookline_shared::domain::policy::RetrySchedule;
+use hookline_shared::settings::{
+    self, AdminSettings, AmqpSettings, LogSettings, RedisSettings, SettingsError, ShutdownSettings,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub prefix: String,
+    pub admin: AdminSettings,
+    pub delivery: DeliverySettings,
+    pub retry: RetrySettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    pub retry_schedule: RetrySchedule,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+    #[serde(deserialize_with = "networks")]
+    pub allowed_networks: Vec<IpNet>,
+    pub max_in_flight_per_endpoint: usize,
+    #[serde(with = "humantime_serde")]
+    pub defer_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub endpoint_cache_ttl: Duration,
+    pub response_excerpt_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub batch: usize,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    String::deserialize(deserializer)?
+        .split(',')
+        .map(str::trim)
+        .filter(|cidr| !cidr.is_empty())
+        .map(|cidr| {
+            cidr.parse::<IpNet>()
+                .map_err(|e| serde::de::Error::custom(format!("{cidr:?} is not a CIDR: {e}")))
+        })
+        .collect()
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let settings: Self = settings::load(DEFAULTS, file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn from_defaults_with(
+        overrides: std::collections::HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let settings: Self = settings::load_from(DEFAULTS, None, Some(overrides))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        settings::validate_prefix(&self.prefix)?;
+        if self.delivery.timeout.is_zero() {
+            return Err(SettingsError::invalid("delivery.timeout", "HOOKLINE__DELIVERY__TIMEOUT", "must be positive"));
+        }
+        if self.retry.lease <= self.delivery.timeout {
+            return Err(SettingsError::invalid(
+                "retry.lease",
+                "HOOKLINE__RETRY__LEASE",
+                "must exceed delivery.timeout, or a slow attempt's retry would be claimed twice",
+            ));
+        }
+        if self.delivery.max_in_flight_per_endpoint == 0 || self.retry.batch == 0 || self.amqp.prefetch == 0 {
+            return Err(SettingsError::invalid(
+                "delivery.max_in_flight_per_endpoint",
+                "HOOKLINE__DELIVERY__MAX_IN_FLIGHT_PER_ENDPOINT",
+                "concurrency limits (and retry.batch, amqp.prefetch) must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_about_a_day_of_retries() {
+        let settings = Settings::from_defaults_with(env(&[])).expect("defaults are valid");
+        let total: Duration = settings.delivery.retry_schedule.delays().iter().sum();
+        assert!(total > Duration::from_secs(20 * 3600) && total < Duration::from_secs(26 * 3600), "{total:?}");
+        assert_eq!(settings.delivery.timeout, Duration::from_secs(15));
+        assert!(!settings.delivery.allow_private_networks);
+        assert_eq!(settings.admin.listen.port(), 9091);
+    }
+
+    #[test]
+    fn overrides_and_errors_name_the_key() {
+        let settings = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__DELIVERY__RETRY_SCHEDULE", "200ms,1s"),
+            ("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("HOOKLINE__DELIVERY__ALLOWED_NETWORKS", "10.0.0.0/8, fd00::/8"),
+        ]))
+        .expect("valid");
+        assert_eq!(settings.delivery.retry_schedule.max_attempts(), 3);
+        assert!(settings.delivery.allow_private_networks);
+        assert_eq!(settings.delivery.allowed_networks.len(), 2);
+
+        for (key, value, named) in [
+            ("HOOKLINE__DELIVERY__RETRY_SCHEDULE", "5s,later", "delivery.retry_schedule"),
+            ("HOOKLINE__DELIVERY__TIMEOUT", "fast", "delivery.timeout"),
+            ("HOOKLINE__DELIVERY__ALLOWED_NETWORKS", "10.0.0.0/99", "delivery.allowed_networks"),
+            ("HOOKLINE__RETRY__LEASE", "1s", "HOOKLINE__RETRY__LEASE"),
+            ("HOOKLINE__PREFIX", "a.b", "HOOKLINE__PREFIX"),
+        ] {
+            let error = Settings::from_defaults_with(env(&[(key, value)])).expect_err(key);
+            assert!(error.to_string().contains(named), "{key}: {error}");
+        }
+    }
+}

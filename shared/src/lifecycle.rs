@@ -1,0 +1,65 @@
+//! Process lifecycle shared by both binaries: the shutdown signal and waiting for
+//! dependencies at startup.
+
+use crate::broker::backoff::Backoff;
+use crate::metrics::ReadinessFlag;
+use crate::settings::RedisSettings;
+use redis::aio::ConnectionManager;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Connects to Redis, waiting with backoff while it is unreachable, so a process that
+/// starts before Redis (a common ordering in Kubernetes) simply becomes ready later.
+/// `None` if `shutdown` came first.
+pub async fn connect_redis(settings: &RedisSettings, shutdown: &CancellationToken) -> Option<ConnectionManager> {
+    let mut backoff = Backoff::default();
+    loop {
+        match crate::store::connect(settings).await {
+            Ok(redis) => return Some(redis),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), retry_in = ?delay, "connecting to Redis failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a readiness flag true while Redis answers PING.
+pub async fn watch_redis(redis: ConnectionManager, ready: ReadinessFlag, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut redis.clone()).await;
+                ready.set(pong.is_ok());
+            }
+        }
+    }
+}

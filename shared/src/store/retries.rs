@@ -1,0 +1,155 @@
+//! Deliveries waiting for their next attempt: a sorted set of delivery id → due time (ms)
+//! beside a hash of delivery id → task, under one hash tag.
+//!
+//! Claiming pushes a task's due time forward by a lease instead of removing it, so a
+//! deliverer that dies mid-attempt loses nothing: the lease runs out and another replica
+//! claims the task. The lease's due time doubles as a fencing token: completing or
+//! rescheduling only takes effect while the score is still the one this claim set, so a
+//! worker whose lease expired cannot undo the work of the one that took over.
+
+use super::{Keyspace, StoreError};
+use crate::contract::{PendingDelivery, RetryTask};
+use redis::aio::ConnectionManager;
+
+const CLAIM: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local claimed = {}
+for _, id in ipairs(ids) do
+  local task = redis.call('HGET', KEYS[2], id)
+  if task then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(claimed, id)
+    table.insert(claimed, task)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return claimed
+";
+
+const COMPLETE: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+";
+
+const RESCHEDULE: &str = r"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+";
+
+/// A task handed to one worker until `token` (its lease's end, in ms) passes.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub token: i64,
+    /// The task, or the raw stored text and why it could not be read.
+    pub task: Result<PendingDelivery, (String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryStore {
+    redis: ConnectionManager,
+    keys: Keyspace,
+}
+
+impl RetryStore {
+    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+        Self { redis, keys }
+    }
+
+    /// Stores new tasks, each due at its time (unix ms). Idempotent: a delivery id is
+    /// `{event}:{endpoint}`, so a redelivered message overwrites rather than duplicates.
+    pub async fn schedule(&self, tasks: &[(PendingDelivery, i64)]) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (task, due_ms) in tasks {
+            let id = task.id();
+            pipe.hset(self.keys.retry_tasks(), &id, encode(task)).ignore();
+            pipe.zadd(self.keys.retry_due(), &id, *due_ms).ignore();
+        }
+        let () = pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` tasks due at `now_ms`, leasing them until `now_ms + lease_ms`.
+    pub async fn claim(&self, now_ms: i64, lease_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        let token = now_ms + lease_ms;
+        let flat: Vec<String> = redis::Script::new(CLAIM)
+            .key(self.keys.retry_due())
+            .key(self.keys.retry_tasks())
+            .arg(now_ms)
+            .arg(token)
+            .arg(limit)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| Claimed {
+                id: pair[0].clone(),
+                token,
+                task: decode(&pair[1]),
+            })
+            .collect())
+    }
+
+    /// Removes a finished task; false if the lease was lost to another worker.
+    pub async fn complete(&self, id: &str, token: i64) -> Result<bool, StoreError> {
+        let done: i64 = redis::Script::new(COMPLETE)
+            .key(self.keys.retry_due())
+            .key(self.keys.retry_tasks())
+            .arg(id)
+            .arg(token)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Stores the task's new state, due at `due_ms`; false if the lease was lost.
+    pub async fn reschedule(
+        &self,
+        id: &str,
+        token: i64,
+        task: &PendingDelivery,
+        due_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done: i64 = redis::Script::new(RESCHEDULE)
+            .key(self.keys.retry_due())
+            .key(self.keys.retry_tasks())
+            .arg(id)
+            .arg(token)
+            .arg(due_ms)
+            .arg(encode(task))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// (due now, due later): the backlog that the retry gauges report.
+    pub async fn backlog(&self, now_ms: i64) -> Result<(u64, u64), StoreError> {
+        let (due, total): (u64, u64) = redis::pipe()
+            .zcount(self.keys.retry_due(), "-inf", now_ms)
+            .zcard(self.keys.retry_due())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((due, total.saturating_sub(due)))
+    }
+}
+
+fn encode(task: &PendingDelivery) -> String {
+    // Strings, numbers and JSON values: serializing cannot fail.
+    serde_json::to_string(&RetryTask::DeliveryV1(task.clone())).unwrap_or_default()
+}
+
+fn decode(json: &str) -> Result<PendingDelivery, (String, String)> {
+    match serde_json::from_str(json) {
+        Ok(RetryTask::DeliveryV1(task)) => Ok(task),
+        Err(error) => Err((json.to_owned(), error.to_string())),
+    }
+}
