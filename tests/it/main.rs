@@ -1,1 +1,4 @@
+//! End-to-end tests: one binary, against the RabbitMQ and Redis that `make test` starts.
 
+mod api;
+mod pipeline;

@@ -23,8 +23,12 @@ pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
     let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
+        // A shape error can surface before a syntax error later in the document; only a
+        // document that is valid JSON as a whole gets the 422 (checked on this error path
+        // alone, so valid bodies are parsed once).
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
         match inner.classify() {
-            serde_json::error::Category::Data => {
+            serde_json::error::Category::Data if well_formed => {
                 let message = inner.to_string();
                 let field = missing_field(&message)
                     .map(|name| join_path(&path, name))
@@ -93,9 +97,10 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        let cases: [(&[u8], u16, &str); 7] = [
+        let cases: [(&[u8], u16, &str); 8] = [
             (b"{", 400, ""),
             (b"not json", 400, ""),
+            (b"[1,2", 400, ""),
             (b"{\"type\": \"\xff\"}", 400, ""),
             (b"{}", 422, "type"),
             (b"{\"type\": 5}", 422, "type"),
