@@ -8,7 +8,9 @@
 pub mod receiver;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions,
+};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -71,7 +73,10 @@ impl Default for HooklineBuilder {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        Self { overrides, deliverers: 1 }
+        Self {
+            overrides,
+            deliverers: 1,
+        }
     }
 }
 
@@ -101,9 +106,12 @@ impl HooklineBuilder {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let ingest_settings =
-            hookline_ingest::settings::Settings::from_defaults_with(overrides.clone()).expect("ingest settings");
+            hookline_ingest::settings::Settings::from_defaults_with(overrides.clone())
+                .expect("ingest settings");
         hookline_shared::telemetry::init(&ingest_settings.log);
-        let ingest = hookline_ingest::Ingest::bind(ingest_settings).await.expect("bind ingest");
+        let ingest = hookline_ingest::Ingest::bind(ingest_settings)
+            .await
+            .expect("bind ingest");
         let api = ingest.api_addr();
         let ingest_admin = ingest.admin_addr();
         let stop = shutdown.clone();
@@ -111,9 +119,12 @@ impl HooklineBuilder {
 
         let mut deliverer_admins = Vec::new();
         for _ in 0..self.deliverers {
-            let settings = hookline_deliverer::settings::Settings::from_defaults_with(overrides.clone())
-                .expect("deliverer settings");
-            let deliverer = hookline_deliverer::Deliverer::bind(settings).await.expect("bind deliverer");
+            let settings =
+                hookline_deliverer::settings::Settings::from_defaults_with(overrides.clone())
+                    .expect("deliverer settings");
+            let deliverer = hookline_deliverer::Deliverer::bind(settings)
+                .await
+                .expect("bind deliverer");
             deliverer_admins.push(deliverer.admin_addr());
             let stop = shutdown.clone();
             tasks.spawn(async move { deliverer.run(stop).await.expect("deliverer ran") });
@@ -128,7 +139,8 @@ impl HooklineBuilder {
             shutdown,
             tasks,
         };
-        for admin in std::iter::once(hookline.ingest_admin).chain(hookline.deliverer_admins.clone()) {
+        for admin in std::iter::once(hookline.ingest_admin).chain(hookline.deliverer_admins.clone())
+        {
             hookline.wait_ready(admin).await;
         }
         hookline
@@ -166,7 +178,11 @@ impl Hookline {
     async fn wait_ready(&self, admin: SocketAddr) {
         let url = format!("http://{admin}/readyz");
         eventually("service ready", || async {
-            self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
         })
         .await;
     }
@@ -186,14 +202,22 @@ impl Hookline {
     }
 
     pub async fn post_event(&self, tenant: &str, event: Value) -> Answer {
-        self.call(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/events"), Some(event))
-            .await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/{tenant}/events"),
+            Some(event),
+        )
+        .await
     }
 
     /// Creates an endpoint and returns it (with its secret); panics unless 201.
     pub async fn create_endpoint(&self, tenant: &str, endpoint: Value) -> Value {
         let answer = self
-            .call(reqwest::Method::POST, &format!("/v1/tenants/{tenant}/endpoints"), Some(endpoint))
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/endpoints"),
+                Some(endpoint),
+            )
             .await;
         assert_eq!(answer.status, 201, "creating endpoint: {}", answer.body);
         answer.body
@@ -207,15 +231,26 @@ impl Hookline {
 
     /// Publishes straight to the events exchange as an ATS would, with a plain AMQP
     /// client and confirms — not through Hookline's publisher.
-    pub async fn publish_direct(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+    pub async fn publish_direct(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let connection = self.amqp().await;
         let channel = connection.create_channel().await.expect("channel");
-        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
         let confirm = channel
             .basic_publish(
                 format!("{}.events", self.prefix).as_str().into(),
                 routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 properties.with_delivery_mode(2),
             )
@@ -223,7 +258,10 @@ impl Hookline {
             .expect("publish")
             .await
             .expect("confirm");
-        assert!(matches!(confirm, Confirmation::Ack(None)), "broker confirmed and routed: {confirm:?}");
+        assert!(
+            matches!(confirm, Confirmation::Ack(None)),
+            "broker confirmed and routed: {confirm:?}"
+        );
         let _ = connection.close(200, "done".into()).await;
     }
 
@@ -240,10 +278,21 @@ impl Hookline {
                 "only {} of {count} dead letters arrived: {records:?}",
                 records.len()
             );
-            match channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await {
+            match channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
                 Ok(Some(message)) => {
-                    records.push(serde_json::from_slice(&message.delivery.data).expect("dead letter is JSON"));
-                    message.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    records.push(
+                        serde_json::from_slice(&message.delivery.data)
+                            .expect("dead letter is JSON"),
+                    );
+                    message
+                        .delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .expect("ack");
                 }
                 _ => tokio::time::sleep(Duration::from_millis(25)).await,
             }
@@ -259,7 +308,10 @@ impl Hookline {
         let queue = channel
             .queue_declare(
                 format!("{}.{suffix}", self.prefix).as_str().into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
                 Default::default(),
             )
             .await
@@ -293,7 +345,9 @@ impl Hookline {
                 let (series, value) = line.rsplit_once(' ')?;
                 let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
                 (metric == name
-                    && labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
             })
@@ -312,12 +366,18 @@ impl Hookline {
         let channel = connection.create_channel().await.expect("channel");
         for queue in ["deliveries", "dead-letter"] {
             let _ = channel
-                .queue_delete(format!("{}.{queue}", self.prefix).as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(
+                    format!("{}.{queue}", self.prefix).as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
                 .await;
         }
         for exchange in ["events", "dead-letter"] {
             let _ = channel
-                .exchange_delete(format!("{}.{exchange}", self.prefix).as_str().into(), Default::default())
+                .exchange_delete(
+                    format!("{}.{exchange}", self.prefix).as_str().into(),
+                    Default::default(),
+                )
                 .await;
         }
         let _ = connection.close(200, "done".into()).await;
@@ -325,7 +385,9 @@ impl Hookline {
         for pattern in [format!("{}:*", self.prefix), format!("{{{}:*", self.prefix)] {
             let keys: Vec<String> = {
                 let mut iter: redis::AsyncIter<String> =
-                    redis::AsyncCommands::scan_match(&mut redis, &pattern).await.expect("scan");
+                    redis::AsyncCommands::scan_match(&mut redis, &pattern)
+                        .await
+                        .expect("scan");
                 let mut keys = Vec::new();
                 while let Some(key) = iter.next().await {
                     keys.push(key.expect("key"));
@@ -333,7 +395,9 @@ impl Hookline {
                 keys
             };
             if !keys.is_empty() {
-                let _: () = redis::AsyncCommands::del(&mut redis, keys).await.expect("del");
+                let _: () = redis::AsyncCommands::del(&mut redis, keys)
+                    .await
+                    .expect("del");
             }
         }
     }
@@ -358,7 +422,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -62,9 +62,14 @@ impl Receiver {
             script.upcoming = statuses.iter().copied().collect();
             script.default = 204;
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let app = Router::new().route("/{*path}", post(receive)).route("/", post(receive)).with_state(shared.clone());
+        let app = Router::new()
+            .route("/{*path}", post(receive))
+            .route("/", post(receive))
+            .with_state(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

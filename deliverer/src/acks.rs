@@ -55,7 +55,9 @@ impl AckWindow {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a delivery as it arrives, before its work starts.
@@ -84,7 +86,11 @@ impl AckWindow {
     pub async fn finish(&self) {
         self.lock().closed = true;
         self.wake.notify_one();
-        let handle = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.await;
         }
@@ -100,7 +106,11 @@ impl AckWindow {
                 if let Some(through) = ack_through {
                     state.acked_through = through;
                 }
-                (std::mem::take(&mut state.requeue), ack_through, state.closed)
+                (
+                    std::mem::take(&mut state.requeue),
+                    ack_through,
+                    state.closed,
+                )
             };
             // Nacks first: a later multiple-ack must not cover a tag meant for requeue.
             for tag in requeue {
@@ -113,7 +123,11 @@ impl AckWindow {
                 }
             }
             if let Some(through) = ack_through {
-                if channel.basic_ack(through, BasicAckOptions { multiple: true }).await.is_err() {
+                if channel
+                    .basic_ack(through, BasicAckOptions { multiple: true })
+                    .await
+                    .is_err()
+                {
                     // The channel is gone; the broker requeues everything unacked.
                     return;
                 }

@@ -106,7 +106,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail);
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
     }
     None
 }
@@ -129,16 +134,21 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> =
-                resolved.iter().copied().filter(|addr| policy.permits(addr.ip())).collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let permitted: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|addr| policy.permits(addr.ip()))
+                .collect();
             if permitted.is_empty() {
                 let addresses = resolved
                     .iter()
                     .map(|a| a.ip().to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                return Err(Box::new(BlockedAddress { host, addresses }) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(BlockedAddress { host, addresses })
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
         })
@@ -202,6 +212,9 @@ mod tests {
         let url = url::Url::parse("http://[::ffff:7f00:1]/hook").expect("url");
         assert!(policy.check_url(&url).is_err());
         let url = url::Url::parse("http://example.com/hook").expect("url");
-        assert!(policy.check_url(&url).is_ok(), "names are checked by the resolver");
+        assert!(
+            policy.check_url(&url).is_ok(),
+            "names are checked by the resolver"
+        );
     }
 }

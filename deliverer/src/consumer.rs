@@ -36,7 +36,8 @@ impl ConsumerLoop {
         let mut backoff = Backoff::default();
         loop {
             let attempt = async {
-                let connection = hookline_shared::broker::connect(&self.settings, "deliverer").await?;
+                let connection =
+                    hookline_shared::broker::connect(&self.settings, "deliverer").await?;
                 let channel = connection.create_channel().await?;
                 channel
                     .basic_qos(self.settings.prefetch, BasicQosOptions::default())
@@ -71,7 +72,9 @@ impl ConsumerLoop {
             self.ready.set(true);
             self.worker.metrics.consumer_connected.set(1);
             tracing::info!(queue = %self.topology.deliveries_queue, "consuming");
-            let stopped = self.consume(&connection, consumer.clone(), &acks, &shutdown).await;
+            let stopped = self
+                .consume(&connection, consumer.clone(), &acks, &shutdown)
+                .await;
             self.ready.set(false);
             self.worker.metrics.consumer_connected.set(0);
             if stopped {
@@ -83,7 +86,11 @@ impl ConsumerLoop {
                 return Some((connection, acks));
             }
             tracing::warn!("consumer lost its connection; reconnecting");
-            let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "reconnecting".into())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                connection.close(200, "reconnecting".into()),
+            )
+            .await;
         }
     }
 

@@ -15,7 +15,10 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(publisher: Publisher, exchange: String) -> Self {
-        Self { publisher, exchange }
+        Self {
+            publisher,
+            exchange,
+        }
     }
 
     /// Durable once this returns `Ok`: the broker confirmed the record.
@@ -29,7 +32,9 @@ impl DeadLetters {
             .with_content_type(JSON.into())
             .with_message_id(record.id().into())
             .with_headers(headers);
-        self.publisher.publish(&self.exchange, reason, &body, properties).await
+        self.publisher
+            .publish(&self.exchange, reason, &body, properties)
+            .await
     }
 
     pub fn is_connected(&self) -> bool {

@@ -17,7 +17,9 @@ use hookline_shared::contract::{
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use hookline_shared::domain::payload::{self, PayloadFormat, Purpose};
-use hookline_shared::domain::policy::{AttemptOutcome, DeadLetterReason, Decision, RetrySchedule, decide};
+use hookline_shared::domain::policy::{
+    AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
+};
 use hookline_shared::store::retries::{Claimed, RetryStore};
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
@@ -55,6 +57,17 @@ enum Action {
     DeadLetter(DeadLetter),
 }
 
+/// A deferred delivery waits `defer_delay` × 2^n, n at most this (64× the delay).
+const MAX_DEFERRAL_DOUBLINGS: u32 = 6;
+
+/// What happened to a delivery before this attempt.
+#[derive(Debug, Default)]
+struct Prior {
+    attempts: u32,
+    deferrals: u32,
+    last_error: Option<Failure>,
+}
+
 /// Gave up waiting for a dependency because the shutdown grace ran out.
 #[derive(Debug)]
 struct Aborted;
@@ -73,7 +86,11 @@ impl Worker {
         let routing_key = delivery.routing_key.as_str();
         if let Some(count) = delivery_count(delivery) {
             if count >= u64::from(self.delivery_limit) {
-                let record = rejected(delivery, DeadLetterReason::DeliveryLimit, format!("handed out {count} times"));
+                let record = rejected(
+                    delivery,
+                    DeadLetterReason::DeliveryLimit,
+                    format!("handed out {count} times"),
+                );
                 return self.dead_letter(record).await;
             }
         }
@@ -85,9 +102,16 @@ impl Worker {
                 return self.dead_letter(record).await;
             }
         };
-        self.metrics.events_consumed.with_label_values(&[source(delivery)]).inc();
+        self.metrics
+            .events_consumed
+            .with_label_values(&[source(delivery)])
+            .inc();
 
-        let endpoints = self.until_durable("loading endpoints", || self.endpoints.endpoints(&event.tenant)).await?;
+        let endpoints = self
+            .until_durable("loading endpoints", || {
+                self.endpoints.endpoints(&event.tenant)
+            })
+            .await?;
         let matching: Vec<&Endpoint> = endpoints
             .iter()
             .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
@@ -109,20 +133,35 @@ impl Worker {
                 ));
             }
             let payload = &payloads[&endpoint.spec.format];
-            self.deliver(&event, endpoint, payload, 0).await
+            self.deliver(&event, endpoint, payload, Prior::default())
+                .await
         }))
         .await;
         self.make_durable(actions).await
     }
 
     /// One attempt at one endpoint, or a deferral when the endpoint is already as busy as
-    /// this replica lets it be. `attempts` counts the attempts made before this one.
-    async fn deliver(&self, event: &Event, endpoint: &Endpoint, payload: &Payload, attempts: u32) -> Action {
+    /// this replica lets it be.
+    async fn deliver(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        payload: &Payload,
+        prior: Prior,
+    ) -> Action {
         let Some(_slot) = self.slots.try_acquire(&endpoint.id) else {
-            self.metrics.attempts.with_label_values(&["endpoint_busy", "none"]).inc();
-            let task = pending(event, endpoint, payload, attempts, None);
-            return Action::Retry(task, due_in(self.defer_delay));
+            self.metrics
+                .attempts
+                .with_label_values(&["endpoint_busy", "none"])
+                .inc();
+            let wait = self
+                .defer_delay
+                .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS));
+            let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+            task.deferrals = prior.deferrals + 1;
+            return Action::Retry(task, due_in(wait));
         };
+        let attempts = prior.attempts;
         self.metrics.in_flight.inc();
         let report = self.dispatcher.attempt(endpoint, &event.id, payload).await;
         self.metrics.in_flight.dec();
@@ -135,14 +174,23 @@ impl Worker {
                     AttemptOutcome::Failed(failure) => Some(failure),
                     AttemptOutcome::Delivered { .. } => None,
                 };
-                Action::Retry(pending(event, endpoint, payload, attempts, last_error), due_in(delay))
+                Action::Retry(
+                    pending(event, endpoint, payload, attempts, last_error),
+                    due_in(delay),
+                )
             }
             Decision::DeadLetter(reason) => {
                 let last_error = match report.outcome {
                     AttemptOutcome::Failed(failure) => Some(failure),
                     AttemptOutcome::Delivered { .. } => None,
                 };
-                Action::DeadLetter(dead_delivery(event, &endpoint.id, reason, attempts, last_error))
+                Action::DeadLetter(dead_delivery(
+                    event,
+                    &endpoint.id,
+                    reason,
+                    attempts,
+                    last_error,
+                ))
             }
         }
     }
@@ -160,7 +208,9 @@ impl Worker {
             .attempts
             .with_label_values(&[outcome, status_class(report.status())])
             .inc();
-        self.metrics.attempt_duration.observe(report.duration.as_secs_f64());
+        self.metrics
+            .attempt_duration
+            .observe(report.duration.as_secs_f64());
     }
 
     /// Stores the retries (one Redis round trip for all of them) and publishes the dead
@@ -176,7 +226,8 @@ impl Worker {
             }
         }
         if !retries.is_empty() {
-            self.until_durable("storing retries", || self.retries.schedule(&retries)).await?;
+            self.until_durable("storing retries", || self.retries.schedule(&retries))
+                .await?;
             self.metrics.retries_scheduled.inc_by(retries.len() as u64);
         }
         for record in dead {
@@ -186,8 +237,14 @@ impl Worker {
     }
 
     async fn dead_letter(&self, record: DeadLetter) -> Result<(), Aborted> {
-        self.until_durable("publishing a dead letter", || self.dead_letters.publish(&record)).await?;
-        self.metrics.dead_letters.with_label_values(&[record.reason().as_str()]).inc();
+        self.until_durable("publishing a dead letter", || {
+            self.dead_letters.publish(&record)
+        })
+        .await?;
+        self.metrics
+            .dead_letters
+            .with_label_values(&[record.reason().as_str()])
+            .inc();
         Ok(())
     }
 
@@ -216,7 +273,9 @@ impl Worker {
             }
         };
         let endpoints = self
-            .until_durable("loading endpoints", || self.endpoints.endpoints(&task.event.tenant))
+            .until_durable("loading endpoints", || {
+                self.endpoints.endpoints(&task.event.tenant)
+            })
             .await?;
         let endpoint = endpoints.iter().find(|e| e.id == task.endpoint_id);
         let reason = match endpoint {
@@ -226,7 +285,13 @@ impl Worker {
         };
         let (Some(endpoint), None) = (endpoint, reason) else {
             let reason = reason.unwrap_or(DeadLetterReason::EndpointDeleted);
-            let record = dead_delivery(&task.event, &task.endpoint_id, reason, task.attempts, task.last_error.clone());
+            let record = dead_delivery(
+                &task.event,
+                &task.endpoint_id,
+                reason,
+                task.attempts,
+                task.last_error.clone(),
+            );
             self.dead_letter(record).await?;
             return self.complete(&id, token).await;
         };
@@ -234,11 +299,18 @@ impl Worker {
             Some(stored) => stored_payload(stored),
             None => render(&task.event, endpoint.spec.format),
         };
-        match self.deliver(&task.event, endpoint, &payload, task.attempts).await {
+        let prior = Prior {
+            attempts: task.attempts,
+            deferrals: task.deferrals,
+            last_error: task.last_error.clone(),
+        };
+        match self.deliver(&task.event, endpoint, &payload, prior).await {
             Action::Delivered => self.complete(&id, token).await,
             Action::Retry(next, due) => {
-                self.until_durable("rescheduling a retry", || self.retries.reschedule(&id, token, &next, due))
-                    .await?;
+                self.until_durable("rescheduling a retry", || {
+                    self.retries.reschedule(&id, token, &next, due)
+                })
+                .await?;
                 self.metrics.retries_scheduled.inc();
                 Ok(())
             }
@@ -250,7 +322,9 @@ impl Worker {
     }
 
     async fn complete(&self, id: &str, token: i64) -> Result<(), Aborted> {
-        let owned = self.until_durable("completing a retry", || self.retries.complete(id, token)).await?;
+        let owned = self
+            .until_durable("completing a retry", || self.retries.complete(id, token))
+            .await?;
         if !owned {
             tracing::warn!(delivery.id = %id, "retry lease expired before completion; another replica took it over");
         }
@@ -354,11 +428,12 @@ fn pending(
     endpoint: &Endpoint,
     payload: &Payload,
     attempts: u32,
-    last_error: Option<hookline_shared::domain::policy::Failure>,
+    last_error: Option<Failure>,
 ) -> PendingDelivery {
     PendingDelivery {
         endpoint_id: endpoint.id.clone(),
         attempts,
+        deferrals: 0,
         last_error,
         payload: Some(StoredPayload {
             content_type: payload.content_type.to_owned(),
@@ -373,7 +448,7 @@ fn dead_delivery(
     endpoint_id: &str,
     reason: DeadLetterReason,
     attempts: u32,
-    last_error: Option<hookline_shared::domain::policy::Failure>,
+    last_error: Option<Failure>,
 ) -> DeadLetter {
     DeadLetter::DeliveryV1(DeadDelivery {
         id: hookline_shared::contract::delivery_id(&event.id, endpoint_id),
@@ -395,7 +470,8 @@ fn due_in(delay: Duration) -> i64 {
 /// property, then to a hash of the body — stable across redeliveries, so subscribers can
 /// still deduplicate on `webhook-id`.
 pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
-    let message: EventMessage = serde_json::from_slice(&delivery.data).map_err(|e| format!("body: {e}"))?;
+    let message: EventMessage =
+        serde_json::from_slice(&delivery.data).map_err(|e| format!("body: {e}"))?;
     let id = delivery
         .properties
         .message_id()
@@ -430,7 +506,11 @@ fn source(delivery: &Delivery) -> &'static str {
         .as_ref()
         .and_then(|headers| headers.inner().get(SOURCE_HEADER))
         .is_some_and(|value| matches!(value, AMQPValue::LongString(s) if s.as_bytes() == SOURCE_HTTP.as_bytes()));
-    if from_ingest { SOURCE_HTTP } else { SOURCE_AMQP }
+    if from_ingest {
+        SOURCE_HTTP
+    } else {
+        SOURCE_AMQP
+    }
 }
 
 fn delivery_count(delivery: &Delivery) -> Option<u64> {
@@ -446,7 +526,11 @@ fn delivery_count(delivery: &Delivery) -> Option<u64> {
 }
 
 fn rejected(delivery: &Delivery, reason: DeadLetterReason, error: String) -> DeadLetter {
-    let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
     let body = String::from_utf8_lossy(&delivery.data).into_owned();
     DeadLetter::MessageV1(RejectedMessage {
         id: message_id

@@ -75,22 +75,31 @@ impl Dispatcher {
     }
 
     /// Makes one signed attempt. Never fails: every problem is an outcome.
-    pub async fn attempt(&self, endpoint: &Endpoint, webhook_id: &str, payload: &Payload) -> AttemptReport {
+    pub async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        webhook_id: &str,
+        payload: &Payload,
+    ) -> AttemptReport {
         let started = Instant::now();
         let (outcome, response_excerpt) = match self.policy.check_url(&endpoint.spec.url) {
             Err(blocked) => (blocked_outcome(&blocked), None),
-            Ok(()) => match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload)).await {
-                Ok(result) => result,
-                Err(_) => (
-                    AttemptOutcome::Failed(Failure {
-                        class: ErrorClass::Timeout,
-                        status: None,
-                        retry_after: None,
-                        message: format!("no complete answer within {:?}", self.timeout),
-                    }),
-                    None,
-                ),
-            },
+            Ok(()) => {
+                match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => (
+                        AttemptOutcome::Failed(Failure {
+                            class: ErrorClass::Timeout,
+                            status: None,
+                            retry_after: None,
+                            message: format!("no complete answer within {:?}", self.timeout),
+                        }),
+                        None,
+                    ),
+                }
+            }
         };
         AttemptReport {
             outcome,
@@ -99,15 +108,28 @@ impl Dispatcher {
         }
     }
 
-    async fn send(&self, endpoint: &Endpoint, webhook_id: &str, payload: &Payload) -> (AttemptOutcome, Option<String>) {
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        webhook_id: &str,
+        payload: &Payload,
+    ) -> (AttemptOutcome, Option<String>) {
         let now = OffsetDateTime::now_utc();
         let timestamp = now.unix_timestamp();
-        let signature = signature_header(endpoint.signing_secrets(now), webhook_id, timestamp, &payload.body);
+        let signature = signature_header(
+            endpoint.signing_secrets(now),
+            webhook_id,
+            timestamp,
+            &payload.body,
+        );
         let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 4);
         for (name, value) in &endpoint.spec.headers {
             // Validated when the endpoint was stored; a header that still fails to
             // convert is skipped rather than failing every delivery.
-            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::try_from(value.as_str()),
+            ) {
                 headers.insert(name, value);
             }
         }
@@ -138,7 +160,9 @@ impl Dispatcher {
             .and_then(parse_retry_after);
         let excerpt = read_excerpt(&mut response, self.excerpt_bytes).await;
         let outcome = if status.is_success() {
-            AttemptOutcome::Delivered { status: status.as_u16() }
+            AttemptOutcome::Delivered {
+                status: status.as_u16(),
+            }
         } else {
             AttemptOutcome::Failed(Failure {
                 class: ErrorClass::HttpError,
@@ -227,10 +251,17 @@ mod tests {
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "past dates mean now");
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "past dates mean now"
+        );
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
         let parsed = parse_retry_after(&future).expect("future date");
-        assert!(parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600), "{parsed:?}");
+        assert!(
+            parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600),
+            "{parsed:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -40,7 +40,11 @@ impl EndpointCache {
         let endpoints = Arc::new(self.store.list(tenant).await?);
         let mut entries = self.lock();
         if entries.len() >= MAX_TENANTS && !entries.contains_key(tenant) {
-            if let Some(oldest) = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(t, _)| t.clone()) {
+            if let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(t, _)| t.clone())
+            {
                 entries.remove(&oldest);
             }
         }
@@ -49,6 +53,8 @@ impl EndpointCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, (Instant, Arc<Vec<Endpoint>>)>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -22,13 +22,13 @@ pub mod retries;
 pub mod settings;
 
 use anyhow::Context;
-use hookline_shared::lifecycle::{connect_redis, watch_redis};
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
+use hookline_shared::lifecycle::{connect_redis, watch_redis};
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
+use hookline_shared::store::Keyspace;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::retries::RetryStore;
-use hookline_shared::store::Keyspace;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,12 +50,19 @@ impl Deliverer {
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
         let admin = TcpListener::bind(settings.admin.listen)
             .await
-            .with_context(|| format!("binding the admin port to {} (admin.listen)", settings.admin.listen))?;
+            .with_context(|| {
+                format!(
+                    "binding the admin port to {} (admin.listen)",
+                    settings.admin.listen
+                )
+            })?;
         Ok(Self { settings, admin })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or(self.settings.admin.listen)
+        self.admin
+            .local_addr()
+            .unwrap_or(self.settings.admin.listen)
     }
 
     /// Delivers until `shutdown`; then stops consuming, gives in-flight deliveries the
@@ -68,7 +75,12 @@ impl Deliverer {
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        tasks.spawn(serve_admin(admin, registry, readiness.clone(), background.clone()));
+        tasks.spawn(serve_admin(
+            admin,
+            registry,
+            readiness.clone(),
+            background.clone(),
+        ));
 
         let topology = Topology::new(&settings.prefix, settings.amqp.queue_type);
         let publisher = Publisher::spawn(
@@ -85,20 +97,28 @@ impl Deliverer {
             tasks.wait().await;
             return Ok(());
         };
-        tasks.spawn(watch_redis(redis.clone(), readiness.flag("redis"), background.clone()));
+        tasks.spawn(watch_redis(
+            redis.clone(),
+            readiness.flag("redis"),
+            background.clone(),
+        ));
         let keys = Keyspace::new(&settings.prefix);
         let abort = CancellationToken::new();
         let worker = Arc::new(delivery::Worker {
             schedule: settings.delivery.retry_schedule.clone(),
             defer_delay: settings.delivery.defer_delay,
             delivery_limit: settings.amqp.delivery_limit,
-            dispatcher: dispatch::Dispatcher::new(&settings.delivery).context("building the HTTP client")?,
+            dispatcher: dispatch::Dispatcher::new(&settings.delivery)
+                .context("building the HTTP client")?,
             endpoints: endpoint_cache::EndpointCache::new(
                 EndpointStore::new(redis.clone(), keys.clone()),
                 settings.delivery.endpoint_cache_ttl,
             ),
             retries: RetryStore::new(redis, keys),
-            dead_letters: dead_letter::DeadLetters::new(publisher, topology.dead_letter_exchange.clone()),
+            dead_letters: dead_letter::DeadLetters::new(
+                publisher,
+                topology.dead_letter_exchange.clone(),
+            ),
             metrics,
             slots: delivery::EndpointSlots::new(settings.delivery.max_in_flight_per_endpoint),
             abort: abort.clone(),
@@ -125,7 +145,10 @@ impl Deliverer {
 
         tracing::info!(grace = ?settings.shutdown.grace, "draining in-flight deliveries");
         handlers.close();
-        if tokio::time::timeout(settings.shutdown.grace, handlers.wait()).await.is_err() {
+        if tokio::time::timeout(settings.shutdown.grace, handlers.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace ran out; returning unfinished messages to the queue");
             abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), handlers.wait()).await;
@@ -133,7 +156,11 @@ impl Deliverer {
         if let Some((connection, acks)) = stopped {
             acks.finish().await;
             // Closing the channel returns every delivery not acked above to the queue.
-            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "shutdown".into())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.close(200, "shutdown".into()),
+            )
+            .await;
         }
         background.cancel();
         tasks.close();

@@ -2,7 +2,9 @@
 //! reasons, sources) — never a URL, tenant, endpoint or event id.
 
 use hookline_shared::metrics::{exponential_buckets, register};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -44,8 +46,11 @@ impl DelivererMetrics {
                 &["outcome", "status_class"],
             )),
             attempt_duration: unreachable_on_error(Histogram::with_opts(
-                HistogramOpts::new("hookline_delivery_attempt_duration_seconds", "Duration of one delivery attempt.")
-                    .buckets(attempt_buckets),
+                HistogramOpts::new(
+                    "hookline_delivery_attempt_duration_seconds",
+                    "Duration of one delivery attempt.",
+                )
+                .buckets(attempt_buckets),
             )),
             lag: unreachable_on_error(Histogram::with_opts(
                 HistogramOpts::new(
@@ -66,7 +71,10 @@ impl DelivererMetrics {
                 &["state"],
             )),
             dead_letters: unreachable_on_error(IntCounterVec::new(
-                Opts::new("hookline_dead_letters_total", "Deliveries and messages dead-lettered, by reason."),
+                Opts::new(
+                    "hookline_dead_letters_total",
+                    "Deliveries and messages dead-lettered, by reason.",
+                ),
                 &["reason"],
             )),
             in_flight: unreachable_on_error(IntGauge::new(

@@ -53,19 +53,30 @@ impl Promoter {
                             });
                         }
                     }
-                    Err(error) => tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), "claiming retries failed"),
+                    Err(error) => tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "claiming retries failed"
+                    ),
                 }
             }
             if backlog_refreshed.elapsed() >= BACKLOG_INTERVAL {
                 backlog_refreshed = tokio::time::Instant::now();
                 if let Ok((due, waiting)) = self.worker.retries.backlog(now_ms()).await {
                     let gauge = &self.worker.metrics.retry_backlog;
-                    gauge.with_label_values(&["due"]).set(i64::try_from(due).unwrap_or(i64::MAX));
-                    gauge.with_label_values(&["waiting"]).set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                    gauge
+                        .with_label_values(&["due"])
+                        .set(i64::try_from(due).unwrap_or(i64::MAX));
+                    gauge
+                        .with_label_values(&["waiting"])
+                        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
                 }
             }
             // A full batch means more may be due: go again at once, unless shut down.
-            let pause = if claimed_full_batch { Duration::ZERO } else { self.poll_interval };
+            let pause = if claimed_full_batch {
+                Duration::ZERO
+            } else {
+                self.poll_interval
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}

@@ -78,7 +78,11 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
         if self.delivery.timeout.is_zero() {
-            return Err(SettingsError::invalid("delivery.timeout", "HOOKLINE__DELIVERY__TIMEOUT", "must be positive"));
+            return Err(SettingsError::invalid(
+                "delivery.timeout",
+                "HOOKLINE__DELIVERY__TIMEOUT",
+                "must be positive",
+            ));
         }
         if self.retry.lease <= self.delivery.timeout {
             return Err(SettingsError::invalid(
@@ -87,7 +91,10 @@ impl Settings {
                 "must exceed delivery.timeout, or a slow attempt's retry would be claimed twice",
             ));
         }
-        if self.delivery.max_in_flight_per_endpoint == 0 || self.retry.batch == 0 || self.amqp.prefetch == 0 {
+        if self.delivery.max_in_flight_per_endpoint == 0
+            || self.retry.batch == 0
+            || self.amqp.prefetch == 0
+        {
             return Err(SettingsError::invalid(
                 "delivery.max_in_flight_per_endpoint",
                 "HOOKLINE__DELIVERY__MAX_IN_FLIGHT_PER_ENDPOINT",
@@ -104,14 +111,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_are_about_a_day_of_retries() {
         let settings = Settings::from_defaults_with(env(&[])).expect("defaults are valid");
         let total: Duration = settings.delivery.retry_schedule.delays().iter().sum();
-        assert!(total > Duration::from_secs(20 * 3600) && total < Duration::from_secs(26 * 3600), "{total:?}");
+        assert!(
+            total > Duration::from_secs(20 * 3600) && total < Duration::from_secs(26 * 3600),
+            "{total:?}"
+        );
         assert_eq!(settings.delivery.timeout, Duration::from_secs(15));
         assert!(!settings.delivery.allow_private_networks);
         assert_eq!(settings.admin.listen.port(), 9091);
@@ -122,7 +135,10 @@ mod tests {
         let settings = Settings::from_defaults_with(env(&[
             ("HOOKLINE__DELIVERY__RETRY_SCHEDULE", "200ms,1s"),
             ("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
-            ("HOOKLINE__DELIVERY__ALLOWED_NETWORKS", "10.0.0.0/8, fd00::/8"),
+            (
+                "HOOKLINE__DELIVERY__ALLOWED_NETWORKS",
+                "10.0.0.0/8, fd00::/8",
+            ),
         ]))
         .expect("valid");
         assert_eq!(settings.delivery.retry_schedule.max_attempts(), 3);
@@ -130,9 +146,17 @@ mod tests {
         assert_eq!(settings.delivery.allowed_networks.len(), 2);
 
         for (key, value, named) in [
-            ("HOOKLINE__DELIVERY__RETRY_SCHEDULE", "5s,later", "delivery.retry_schedule"),
+            (
+                "HOOKLINE__DELIVERY__RETRY_SCHEDULE",
+                "5s,later",
+                "delivery.retry_schedule",
+            ),
             ("HOOKLINE__DELIVERY__TIMEOUT", "fast", "delivery.timeout"),
-            ("HOOKLINE__DELIVERY__ALLOWED_NETWORKS", "10.0.0.0/99", "delivery.allowed_networks"),
+            (
+                "HOOKLINE__DELIVERY__ALLOWED_NETWORKS",
+                "10.0.0.0/99",
+                "delivery.allowed_networks",
+            ),
             ("HOOKLINE__RETRY__LEASE", "1s", "HOOKLINE__RETRY__LEASE"),
             ("HOOKLINE__PREFIX", "a.b", "HOOKLINE__PREFIX"),
         ] {

@@ -40,7 +40,11 @@ pub struct AcceptedEvents {
 
 impl AcceptedEvents {
     pub fn new(redis: ConnectionManager, keys: Keyspace, window: Duration) -> Self {
-        Self { redis, keys, window }
+        Self {
+            redis,
+            keys,
+            window,
+        }
     }
 
     pub async fn claim(&self, tenant: &TenantId, event_id: &str) -> Result<Claim, StoreError> {
@@ -86,5 +90,7 @@ impl AcceptedEvents {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

@@ -19,8 +19,8 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
-use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::lifecycle::{connect_redis, watch_redis};
+use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::store::Keyspace;
 
 pub use hookline_shared::lifecycle::shutdown_signal;
@@ -45,11 +45,22 @@ impl Ingest {
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
         let api = TcpListener::bind(settings.http.listen)
             .await
-            .with_context(|| format!("binding the API to {} (http.listen)", settings.http.listen))?;
+            .with_context(|| {
+                format!("binding the API to {} (http.listen)", settings.http.listen)
+            })?;
         let admin = TcpListener::bind(settings.admin.listen)
             .await
-            .with_context(|| format!("binding the admin port to {} (admin.listen)", settings.admin.listen))?;
-        Ok(Self { settings, api, admin })
+            .with_context(|| {
+                format!(
+                    "binding the admin port to {} (admin.listen)",
+                    settings.admin.listen
+                )
+            })?;
+        Ok(Self {
+            settings,
+            api,
+            admin,
+        })
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -57,14 +68,20 @@ impl Ingest {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or(self.settings.admin.listen)
+        self.admin
+            .local_addr()
+            .unwrap_or(self.settings.admin.listen)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight
     /// requests finish (bounded by the request timeout), and stops the publisher last so
     /// that those requests can still get their confirms.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { settings, api, admin } = self;
+        let Self {
+            settings,
+            api,
+            admin,
+        } = self;
         let registry = new_registry();
         let readiness = Readiness::new(&["amqp", "redis"]);
         let metrics = Arc::new(metrics::IngestMetrics::new(&registry));
@@ -86,7 +103,11 @@ impl Ingest {
             tasks.wait().await;
             return Ok(());
         };
-        tasks.spawn(watch_redis(redis.clone(), readiness.flag("redis"), background.clone()));
+        tasks.spawn(watch_redis(
+            redis.clone(),
+            readiness.flag("redis"),
+            background.clone(),
+        ));
         let keys = Keyspace::new(&settings.prefix);
         let state = api::AppState::new(api::Inner {
             tokens: settings.api.tokens(),
@@ -102,7 +123,12 @@ impl Ingest {
             settings.http.request_timeout,
         ));
 
-        tasks.spawn(serve_admin(admin, registry, readiness.clone(), background.clone()));
+        tasks.spawn(serve_admin(
+            admin,
+            registry,
+            readiness.clone(),
+            background.clone(),
+        ));
         tracing::info!(api = %api.local_addr()?, "ingest listening");
         let served = axum::serve(api, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

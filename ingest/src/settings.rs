@@ -103,16 +103,24 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_need_only_a_token() {
         let error = Settings::from_defaults_with(env(&[])).expect_err("no token");
-        assert!(error.to_string().contains("HOOKLINE__API__TOKEN"), "{error}");
-        let settings =
-            Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t1"), ("HOOKLINE__API__EXTRA_TOKENS", "t2, t3")]))
-                .expect("valid");
+        assert!(
+            error.to_string().contains("HOOKLINE__API__TOKEN"),
+            "{error}"
+        );
+        let settings = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__API__TOKEN", "t1"),
+            ("HOOKLINE__API__EXTRA_TOKENS", "t2, t3"),
+        ]))
+        .expect("valid");
         assert_eq!(settings.api.tokens().len(), 3);
         assert_eq!(settings.http.listen.port(), 8080);
         assert_eq!(settings.admin.listen.port(), 9090);
@@ -120,8 +128,11 @@ mod tests {
 
     #[test]
     fn bad_listen_address_names_the_key() {
-        let error = Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t"), ("HOOKLINE__HTTP__LISTEN", "nowhere")]))
-            .expect_err("invalid");
+        let error = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__API__TOKEN", "t"),
+            ("HOOKLINE__HTTP__LISTEN", "nowhere"),
+        ]))
+        .expect_err("invalid");
         assert!(error.to_string().contains("http.listen"), "{error}");
     }
 }

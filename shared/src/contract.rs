@@ -92,6 +92,10 @@ pub struct PendingDelivery {
     /// Attempts made so far; 0 for a delivery that was deferred before its first attempt
     /// (endpoint busy) or queued by a replay.
     pub attempts: u32,
+    /// Times in a row the delivery found its endpoint too busy and was put back without
+    /// an attempt; each doubles the wait, so a hung endpoint's backlog does not churn.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<Failure>,
     /// The body as first rendered: every retry sends the same bytes, and rendering
@@ -105,6 +109,10 @@ pub struct PendingDelivery {
 pub struct StoredPayload {
     pub content_type: String,
     pub body: String,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl PendingDelivery {

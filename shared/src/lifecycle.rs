@@ -33,7 +33,10 @@ pub async fn shutdown_signal() {
 /// Connects to Redis, waiting with backoff while it is unreachable, so a process that
 /// starts before Redis (a common ordering in Kubernetes) simply becomes ready later.
 /// `None` if `shutdown` came first.
-pub async fn connect_redis(settings: &RedisSettings, shutdown: &CancellationToken) -> Option<ConnectionManager> {
+pub async fn connect_redis(
+    settings: &RedisSettings,
+    shutdown: &CancellationToken,
+) -> Option<ConnectionManager> {
     let mut backoff = Backoff::default();
     loop {
         match crate::store::connect(settings).await {
@@ -51,7 +54,11 @@ pub async fn connect_redis(settings: &RedisSettings, shutdown: &CancellationToke
 }
 
 /// Keeps a readiness flag true while Redis answers PING.
-pub async fn watch_redis(redis: ConnectionManager, ready: ReadinessFlag, shutdown: CancellationToken) {
+pub async fn watch_redis(
+    redis: ConnectionManager,
+    ready: ReadinessFlag,
+    shutdown: CancellationToken,
+) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

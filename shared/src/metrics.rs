@@ -15,14 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub fn new_registry() -> Registry {
     let registry = Registry::new();
     let build_info = IntGaugeVec::new(
-        Opts::new("hookline_build_info", "Build of this Hookline binary; always 1."),
+        Opts::new(
+            "hookline_build_info",
+            "Build of this Hookline binary; always 1.",
+        ),
         &["version"],
     )
     .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
     build_info.with_label_values(&[crate::VERSION]).set(1);
     register(&registry, build_info);
     #[cfg(target_os = "linux")]
-    register(&registry, prometheus::process_collector::ProcessCollector::for_self());
+    register(
+        &registry,
+        prometheus::process_collector::ProcessCollector::for_self(),
+    );
     registry
 }
 
@@ -73,7 +79,12 @@ impl Readiness {
     fn report(&self) -> serde_json::Value {
         self.checks
             .iter()
-            .map(|(name, up)| (name.to_string(), serde_json::Value::Bool(up.load(Ordering::Relaxed))))
+            .map(|(name, up)| {
+                (
+                    name.to_string(),
+                    serde_json::Value::Bool(up.load(Ordering::Relaxed)),
+                )
+            })
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
@@ -100,7 +111,10 @@ pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AdminState { registry, readiness })
+        .with_state(AdminState {
+            registry,
+            readiness,
+        })
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -17,7 +17,9 @@ pub const CONFIG_FILE_ENV: &str = "HOOKLINE_CONFIG";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SettingsError {
-    #[error("invalid configuration: {0} (environment variables are HOOKLINE__SECTION__KEY, e.g. HOOKLINE__AMQP__URL)")]
+    #[error(
+        "invalid configuration: {0} (environment variables are HOOKLINE__SECTION__KEY, e.g. HOOKLINE__AMQP__URL)"
+    )]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: {key} ({env}): {message}")]
     Invalid {
@@ -165,7 +167,12 @@ mod tests {
     "#;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -173,7 +180,11 @@ mod tests {
         let loaded: Example = load_from(
             DEFAULTS,
             None,
-            env(&[("HOOKLINE__PREFIX", "t1"), ("HOOKLINE__AMQP__PREFETCH", "50"), ("HOOKLINE__AMQP__QUEUE_TYPE", "classic")]),
+            env(&[
+                ("HOOKLINE__PREFIX", "t1"),
+                ("HOOKLINE__AMQP__PREFETCH", "50"),
+                ("HOOKLINE__AMQP__QUEUE_TYPE", "classic"),
+            ]),
         )
         .expect("valid");
         assert_eq!(loaded.prefix, "t1");
@@ -184,12 +195,20 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let error = load_from::<Example>(DEFAULTS, None, env(&[("HOOKLINE__AMQP__PREFETCH", "lots")]))
-            .expect_err("invalid");
+        let error =
+            load_from::<Example>(DEFAULTS, None, env(&[("HOOKLINE__AMQP__PREFETCH", "lots")]))
+                .expect_err("invalid");
         assert!(error.to_string().contains("amqp.prefetch"), "{error}");
-        let error = load_from::<Example>(DEFAULTS, None, env(&[("HOOKLINE__AMQP__CONFIRM_TIMEOUT", "soon")]))
-            .expect_err("invalid");
-        assert!(error.to_string().contains("amqp.confirm_timeout"), "{error}");
+        let error = load_from::<Example>(
+            DEFAULTS,
+            None,
+            env(&[("HOOKLINE__AMQP__CONFIRM_TIMEOUT", "soon")]),
+        )
+        .expect_err("invalid");
+        assert!(
+            error.to_string().contains("amqp.confirm_timeout"),
+            "{error}"
+        );
         assert!(validate_prefix("ok_1-x").is_ok());
         assert!(validate_prefix("no.dots").is_err());
     }

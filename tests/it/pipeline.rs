@@ -14,7 +14,9 @@ async fn http_event_arrives_signed_at_the_endpoint() {
             json!({"url": receiver.url(), "event_types": ["profile.parsing.success"], "headers": {"X-Api-Key": "k1"}}),
         )
         .await;
-    let secret = endpoint["secret"].as_str().expect("secret returned on create");
+    let secret = endpoint["secret"]
+        .as_str()
+        .expect("secret returned on create");
     assert!(secret.starts_with("whsec_"));
 
     let accepted = hookline
@@ -26,23 +28,40 @@ async fn http_event_arrives_signed_at_the_endpoint() {
         .await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     assert_eq!(accepted.body["duplicate"], false);
-    let id = accepted.body["id"].as_str().expect("generated id").to_owned();
+    let id = accepted.body["id"]
+        .as_str()
+        .expect("generated id")
+        .to_owned();
 
     let received = receiver.wait_for(1).await;
     let webhook = &received[0];
-    assert!(verify_signature(secret, webhook), "signature verifies with an independent verifier");
+    assert!(
+        verify_signature(secret, webhook),
+        "signature verifies with an independent verifier"
+    );
     assert_eq!(webhook.header("webhook-id"), Some(id.as_str()));
     assert_eq!(webhook.header("content-type"), Some("application/json"));
     assert_eq!(webhook.header("x-api-key"), Some("k1"));
-    assert!(webhook.header("user-agent").is_some_and(|ua| ua.starts_with("Hookline/")));
-    let timestamp: i64 = webhook.header("webhook-timestamp").expect("timestamp").parse().expect("unix seconds");
+    assert!(
+        webhook
+            .header("user-agent")
+            .is_some_and(|ua| ua.starts_with("Hookline/"))
+    );
+    let timestamp: i64 = webhook
+        .header("webhook-timestamp")
+        .expect("timestamp")
+        .parse()
+        .expect("unix seconds");
     assert!((time::OffsetDateTime::now_utc().unix_timestamp() - timestamp).abs() < 60);
     assert_eq!(
         webhook.json(),
         json!({"id": id, "type": "profile.parsing.success", "tenant": "acme",
                "timestamp": "2026-11-01T10:00:00Z", "version": "2", "data": {"profile": {"key": "p1"}}})
     );
-    assert!(!verify_signature("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", webhook), "another secret does not verify");
+    assert!(
+        !verify_signature("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", webhook),
+        "another secret does not verify"
+    );
     hookline.stop().await;
 }
 
@@ -51,7 +70,10 @@ async fn direct_amqp_publish_is_delivered_like_http() {
     let hookline = Hookline::start().await;
     let receiver = Receiver::start().await;
     let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["application.status.updated"]}))
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["application.status.updated"]}),
+        )
         .await;
     let body = json!({
         "id": "evt_from_ats_1", "tenant": "acme", "type": "application.status.updated",
@@ -68,7 +90,10 @@ async fn direct_amqp_publish_is_delivered_like_http() {
         )
         .await;
     let received = receiver.wait_for(1).await;
-    assert!(verify_signature(endpoint["secret"].as_str().expect("secret"), &received[0]));
+    assert!(verify_signature(
+        endpoint["secret"].as_str().expect("secret"),
+        &received[0]
+    ));
     assert_eq!(received[0].header("webhook-id"), Some("evt_from_ats_1"));
     assert_eq!(
         received[0].json(),
@@ -77,7 +102,11 @@ async fn direct_amqp_publish_is_delivered_like_http() {
                "changes": {"status": {"from": "screening", "to": "hired"}}})
     );
     let consumed = hookline
-        .metric(hookline.deliverer_admins[0], "hookline_events_consumed_total", &[("source", "amqp")])
+        .metric(
+            hookline.deliverer_admins[0],
+            "hookline_events_consumed_total",
+            &[("source", "amqp")],
+        )
         .await;
     assert_eq!(consumed, 1.0, "counted as a direct AMQP event");
     hookline.stop().await;
@@ -90,10 +119,20 @@ async fn wildcards_match_and_tenants_stay_isolated() {
     let jobs = Receiver::start().await;
     let other_tenant = Receiver::start().await;
     hookline
-        .create_endpoint("acme", json!({"url": profiles.url(), "event_types": ["profile.*.success"]}))
+        .create_endpoint(
+            "acme",
+            json!({"url": profiles.url(), "event_types": ["profile.*.success"]}),
+        )
         .await;
-    hookline.create_endpoint("acme", json!({"url": jobs.url(), "event_types": ["job.#"]})).await;
-    hookline.create_endpoint("globex", json!({"url": other_tenant.url(), "event_types": ["#"]})).await;
+    hookline
+        .create_endpoint("acme", json!({"url": jobs.url(), "event_types": ["job.#"]}))
+        .await;
+    hookline
+        .create_endpoint(
+            "globex",
+            json!({"url": other_tenant.url(), "event_types": ["#"]}),
+        )
+        .await;
 
     for event_type in [
         "profile.parsing.success",
@@ -102,26 +141,42 @@ async fn wildcards_match_and_tenants_stay_isolated() {
         "job.storing.success",
         "candidate.interested",
     ] {
-        let answer = hookline.post_event("acme", json!({"type": event_type, "data": {}})).await;
+        let answer = hookline
+            .post_event("acme", json!({"type": event_type, "data": {}}))
+            .await;
         assert_eq!(answer.status, 202);
     }
-    let marker = hookline.post_event("globex", json!({"type": "globex.only", "data": {}})).await;
+    let marker = hookline
+        .post_event("globex", json!({"type": "globex.only", "data": {}}))
+        .await;
     assert_eq!(marker.status, 202);
 
     let types = |received: Vec<hookline_tests::Received>| {
-        let mut types: Vec<String> =
-            received.iter().map(|r| r.json()["type"].as_str().expect("type").to_owned()).collect();
+        let mut types: Vec<String> = received
+            .iter()
+            .map(|r| r.json()["type"].as_str().expect("type").to_owned())
+            .collect();
         types.sort();
         types
     };
-    assert_eq!(types(profiles.wait_for(2).await), ["profile.parsing.success", "profile.scoring.success"]);
+    assert_eq!(
+        types(profiles.wait_for(2).await),
+        ["profile.parsing.success", "profile.scoring.success"]
+    );
     assert_eq!(types(jobs.wait_for(1).await), ["job.storing.success"]);
     let globex = other_tenant.wait_for(1).await;
     assert_eq!(globex[0].json()["tenant"], "globex");
     // Every acme event has been handled once all acme receivers got theirs; the globex
     // endpoint subscribes to everything and still saw only its own tenant's event.
     eventually("all events consumed", || async {
-        hookline.metric(hookline.deliverer_admins[0], "hookline_events_consumed_total", &[]).await >= 6.0
+        hookline
+            .metric(
+                hookline.deliverer_admins[0],
+                "hookline_events_consumed_total",
+                &[],
+            )
+            .await
+            >= 6.0
     })
     .await;
     assert_eq!(types(other_tenant.received()), ["globex.only"]);
@@ -134,7 +189,10 @@ async fn form_format_sends_data_keys_as_fields() {
     let hookline = Hookline::start().await;
     let receiver = Receiver::start().await;
     let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["profile.#"], "format": "form"}))
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["profile.#"], "format": "form"}),
+        )
         .await;
     hookline
         .post_event(
@@ -144,8 +202,14 @@ async fn form_format_sends_data_keys_as_fields() {
         )
         .await;
     let received = receiver.wait_for(1).await;
-    assert_eq!(received[0].header("content-type"), Some("application/x-www-form-urlencoded"));
-    assert!(verify_signature(endpoint["secret"].as_str().expect("secret"), &received[0]));
+    assert_eq!(
+        received[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert!(verify_signature(
+        endpoint["secret"].as_str().expect("secret"),
+        &received[0]
+    ));
     assert_eq!(
         std::str::from_utf8(&received[0].body).expect("utf-8"),
         "type=profile.parsing.success&id=evt_form_1&timestamp=2026-11-03T09%3A00%3A00Z\
@@ -156,22 +220,43 @@ async fn form_format_sends_data_keys_as_fields() {
 
 #[tokio::test]
 async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
-    let hookline = Hookline::builder().retry_schedule("100ms,100ms,100ms").start().await;
+    let hookline = Hookline::builder()
+        .retry_schedule("100ms,100ms,100ms")
+        .start()
+        .await;
     let flaky = Receiver::answering(&[500, 503]).await;
     let healthy = Receiver::start().await;
     let flaky_endpoint = hookline
-        .create_endpoint("acme", json!({"url": flaky.url(), "event_types": ["candidate.#"]}))
+        .create_endpoint(
+            "acme",
+            json!({"url": flaky.url(), "event_types": ["candidate.#"]}),
+        )
         .await;
-    hookline.create_endpoint("acme", json!({"url": healthy.url(), "event_types": ["candidate.#"]})).await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": healthy.url(), "event_types": ["candidate.#"]}),
+        )
+        .await;
 
     let accepted = hookline
-        .post_event("acme", json!({"type": "candidate.interested", "data": {"candidate": 7}}))
+        .post_event(
+            "acme",
+            json!({"type": "candidate.interested", "data": {"candidate": 7}}),
+        )
         .await;
     let id = accepted.body["id"].as_str().expect("id").to_owned();
     let attempts = flaky.wait_for(3).await;
     for attempt in &attempts {
-        assert_eq!(attempt.header("webhook-id"), Some(id.as_str()), "same id on every retry");
-        assert!(verify_signature(flaky_endpoint["secret"].as_str().expect("secret"), attempt));
+        assert_eq!(
+            attempt.header("webhook-id"),
+            Some(id.as_str()),
+            "same id on every retry"
+        );
+        assert!(verify_signature(
+            flaky_endpoint["secret"].as_str().expect("secret"),
+            attempt
+        ));
         assert_eq!(attempt.body, attempts[0].body, "same body on every retry");
     }
     // The success was the last thing Hookline had to do for this event: once the retry
@@ -181,11 +266,20 @@ async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
     eventually("retry backlog drained", || {
         let mut redis = redis.clone();
         let key = due_key.clone();
-        async move { redis::AsyncCommands::zcard::<_, u64>(&mut redis, key).await.expect("zcard") == 0 }
+        async move {
+            redis::AsyncCommands::zcard::<_, u64>(&mut redis, key)
+                .await
+                .expect("zcard")
+                == 0
+        }
     })
     .await;
     assert_eq!(flaky.count(), 3, "two failures and one success");
-    assert_eq!(healthy.count(), 1, "the healthy endpoint got the event once");
+    assert_eq!(
+        healthy.count(),
+        1,
+        "the healthy endpoint got the event once"
+    );
     let _: () = redis::AsyncCommands::ping(&mut redis).await.expect("ping");
     assert_eq!(hookline.queue_depth("dead-letter").await, 0);
     hookline.stop().await;
@@ -193,14 +287,23 @@ async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
 
 #[tokio::test]
 async fn exhausted_delivery_is_dead_lettered_with_its_reason() {
-    let hookline = Hookline::builder().retry_schedule("50ms,50ms").start().await;
+    let hookline = Hookline::builder()
+        .retry_schedule("50ms,50ms")
+        .start()
+        .await;
     let down = Receiver::start().await;
     down.set_status(500);
     let endpoint = hookline
-        .create_endpoint("acme", json!({"url": down.url(), "event_types": ["invoice.status.updated"]}))
+        .create_endpoint(
+            "acme",
+            json!({"url": down.url(), "event_types": ["invoice.status.updated"]}),
+        )
         .await;
     let accepted = hookline
-        .post_event("acme", json!({"id": "inv_1", "type": "invoice.status.updated", "data": {"invoice": 1}}))
+        .post_event(
+            "acme",
+            json!({"id": "inv_1", "type": "invoice.status.updated", "data": {"invoice": 1}}),
+        )
         .await;
     assert_eq!(accepted.status, 202);
     let records = hookline.dead_letters(1).await;
@@ -221,9 +324,15 @@ async fn exhausted_delivery_is_dead_lettered_with_its_reason() {
 async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue() {
     let hookline = Hookline::start().await;
     let receiver = Receiver::start().await;
-    hookline.create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]})).await;
     hookline
-        .publish_direct("candidate.interested", b"{not json", BasicProperties::default().with_message_id("bad1".into()))
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    hookline
+        .publish_direct(
+            "candidate.interested",
+            b"{not json",
+            BasicProperties::default().with_message_id("bad1".into()),
+        )
         .await;
     hookline
         .publish_direct(
@@ -247,9 +356,23 @@ async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue(
         assert_eq!(record["type"], "message_v1");
         assert_eq!(record["reason"], "invalid_message");
     }
-    assert!(records[0]["error"].as_str().expect("error").starts_with("body:"), "{}", records[0]);
+    assert!(
+        records[0]["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("body:"),
+        "{}",
+        records[0]
+    );
     assert_eq!(records[0]["body"], "{not json");
-    assert!(records[1]["error"].as_str().expect("error").starts_with("type:"), "{}", records[1]);
+    assert!(
+        records[1]["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("type:"),
+        "{}",
+        records[1]
+    );
     hookline.stop().await;
 }
 
@@ -257,29 +380,59 @@ async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue(
 async fn repeated_event_id_is_accepted_once() {
     let hookline = Hookline::start().await;
     let receiver = Receiver::start().await;
-    hookline.create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]})).await;
+    hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
     let event = json!({"id": "evt_dup", "type": "candidate.declined", "data": {}});
     let first = hookline.post_event("acme", event.clone()).await;
     let second = hookline.post_event("acme", event.clone()).await;
-    assert_eq!((first.status, first.body["duplicate"].clone()), (202, json!(false)));
-    assert_eq!((second.status, second.body["duplicate"].clone()), (202, json!(true)));
+    assert_eq!(
+        (first.status, first.body["duplicate"].clone()),
+        (202, json!(false))
+    );
+    assert_eq!(
+        (second.status, second.body["duplicate"].clone()),
+        (202, json!(true))
+    );
     assert_eq!(second.body["id"], "evt_dup");
     // The same id under another tenant is another event.
     let other = hookline.post_event("globex", event).await;
     assert_eq!(other.body["duplicate"], false);
     hookline
-        .post_event("acme", json!({"id": "evt_marker", "type": "candidate.declined", "data": {}}))
+        .post_event(
+            "acme",
+            json!({"id": "evt_marker", "type": "candidate.declined", "data": {}}),
+        )
         .await;
     let received = receiver.wait_for(2).await;
-    let ids: Vec<_> = received.iter().map(|r| r.header("webhook-id").unwrap_or_default().to_owned()).collect();
-    assert!(ids.contains(&"evt_marker".to_owned()) && ids.contains(&"evt_dup".to_owned()), "{ids:?}");
+    let ids: Vec<_> = received
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        ids.contains(&"evt_marker".to_owned()) && ids.contains(&"evt_dup".to_owned()),
+        "{ids:?}"
+    );
     eventually("both published events consumed", || async {
-        hookline.metric(hookline.deliverer_admins[0], "hookline_events_consumed_total", &[]).await >= 3.0
+        hookline
+            .metric(
+                hookline.deliverer_admins[0],
+                "hookline_events_consumed_total",
+                &[],
+            )
+            .await
+            >= 3.0
     })
     .await;
     assert_eq!(receiver.count(), 2, "the duplicate was never published");
     assert_eq!(
-        hookline.metric(hookline.ingest_admin, "hookline_events_duplicate_total", &[]).await,
+        hookline
+            .metric(
+                hookline.ingest_admin,
+                "hookline_events_duplicate_total",
+                &[]
+            )
+            .await,
         1.0
     );
     hookline.stop().await;

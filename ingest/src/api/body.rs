@@ -33,8 +33,12 @@ pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
                 let field = missing_field(&message)
                     .map(|name| join_path(&path, name))
                     .unwrap_or_else(|| if path == "." { String::new() } else { path });
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", strip_position(&message))
-                    .with_field(field)
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    strip_position(&message),
+                )
+                .with_field(field)
             }
             _ => ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -104,13 +108,27 @@ mod tests {
             (b"{\"type\": \"\xff\"}", 400, ""),
             (b"{}", 422, "type"),
             (b"{\"type\": 5}", 422, "type"),
-            (b"{\"type\": \"a\", \"nested\": {\"count\": -1}}", 422, "nested.count"),
+            (
+                b"{\"type\": \"a\", \"nested\": {\"count\": -1}}",
+                422,
+                "nested.count",
+            ),
             (b"{\"type\": \"a\", \"extra\": 1}", 422, "extra"),
         ];
         for (body, status, field) in cases {
             let error = parse_json_bytes::<Sample>(body).expect_err("invalid");
-            assert_eq!(error.status().as_u16(), status, "{}", String::from_utf8_lossy(body));
-            assert_eq!(error.field().unwrap_or(""), field, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                error.status().as_u16(),
+                status,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                error.field().unwrap_or(""),
+                field,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -7,7 +7,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hookline_shared::Invalid;
-use hookline_shared::domain::endpoint::{Endpoint, EndpointSpec, ENDPOINT_ID_PREFIX, validate_endpoint_id};
+use hookline_shared::domain::endpoint::{
+    ENDPOINT_ID_PREFIX, Endpoint, EndpointSpec, validate_endpoint_id,
+};
 use hookline_shared::domain::filter::PayloadFilter;
 use hookline_shared::domain::pattern::EventPattern;
 use hookline_shared::domain::payload::PayloadFormat;
@@ -42,7 +44,8 @@ struct EndpointInput {
 
 impl EndpointInput {
     fn into_spec(self) -> Result<(EndpointSpec, Option<SigningSecret>), Invalid> {
-        let url = url::Url::parse(&self.url).map_err(|e| Invalid::new("url", format_args!("is not a URL: {e}")))?;
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| Invalid::new("url", format_args!("is not a URL: {e}")))?;
         let event_types = self
             .event_types
             .into_iter()
@@ -56,7 +59,11 @@ impl EndpointInput {
             .map(PayloadFilter::parse)
             .transpose()
             .map_err(|e| e.within("filter"))?;
-        let secret = self.secret.as_deref().map(SigningSecret::parse).transpose()?;
+        let secret = self
+            .secret
+            .as_deref()
+            .map(SigningSecret::parse)
+            .transpose()?;
         let spec = EndpointSpec {
             url,
             event_types,
@@ -74,7 +81,11 @@ impl EndpointInput {
     fn from_spec(spec: &EndpointSpec) -> Self {
         Self {
             url: spec.url.to_string(),
-            event_types: spec.event_types.iter().map(|p| p.as_str().to_owned()).collect(),
+            event_types: spec
+                .event_types
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
             description: spec.description.clone(),
             format: Some(spec.format),
             headers: spec.headers.clone(),
@@ -130,7 +141,8 @@ pub async fn create(
     request_body: Body,
 ) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
     let tenant = tenant(raw_tenant)?;
-    let input: EndpointInput = body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    let input: EndpointInput =
+        body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
     let (spec, secret) = input.into_spec().map_err(ApiError::invalid)?;
     let now = OffsetDateTime::now_utc();
     let endpoint = Endpoint {
@@ -148,7 +160,11 @@ pub async fn create(
         .await?
     {
         // A UUIDv7 collision: practically impossible, but never overwrite.
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "endpoint id collision; retry"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "endpoint id collision; retry",
+        ));
     }
     let mut view = EndpointView::of(&endpoint);
     view.secret = Some(endpoint.secret.expose());
@@ -202,7 +218,8 @@ pub async fn update(
     request_body: Body,
 ) -> Result<Json<EndpointView>, ApiError> {
     let mut endpoint = load(&state, raw_tenant, &id).await?;
-    let patch: Map<String, Value> = body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    let patch: Map<String, Value> =
+        body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
     if patch.contains_key("secret") {
         return Err(ApiError::invalid(Invalid::new(
             "secret",
@@ -263,10 +280,22 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7396() {
         let cases = [
-            (json!({"a": 1, "b": 2}), json!({"a": 3}), json!({"a": 3, "b": 2})),
+            (
+                json!({"a": 1, "b": 2}),
+                json!({"a": 3}),
+                json!({"a": 3, "b": 2}),
+            ),
             (json!({"a": 1, "b": 2}), json!({"b": null}), json!({"a": 1})),
-            (json!({"h": {"x": "1"}}), json!({"h": {"y": "2"}}), json!({"h": {"x": "1", "y": "2"}})),
-            (json!({"t": ["a"]}), json!({"t": ["b", "c"]}), json!({"t": ["b", "c"]})),
+            (
+                json!({"h": {"x": "1"}}),
+                json!({"h": {"y": "2"}}),
+                json!({"h": {"x": "1", "y": "2"}}),
+            ),
+            (
+                json!({"t": ["a"]}),
+                json!({"t": ["b", "c"]}),
+                json!({"t": ["b", "c"]}),
+            ),
         ];
         for (mut target, patch, expected) in cases {
             merge_patch(&mut target, patch);
@@ -280,7 +309,10 @@ mod tests {
             "url": "https://x.example", "event_types": ["a.b", "a..b"]
         }))
         .expect("shape");
-        assert_eq!(input.into_spec().expect_err("invalid").field, "event_types[1]");
+        assert_eq!(
+            input.into_spec().expect_err("invalid").field,
+            "event_types[1]"
+        );
         let input: EndpointInput = serde_json::from_value(json!({
             "url": "https://x.example", "event_types": ["#"], "filter": {"a..b": 1}
         }))

@@ -42,22 +42,35 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
     }
 
     pub fn not_found(what: &'static str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// A body that parsed but broke a rule: 422 naming the field.
     pub fn invalid(invalid: Invalid) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", invalid.message)
-            .with_field(invalid.field)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            invalid.message,
+        )
+        .with_field(invalid.field)
     }
 
     /// A malformed path segment (tenant or endpoint id): 400 naming it.
     pub fn bad_path(invalid: Invalid) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_path", invalid.message).with_field(invalid.field)
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", invalid.message)
+            .with_field(invalid.field)
     }
 
     pub fn unavailable(dependency: &'static str) -> Self {
@@ -69,7 +82,11 @@ impl ApiError {
     }
 
     fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -86,7 +103,10 @@ impl From<StoreError> for ApiError {
                 Self::unavailable("storage")
             }
             error => {
-                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "storage error");
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "storage error"
+                );
                 Self::internal()
             }
         }
@@ -97,11 +117,17 @@ impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
         match error {
             PublishError::Unavailable | PublishError::ConfirmTimeout(_) | PublishError::Amqp(_) => {
-                tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), "publish failed");
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "publish failed"
+                );
                 Self::unavailable("the event broker")
             }
             error => {
-                tracing::error!(error = format!("{:#}", anyhow::Error::from(error)), "publish refused");
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "publish refused"
+                );
                 Self::internal()
             }
         }

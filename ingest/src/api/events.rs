@@ -27,7 +27,8 @@ pub async fn ingest(
     request_body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let tenant = tenant(raw_tenant)?;
-    let message: EventMessage = body::parse_json(request_body, state.settings.max_event_bytes).await?;
+    let message: EventMessage =
+        body::parse_json(request_body, state.settings.max_event_bytes).await?;
     let caller_chose_id = message.id.is_some();
     let event = Event::from_message(
         message,
@@ -82,10 +83,15 @@ fn accepted(id: String, duplicate: bool) -> (StatusCode, Json<Accepted>) {
 }
 
 async fn publish(state: &AppState, event: &Event) -> Result<(), ApiError> {
-    // Serializing a validated event (strings, numbers, JSON values) cannot fail.
-    let body = serde_json::to_vec(&event.to_message()).unwrap_or_default();
+    // An `Event` serializes to exactly the public message body (see
+    // `Event::to_message`), so it is written without an intermediate copy. Serializing
+    // strings, numbers and JSON values cannot fail.
+    let body = serde_json::to_vec(event).unwrap_or_default();
     let mut headers = FieldTable::default();
-    headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(SOURCE_HTTP.into()));
+    headers.insert(
+        SOURCE_HEADER.into(),
+        AMQPValue::LongString(SOURCE_HTTP.into()),
+    );
     let properties = BasicProperties::default()
         .with_content_type(JSON.into())
         .with_message_id(event.id.as_str().into())
@@ -101,7 +107,11 @@ async fn publish(state: &AppState, event: &Event) -> Result<(), ApiError> {
             properties,
         )
         .await;
-    let outcome = if result.is_ok() { "confirmed" } else { "failed" };
+    let outcome = if result.is_ok() {
+        "confirmed"
+    } else {
+        "failed"
+    };
     state
         .metrics
         .publish_duration

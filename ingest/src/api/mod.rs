@@ -60,7 +60,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/tenants/{tenant}/endpoints/{endpoint_id}",
-            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
+            get(endpoints::get)
+                .patch(endpoints::update)
+                .delete(endpoints::delete),
         )
         .route(
             "/tenants/{tenant}/endpoints/{endpoint_id}/secret",
@@ -70,7 +72,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .with_state(state)
 }
 

@@ -33,10 +33,13 @@ pub async fn connect(
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("heartbeat={HEARTBEAT_SECONDS}"));
     }
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("hookline-{role}").into());
-    tokio::time::timeout(settings.connect_timeout, Connection::connect(&url, properties))
-        .await
-        .map_err(|_| ConnectError::Timeout(settings.connect_timeout))?
-        .map_err(ConnectError::from)
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("hookline-{role}").into());
+    tokio::time::timeout(
+        settings.connect_timeout,
+        Connection::connect(&url, properties),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout(settings.connect_timeout))?
+    .map_err(ConnectError::from)
 }

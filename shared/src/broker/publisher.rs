@@ -11,8 +11,8 @@ use super::topology::Topology;
 use crate::metrics::ReadinessFlag;
 use crate::settings::AmqpSettings;
 use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Event};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,10 @@ pub enum PublishError {
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
     #[error("no queue is bound for routing key {routing_key:?} on {exchange:?}")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("publishing failed")]
     Amqp(#[from] lapin::Error),
 }
@@ -64,7 +67,9 @@ impl Publisher {
             broken: broken.clone(),
             confirm_timeout: settings.confirm_timeout,
         };
-        tasks.spawn(supervise(settings, topology, role, sender, broken, ready, shutdown));
+        tasks.spawn(supervise(
+            settings, topology, role, sender, broken, ready, shutdown,
+        ));
         publisher
     }
 
@@ -147,7 +152,9 @@ async fn supervise(
         let attempt = async {
             let connection = super::connect(&settings, role).await?;
             let channel = connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
             topology.declare(&channel).await?;
             Ok::<_, anyhow::Error>((connection, channel))
         };
@@ -178,7 +185,11 @@ async fn supervise(
         }
         ready.set(false);
         sender.send_replace(None);
-        let _ = tokio::time::timeout(Duration::from_secs(2), connection.close(200, "reconnecting".into())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "reconnecting".into()),
+        )
+        .await;
     }
     ready.set(false);
     sender.send_replace(None);

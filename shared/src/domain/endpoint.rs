@@ -98,14 +98,20 @@ pub fn validate_url(url: &Url) -> Result<(), Invalid> {
         ));
     }
     if url.as_str().len() > MAX_URL_LEN {
-        return Err(Invalid::new("url", format_args!("must be at most {MAX_URL_LEN} characters")));
+        return Err(Invalid::new(
+            "url",
+            format_args!("must be at most {MAX_URL_LEN} characters"),
+        ));
     }
     Ok(())
 }
 
 pub fn validate_patterns(patterns: &[EventPattern]) -> Result<(), Invalid> {
     if patterns.is_empty() {
-        return Err(Invalid::new("event_types", "must list at least one pattern"));
+        return Err(Invalid::new(
+            "event_types",
+            "must list at least one pattern",
+        ));
     }
     if patterns.len() > MAX_EVENT_PATTERNS {
         return Err(Invalid::new(
@@ -118,18 +124,26 @@ pub fn validate_patterns(patterns: &[EventPattern]) -> Result<(), Invalid> {
 
 pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invalid> {
     if headers.len() > MAX_HEADERS {
-        return Err(Invalid::new("headers", format_args!("must have at most {MAX_HEADERS} entries")));
+        return Err(Invalid::new(
+            "headers",
+            format_args!("must have at most {MAX_HEADERS} entries"),
+        ));
     }
     for (name, value) in headers {
         let field = format!("headers.{name}");
         let is_token = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !is_token {
             return Err(Invalid::new(field, "is not a valid HTTP header name"));
         }
         let lower = name.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
-            return Err(Invalid::new(field, "is set by Hookline and cannot be overridden"));
+            return Err(Invalid::new(
+                field,
+                "is set by Hookline and cannot be overridden",
+            ));
         }
         if value.len() > MAX_HEADER_VALUE_LEN {
             return Err(Invalid::new(
@@ -137,8 +151,14 @@ pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invali
                 format_args!("value must be at most {MAX_HEADER_VALUE_LEN} bytes"),
             ));
         }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(Invalid::new(field, "value must not contain control characters (CR, LF, …)"));
+        if value
+            .bytes()
+            .any(|b| b == b'\r' || b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(Invalid::new(
+                field,
+                "value must not contain control characters (CR, LF, …)",
+            ));
         }
     }
     Ok(())
@@ -250,16 +270,29 @@ mod tests {
             (with("url", json!("https://user:pw@x.example/")), "url"),
             (with("event_types", json!([])), "event_types"),
             (with("headers", json!({"Host": "evil"})), "headers.Host"),
-            (with("headers", json!({"webhook-id": "x"})), "headers.webhook-id"),
+            (
+                with("headers", json!({"webhook-id": "x"})),
+                "headers.webhook-id",
+            ),
             (with("headers", json!({"x-a": "a\r\nb: c"})), "headers.x-a"),
-            (with("headers", json!({"bad name": "x"})), "headers.bad name"),
+            (
+                with("headers", json!({"bad name": "x"})),
+                "headers.bad name",
+            ),
             (with("rate_limit_per_s", json!(0)), "rate_limit_per_s"),
             (with("description", json!("d".repeat(600))), "description"),
         ];
         for (body, field) in cases {
-            assert_eq!(spec(body.clone()).expect_err(&body.to_string()), field, "{body}");
+            assert_eq!(
+                spec(body.clone()).expect_err(&body.to_string()),
+                field,
+                "{body}"
+            );
         }
-        for not_parseable in [with("url", json!("not a url")), with("event_types", json!(["a..b"]))] {
+        for not_parseable in [
+            with("url", json!("not a url")),
+            with("event_types", json!(["a..b"])),
+        ] {
             assert!(spec(not_parseable).is_err());
         }
     }
@@ -280,7 +313,12 @@ mod tests {
             updated_at: now,
         };
         assert_eq!(endpoint.signing_secrets(now).len(), 2);
-        assert_eq!(endpoint.signing_secrets(now + time::Duration::hours(2)).len(), 1);
+        assert_eq!(
+            endpoint
+                .signing_secrets(now + time::Duration::hours(2))
+                .len(),
+            1
+        );
         endpoint.retiring_secret = None;
         assert_eq!(endpoint.signing_secrets(now).len(), 1);
         let stored = serde_json::to_string(&endpoint).expect("serialize");

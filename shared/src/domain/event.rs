@@ -127,7 +127,10 @@ impl Event {
     pub fn from_message(message: EventMessage, fallbacks: Fallbacks) -> Result<Self, Invalid> {
         let tenant = match (message.tenant, fallbacks.tenant) {
             (Some(given), Some(expected)) if given != expected.as_str() => {
-                return Err(Invalid::new("tenant", "does not match the tenant in the path"));
+                return Err(Invalid::new(
+                    "tenant",
+                    "does not match the tenant in the path",
+                ));
             }
             (_, Some(expected)) => expected,
             (Some(given), None) => TenantId::parse(given)?,
@@ -231,13 +234,33 @@ mod tests {
         let cases = [
             (json!({"type": "a..b", "data": {}}), Some("acme"), "type"),
             (json!({"type": "A.b", "data": {}}), Some("acme"), "type"),
-            (json!({"id": "has space", "type": "a.b", "data": {}}), Some("acme"), "id"),
-            (json!({"id": "", "type": "a.b", "data": {}}), Some("acme"), "id"),
+            (
+                json!({"id": "has space", "type": "a.b", "data": {}}),
+                Some("acme"),
+                "id",
+            ),
+            (
+                json!({"id": "", "type": "a.b", "data": {}}),
+                Some("acme"),
+                "id",
+            ),
             (json!({"type": "a.b", "data": deep}), Some("acme"), "data"),
-            (json!({"type": "a.b", "data": {}, "version": ""}), Some("acme"), "version"),
+            (
+                json!({"type": "a.b", "data": {}, "version": ""}),
+                Some("acme"),
+                "version",
+            ),
             (json!({"type": "a.b", "data": {}}), None, "tenant"),
-            (json!({"tenant": "a b", "type": "a.b", "data": {}}), None, "tenant"),
-            (json!({"tenant": "other", "type": "a.b", "data": {}}), Some("acme"), "tenant"),
+            (
+                json!({"tenant": "a b", "type": "a.b", "data": {}}),
+                None,
+                "tenant",
+            ),
+            (
+                json!({"tenant": "other", "type": "a.b", "data": {}}),
+                Some("acme"),
+                "tenant",
+            ),
         ];
         for (body, tenant, field) in cases {
             let error = Event::from_message(message(body.clone()), fallbacks(tenant))
@@ -260,5 +283,10 @@ mod tests {
         .expect("valid");
         let again = Event::from_message(event.to_message(), fallbacks(None)).expect("valid");
         assert_eq!(event, again);
+        // Ingest publishes the event's own serialization as the message body.
+        let published: EventMessage =
+            serde_json::from_slice(&serde_json::to_vec(&event).expect("serialize"))
+                .expect("a message");
+        assert_eq!(published, event.to_message());
     }
 }

@@ -19,7 +19,10 @@ pub struct PayloadFilter {
 impl PayloadFilter {
     pub fn parse(map: Map<String, Value>) -> Result<Self, Invalid> {
         if map.len() > MAX_PATHS {
-            return Err(Invalid::new("", format_args!("has more than {MAX_PATHS} paths")));
+            return Err(Invalid::new(
+                "",
+                format_args!("has more than {MAX_PATHS} paths"),
+            ));
         }
         let mut rules = Vec::with_capacity(map.len());
         for (path, accepted) in map {
@@ -37,7 +40,10 @@ impl PayloadFilter {
                 ));
             }
             if accepted.iter().any(|v| v.is_object() || v.is_array()) {
-                return Err(Invalid::new(path, "accepts only strings, numbers, booleans or null"));
+                return Err(Invalid::new(
+                    path,
+                    "accepts only strings, numbers, booleans or null",
+                ));
             }
             rules.push((path, accepted));
         }
@@ -92,23 +98,46 @@ mod tests {
     fn matching() {
         let f = filter(json!({"status": ["hired", "offer"], "job.department": "sales"}));
         let cases = [
-            (json!({"status": "hired", "job": {"department": "sales"}}), true),
-            (json!({"status": "offer", "job": {"department": "sales"}}), true),
-            (json!({"status": "rejected", "job": {"department": "sales"}}), false),
-            (json!({"status": "hired", "job": {"department": "ops"}}), false),
+            (
+                json!({"status": "hired", "job": {"department": "sales"}}),
+                true,
+            ),
+            (
+                json!({"status": "offer", "job": {"department": "sales"}}),
+                true,
+            ),
+            (
+                json!({"status": "rejected", "job": {"department": "sales"}}),
+                false,
+            ),
+            (
+                json!({"status": "hired", "job": {"department": "ops"}}),
+                false,
+            ),
             (json!({"status": "hired"}), false),
             (json!("not an object"), false),
         ];
         for (data, expected) in cases {
             assert_eq!(f.matches(&data), expected, "{data}");
         }
-        assert!(filter(json!({"archived": null})).matches(&json!({})), "absent is null");
+        assert!(
+            filter(json!({"archived": null})).matches(&json!({})),
+            "absent is null"
+        );
     }
 
     #[test]
     fn rejects_bad_rules() {
-        for bad in [json!({"": 1}), json!({"a..b": 1}), json!({"a": []}), json!({"a": {"b": 1}})] {
-            assert!(serde_json::from_value::<PayloadFilter>(bad.clone()).is_err(), "{bad}");
+        for bad in [
+            json!({"": 1}),
+            json!({"a..b": 1}),
+            json!({"a": []}),
+            json!({"a": {"b": 1}}),
+        ] {
+            assert!(
+                serde_json::from_value::<PayloadFilter>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

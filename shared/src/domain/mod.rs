@@ -6,8 +6,8 @@
 pub mod endpoint;
 pub mod event;
 pub mod filter;
-pub mod payload;
 pub mod pattern;
+pub mod payload;
 pub mod policy;
 pub mod signing;
 
@@ -50,7 +50,10 @@ pub(crate) fn check_identifier(field: &str, value: &str, max_len: usize) -> Resu
         return Err(Invalid::new(field, "must not be empty"));
     }
     if value.len() > max_len {
-        return Err(Invalid::new(field, format_args!("must be at most {max_len} characters")));
+        return Err(Invalid::new(
+            field,
+            format_args!("must be at most {max_len} characters"),
+        ));
     }
     if !value
         .bytes()
@@ -81,14 +84,24 @@ mod tests {
             (&"x".repeat(64), true),
         ];
         for (value, ok) in cases {
-            assert_eq!(check_identifier("tenant", value, 64).is_ok(), *ok, "{value:?}");
+            assert_eq!(
+                check_identifier("tenant", value, 64).is_ok(),
+                *ok,
+                "{value:?}"
+            );
         }
     }
 
     #[test]
     fn nested_field_names() {
-        assert_eq!(Invalid::new("[2]", "x").within("event_types").field, "event_types[2]");
-        assert_eq!(Invalid::new("url", "x").within("endpoint").field, "endpoint.url");
+        assert_eq!(
+            Invalid::new("[2]", "x").within("event_types").field,
+            "event_types[2]"
+        );
+        assert_eq!(
+            Invalid::new("url", "x").within("endpoint").field,
+            "endpoint.url"
+        );
         assert_eq!(Invalid::new("", "x").within("data").field, "data");
     }
 }

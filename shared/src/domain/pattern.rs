@@ -35,7 +35,9 @@ fn check_shape(value: &str, allow_wildcards: bool) -> Result<(), String> {
             return Err(if word.is_empty() {
                 "has an empty word (leading, trailing or doubled '.')".into()
             } else if allow_wildcards {
-                format!("word {word:?} must be lowercase letters, digits, '_' or '-', or a lone '*' or '#'")
+                format!(
+                    "word {word:?} must be lowercase letters, digits, '_' or '-', or a lone '*' or '#'"
+                )
             } else {
                 format!("word {word:?} must be lowercase letters, digits, '_' or '-'")
             });
@@ -207,7 +209,11 @@ mod tests {
         for (pattern, event_type, expected) in cases {
             let pattern = EventPattern::parse(pattern).expect("valid pattern");
             let event_type = EventType::parse(event_type).expect("valid type");
-            assert_eq!(pattern.matches(&event_type), expected, "{pattern} ~ {event_type}");
+            assert_eq!(
+                pattern.matches(&event_type),
+                expected,
+                "{pattern} ~ {event_type}"
+            );
         }
     }
 }

@@ -83,9 +83,10 @@ pub fn render(event: &Event, format: PayloadFormat, purpose: Purpose) -> Rendere
                 fields.push(("test".into(), "true".into()));
             }
             match &event.data {
-                Value::Object(map) => {
-                    fields.extend(map.iter().map(|(key, value)| (key.clone(), form_value(value))))
-                }
+                Value::Object(map) => fields.extend(
+                    map.iter()
+                        .map(|(key, value)| (key.clone(), form_value(value))),
+                ),
                 Value::Null => {}
                 other => fields.push(("data".into(), form_value(other))),
             }

@@ -15,7 +15,9 @@ pub struct RetrySchedule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("retry schedule entry {position} ({entry:?}) is not a duration such as 200ms, 30s or 2h: {reason}")]
+#[error(
+    "retry schedule entry {position} ({entry:?}) is not a duration such as 200ms, 30s or 2h: {reason}"
+)]
 pub struct ScheduleError {
     position: usize,
     entry: String,
@@ -33,7 +35,9 @@ impl RetrySchedule {
 
     /// The most attempts a delivery gets: the first plus one per entry.
     pub fn max_attempts(&self) -> u32 {
-        u32::try_from(self.delays.len()).unwrap_or(u32::MAX).saturating_add(1)
+        u32::try_from(self.delays.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
     }
 
     /// The longest step; it bounds how long a receiver's `Retry-After` can push a retry.
@@ -116,7 +120,11 @@ pub struct Failure {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// What the receiver asked for with `Retry-After`, when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub retry_after: Option<Duration>,
     pub message: String,
 }
@@ -206,7 +214,11 @@ mod tests {
 
     fn failed(status: Option<u16>, retry_after: Option<Duration>) -> AttemptOutcome {
         AttemptOutcome::Failed(Failure {
-            class: if status.is_some() { ErrorClass::HttpError } else { ErrorClass::Timeout },
+            class: if status.is_some() {
+                ErrorClass::HttpError
+            } else {
+                ErrorClass::Timeout
+            },
             status,
             retry_after,
             message: String::new(),
@@ -229,7 +241,10 @@ mod tests {
         assert_eq!(schedule.longest_step(), Duration::from_secs(120));
         let error = "5s,soon".parse::<RetrySchedule>().expect_err("invalid");
         assert!(error.to_string().contains("entry 2"), "{error}");
-        assert_eq!("".parse::<RetrySchedule>().expect("empty").max_attempts(), 1);
+        assert_eq!(
+            "".parse::<RetrySchedule>().expect("empty").max_attempts(),
+            1
+        );
     }
 
     #[test]
@@ -238,19 +253,69 @@ mod tests {
         let s = Duration::from_secs;
         let cases = [
             // (attempts so far, outcome, jitter, decision)
-            (1, AttemptOutcome::Delivered { status: 200 }, 0.0, Decision::Done),
-            (4, AttemptOutcome::Delivered { status: 204 }, 0.0, Decision::Done),
+            (
+                1,
+                AttemptOutcome::Delivered { status: 200 },
+                0.0,
+                Decision::Done,
+            ),
+            (
+                4,
+                AttemptOutcome::Delivered { status: 204 },
+                0.0,
+                Decision::Done,
+            ),
             (1, failed(Some(500), None), 0.0, Decision::RetryAfter(s(1))),
             (2, failed(None, None), 0.0, Decision::RetryAfter(s(10))),
-            (3, failed(Some(503), None), 0.0, Decision::RetryAfter(s(100))),
-            (3, failed(Some(503), None), 0.5, Decision::RetryAfter(s(105))),
-            (4, failed(Some(500), None), 0.0, Decision::DeadLetter(DeadLetterReason::RetriesExhausted)),
-            (9, failed(Some(500), None), 0.0, Decision::DeadLetter(DeadLetterReason::RetriesExhausted)),
-            (1, failed(Some(410), None), 0.0, Decision::DeadLetter(DeadLetterReason::EndpointGone)),
+            (
+                3,
+                failed(Some(503), None),
+                0.0,
+                Decision::RetryAfter(s(100)),
+            ),
+            (
+                3,
+                failed(Some(503), None),
+                0.5,
+                Decision::RetryAfter(s(105)),
+            ),
+            (
+                4,
+                failed(Some(500), None),
+                0.0,
+                Decision::DeadLetter(DeadLetterReason::RetriesExhausted),
+            ),
+            (
+                9,
+                failed(Some(500), None),
+                0.0,
+                Decision::DeadLetter(DeadLetterReason::RetriesExhausted),
+            ),
+            (
+                1,
+                failed(Some(410), None),
+                0.0,
+                Decision::DeadLetter(DeadLetterReason::EndpointGone),
+            ),
             // Retry-After pushes the retry later, but never past the longest step.
-            (1, failed(Some(429), Some(s(50))), 0.0, Decision::RetryAfter(s(50))),
-            (1, failed(Some(429), Some(s(5000))), 0.0, Decision::RetryAfter(s(100))),
-            (2, failed(Some(503), Some(s(2))), 0.0, Decision::RetryAfter(s(10))),
+            (
+                1,
+                failed(Some(429), Some(s(50))),
+                0.0,
+                Decision::RetryAfter(s(50)),
+            ),
+            (
+                1,
+                failed(Some(429), Some(s(5000))),
+                0.0,
+                Decision::RetryAfter(s(100)),
+            ),
+            (
+                2,
+                failed(Some(503), Some(s(2))),
+                0.0,
+                Decision::RetryAfter(s(10)),
+            ),
         ];
         for (attempts, outcome, jitter, expected) in cases {
             assert_eq!(

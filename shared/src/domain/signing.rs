@@ -38,7 +38,9 @@ impl SigningSecret {
 
     /// Wraps freshly drawn random bytes; the caller owns the randomness.
     pub fn from_random_bytes(bytes: [u8; 32]) -> Self {
-        Self { key: bytes.to_vec() }
+        Self {
+            key: bytes.to_vec(),
+        }
     }
 
     /// The `whsec_…` form given to the subscriber.
@@ -48,7 +50,14 @@ impl SigningSecret {
 
     /// `v1,<base64 signature>` for one message.
     pub fn sign(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-        format!("v1,{}", BASE64.encode(self.mac(webhook_id, timestamp, body).finalize().into_bytes()))
+        format!(
+            "v1,{}",
+            BASE64.encode(
+                self.mac(webhook_id, timestamp, body)
+                    .finalize()
+                    .into_bytes()
+            )
+        )
     }
 
     fn mac(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -70,7 +79,11 @@ impl SigningSecret {
             entry
                 .strip_prefix("v1,")
                 .and_then(|encoded| BASE64.decode(encoded).ok())
-                .is_some_and(|given| self.mac(webhook_id, timestamp, body).verify_slice(&given).is_ok())
+                .is_some_and(|given| {
+                    self.mac(webhook_id, timestamp, body)
+                        .verify_slice(&given)
+                        .is_ok()
+                })
         })
     }
 }
@@ -110,8 +123,16 @@ mod tests {
     #[test]
     fn reproduces_the_standard_webhooks_test_vector() {
         let secret = SigningSecret::parse(SPEC_SECRET).expect("spec secret");
-        assert_eq!(secret.sign(SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY.as_bytes()), SPEC_SIGNATURE);
-        assert!(secret.verify(SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY.as_bytes(), SPEC_SIGNATURE));
+        assert_eq!(
+            secret.sign(SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY.as_bytes()),
+            SPEC_SIGNATURE
+        );
+        assert!(secret.verify(
+            SPEC_ID,
+            SPEC_TIMESTAMP,
+            SPEC_BODY.as_bytes(),
+            SPEC_SIGNATURE
+        ));
     }
 
     #[test]
@@ -123,12 +144,28 @@ mod tests {
             ("msg_other", SPEC_TIMESTAMP, body, SPEC_SIGNATURE, false),
             (SPEC_ID, SPEC_TIMESTAMP + 1, body, SPEC_SIGNATURE, false),
             (SPEC_ID, SPEC_TIMESTAMP, &b"{}"[..], SPEC_SIGNATURE, false),
-            (SPEC_ID, SPEC_TIMESTAMP, body, "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", false),
-            (SPEC_ID, SPEC_TIMESTAMP, body, "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", true),
+            (
+                SPEC_ID,
+                SPEC_TIMESTAMP,
+                body,
+                "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                false,
+            ),
+            (
+                SPEC_ID,
+                SPEC_TIMESTAMP,
+                body,
+                "v1,bm9wZQ== v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                true,
+            ),
             (SPEC_ID, SPEC_TIMESTAMP, body, "", false),
         ];
         for (id, ts, body, header, ok) in cases {
-            assert_eq!(secret.verify(id, ts, body, header), ok, "{id} {ts} {header}");
+            assert_eq!(
+                secret.verify(id, ts, body, header),
+                ok,
+                "{id} {ts} {header}"
+            );
         }
     }
 
@@ -148,7 +185,10 @@ mod tests {
         assert!(SigningSecret::parse("whsec_!!!").is_err(), "not base64");
         let secret = SigningSecret::from_random_bytes([1; 32]);
         assert!(secret.expose().starts_with("whsec_"));
-        assert_eq!(SigningSecret::parse(&secret.expose()).expect("round trip"), secret);
+        assert_eq!(
+            SigningSecret::parse(&secret.expose()).expect("round trip"),
+            secret
+        );
         assert!(!format!("{secret:?}").contains(&secret.expose()[6..]));
     }
 }

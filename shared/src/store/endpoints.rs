@@ -50,7 +50,11 @@ impl EndpointStore {
     }
 
     /// Stores a new endpoint; false if the id exists already.
-    pub async fn create(&self, endpoint: &Endpoint, max_per_tenant: u32) -> Result<bool, StoreError> {
+    pub async fn create(
+        &self,
+        endpoint: &Endpoint,
+        max_per_tenant: u32,
+    ) -> Result<bool, StoreError> {
         let created: i64 = redis::Script::new(CREATE)
             .key(self.keys.endpoints(&endpoint.tenant))
             .arg(&endpoint.id)
@@ -59,7 +63,9 @@ impl EndpointStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         match created {
-            -1 => Err(StoreError::QuotaExceeded { max: max_per_tenant }),
+            -1 => Err(StoreError::QuotaExceeded {
+                max: max_per_tenant,
+            }),
             0 => Ok(false),
             _ => Ok(true),
         }
@@ -77,7 +83,11 @@ impl EndpointStore {
     }
 
     pub async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let removed: i64 = self.redis.clone().hdel(self.keys.endpoints(tenant), id).await?;
+        let removed: i64 = self
+            .redis
+            .clone()
+            .hdel(self.keys.endpoints(tenant), id)
+            .await?;
         Ok(removed == 1)
     }
 }

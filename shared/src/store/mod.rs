@@ -38,7 +38,10 @@ impl StoreError {
                     || error.is_timeout()
                     || error.is_connection_dropped()
                     || error.is_connection_refusal()
-                    || matches!(error.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+                    || matches!(
+                        error.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    )
             }
             _ => false,
         }

@@ -71,7 +71,8 @@ impl RetryStore {
         pipe.atomic();
         for (task, due_ms) in tasks {
             let id = task.id();
-            pipe.hset(self.keys.retry_tasks(), &id, encode(task)).ignore();
+            pipe.hset(self.keys.retry_tasks(), &id, encode(task))
+                .ignore();
             pipe.zadd(self.keys.retry_due(), &id, *due_ms).ignore();
         }
         let () = pipe.query_async(&mut self.redis.clone()).await?;
@@ -79,7 +80,12 @@ impl RetryStore {
     }
 
     /// Claims up to `limit` tasks due at `now_ms`, leasing them until `now_ms + lease_ms`.
-    pub async fn claim(&self, now_ms: i64, lease_ms: i64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    pub async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let token = now_ms + lease_ms;
         let flat: Vec<String> = redis::Script::new(CLAIM)
             .key(self.keys.retry_due())

@@ -1,0 +1,830 @@
+//! `make bench`: Hookline measured against the broker ceiling on the same machine, in the
+//! same run. Starts the release binaries as child processes (so their peak RSS can be
+//! read), a minimal receiver and a load generator in this process, and prints one line per
+//! scenario — `name: value unit (ratio)` — plus the same as JSON under `target/bench/`.
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use clap::Parser;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+const TOKEN: &str = "bench-token";
+const API: &str = "127.0.0.1:18080";
+const INGEST_ADMIN: &str = "127.0.0.1:19090";
+const DELIVERER_ADMIN: &str = "127.0.0.1:19091";
+/// Enough to drain any scenario on a healthy run; a stuck run fails instead of hanging.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events for the throughput scenarios (1 endpoint, direct AMQP, isolation).
+    #[arg(long, default_value_t = 50_000)]
+    events: usize,
+    /// Events for the fan-out scenario (each goes to 10 endpoints).
+    #[arg(long, default_value_t = 10_000)]
+    fanout_events: usize,
+    /// Messages for the raw broker ceiling.
+    #[arg(long, default_value_t = 50_000)]
+    ceiling_messages: usize,
+    /// Concurrent HTTP clients in closed-loop scenarios.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Fixed arrival rate (events/s) of the latency scenario, and its duration.
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: u64,
+    #[arg(long, default_value = "30s", value_parser = humantime_parse)]
+    latency_duration: Duration,
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Queue type, as Hookline is configured (quorum is the production default).
+    #[arg(long, default_value = "quorum")]
+    queue_type: String,
+    #[arg(long, default_value_t = 200)]
+    prefetch: u16,
+}
+
+fn humantime_parse(value: &str) -> Result<Duration, String> {
+    humantime_like(value).ok_or_else(|| format!("{value:?} is not a duration like 30s"))
+}
+
+fn humantime_like(value: &str) -> Option<Duration> {
+    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "s" => Some(Duration::from_secs(number)),
+        "ms" => Some(Duration::from_millis(number)),
+        "m" => Some(Duration::from_secs(number * 60)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Brokers {
+    amqp_url: String,
+    redis_url: String,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Line {
+    name: String,
+    value: f64,
+    unit: String,
+    ratio: Option<f64>,
+    ratio_to: Option<String>,
+    note: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let brokers = Brokers {
+        amqp_url: std::env::var("HOOKLINE__AMQP__URL")
+            .context("HOOKLINE__AMQP__URL (run via `make bench`)")?,
+        redis_url: std::env::var("HOOKLINE__REDIS__URL")
+            .context("HOOKLINE__REDIS__URL (run via `make bench`)")?,
+    };
+    let mut report = Vec::<Line>::new();
+    let started = Instant::now();
+
+    eprintln!(
+        "[1/7] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
+        args.ceiling_messages
+    );
+    let ceiling = ceiling(&brokers, &args).await?;
+    report.push(line("ceiling", ceiling, "msgs/s", None, None));
+
+    eprintln!(
+        "[2/7] throughput to 1 endpoint: {} events over HTTP",
+        args.events
+    );
+    let single = throughput(
+        &brokers,
+        &args,
+        Scenario::Http {
+            endpoints: 1,
+            events: args.events,
+            hanging_tenant: false,
+        },
+    )
+    .await?;
+    report.push(line(
+        "throughput_1_endpoint",
+        single.events_per_s,
+        "events/s",
+        Some((ceiling, "ceiling")),
+        None,
+    ));
+    report.push(line(
+        "ingest_peak_rss",
+        mib(single.ingest_rss),
+        "MiB",
+        None,
+        Some("during throughput_1_endpoint"),
+    ));
+    report.push(line(
+        "deliverer_peak_rss",
+        mib(single.deliverer_rss),
+        "MiB",
+        None,
+        Some("during throughput_1_endpoint"),
+    ));
+
+    eprintln!(
+        "[3/7] fan-out to 10 endpoints: {} events over HTTP",
+        args.fanout_events
+    );
+    let fanout = throughput(
+        &brokers,
+        &args,
+        Scenario::Http {
+            endpoints: 10,
+            events: args.fanout_events,
+            hanging_tenant: false,
+        },
+    )
+    .await?;
+    report.push(line(
+        "fanout_10_deliveries",
+        fanout.deliveries_per_s,
+        "deliveries/s",
+        Some((ceiling, "ceiling")),
+        None,
+    ));
+    report.push(line(
+        "fanout_10_events",
+        fanout.events_per_s,
+        "events/s",
+        Some((ceiling, "ceiling")),
+        None,
+    ));
+
+    eprintln!(
+        "[4/7] direct AMQP ingest: {} events published to the exchange",
+        args.events
+    );
+    let direct = throughput(
+        &brokers,
+        &args,
+        Scenario::Amqp {
+            events: args.events,
+        },
+    )
+    .await?;
+    report.push(line(
+        "direct_amqp_1_endpoint",
+        direct.events_per_s,
+        "events/s",
+        Some((ceiling, "ceiling")),
+        None,
+    ));
+
+    eprintln!(
+        "[5/7] latency at {} events/s for {:?}",
+        args.latency_rate, args.latency_duration
+    );
+    let latency = latency(&brokers, &args).await?;
+    for (name, value) in [
+        ("latency_p50", latency.0),
+        ("latency_p99", latency.1),
+        ("latency_p999", latency.2),
+    ] {
+        report.push(line(
+            name,
+            value,
+            "ms",
+            None,
+            Some("send to receipt, same clock"),
+        ));
+    }
+
+    eprintln!("[6/7] isolation: throughput to 1 endpoint while another tenant's endpoint hangs");
+    let isolated = throughput(
+        &brokers,
+        &args,
+        Scenario::Http {
+            endpoints: 1,
+            events: args.events,
+            hanging_tenant: true,
+        },
+    )
+    .await?;
+    report.push(line(
+        "isolation_healthy_throughput",
+        isolated.events_per_s,
+        "events/s",
+        Some((single.events_per_s, "throughput_1_endpoint")),
+        Some("a second tenant's endpoint never answers (15 s timeout); 1 in 10 events is theirs"),
+    ));
+    report.push(line(
+        "isolation_ingest_peak_rss",
+        mib(isolated.ingest_rss),
+        "MiB",
+        None,
+        None,
+    ));
+    report.push(line(
+        "isolation_deliverer_peak_rss",
+        mib(isolated.deliverer_rss),
+        "MiB",
+        None,
+        None,
+    ));
+
+    eprintln!("[7/7] done in {:?}", started.elapsed());
+    println!();
+    println!(
+        "Hookline benchmark (2 cores shared by broker, Redis, Hookline, receiver and load generator)"
+    );
+    for entry in &report {
+        let ratio = match (entry.ratio, &entry.ratio_to) {
+            (Some(ratio), Some(to)) => format!(" ({ratio:.2} of {to})"),
+            _ => String::new(),
+        };
+        println!("{}: {:.1} {}{}", entry.name, entry.value, entry.unit, ratio);
+    }
+    write_json(&report, &args)?;
+    Ok(())
+}
+
+fn line(
+    name: &str,
+    value: f64,
+    unit: &str,
+    ratio: Option<(f64, &str)>,
+    note: Option<&str>,
+) -> Line {
+    Line {
+        name: name.into(),
+        value,
+        unit: unit.into(),
+        ratio: ratio.map(|(denominator, _)| value / denominator),
+        ratio_to: ratio.map(|(_, to)| to.into()),
+        note: note.map(Into::into),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn write_json(report: &[Line], args: &Args) -> anyhow::Result<()> {
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let document = json!({
+        "unix_time": stamp,
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "parameters": {"events": args.events, "fanout_events": args.fanout_events, "clients": args.clients,
+                        "latency_rate": args.latency_rate, "queue_type": args.queue_type, "prefetch": args.prefetch},
+        "results": report,
+    });
+    let text = serde_json::to_string_pretty(&document)?;
+    std::fs::write(dir.join(format!("bench-{stamp}.json")), &text)?;
+    std::fs::write(dir.join("latest.json"), &text)?;
+    eprintln!("wrote target/bench/latest.json and target/bench/bench-{stamp}.json");
+    Ok(())
+}
+
+fn padding() -> String {
+    "x".repeat(880)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn queue_arguments(queue_type: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.into()),
+    );
+    arguments
+}
+
+/// Raw broker ceiling: publish with pipelined confirms and consume with one manual ack per
+/// message, together, on the queue type and prefetch Hookline uses.
+async fn ceiling(brokers: &Brokers, args: &Args) -> anyhow::Result<f64> {
+    let queue = format!("bench-ceiling-{}", std::process::id());
+    let consumer_connection =
+        Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
+    let publisher_connection =
+        Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
+    let consumer_channel = consumer_connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    consumer_channel
+        .queue_declare(
+            queue.as_str().into(),
+            options,
+            queue_arguments(&args.queue_type),
+        )
+        .await?;
+    consumer_channel
+        .basic_qos(args.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let total = args.ceiling_messages;
+    let consuming = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < total {
+            match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    seen += 1;
+                }
+                Some(Err(error)) => return Err(anyhow::Error::from(error)),
+                None => bail!("consumer ended early"),
+            }
+        }
+        Ok(Instant::now())
+    });
+    let channel = publisher_connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let body = vec![b'x'; 1024];
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..total {
+        if in_flight.len() >= 1000 {
+            in_flight.next().await.transpose()?;
+        }
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        in_flight.push(confirm);
+    }
+    while let Some(confirm) = in_flight.next().await {
+        confirm?;
+    }
+    let finished = tokio::time::timeout(DRAIN_LIMIT, consuming).await???;
+    let rate = total as f64 / finished.duration_since(started).as_secs_f64();
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = publisher_connection.close(200, "done".into()).await;
+    let _ = consumer_connection.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+/// A receiver that counts, timestamps, optionally records latencies, or hangs.
+#[derive(Debug, Default)]
+struct Counter {
+    received: AtomicUsize,
+    target: AtomicUsize,
+    last_us: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+    record_latency: std::sync::atomic::AtomicBool,
+    reached: Notify,
+}
+
+async fn count(State(counter): State<Arc<Counter>>, body: Bytes) -> StatusCode {
+    if counter.record_latency.load(Ordering::Relaxed) {
+        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+            if let Some(sent) = value["data"]["sent_at_us"].as_u64() {
+                let latency = now_us().saturating_sub(sent);
+                counter
+                    .latencies_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(latency);
+            }
+        }
+    }
+    counter.last_us.store(now_us(), Ordering::Relaxed);
+    let seen = counter.received.fetch_add(1, Ordering::Relaxed) + 1;
+    if seen >= counter.target.load(Ordering::Relaxed) {
+        counter.reached.notify_waiters();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn hang() -> StatusCode {
+    std::future::pending::<()>().await;
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver(counter: Arc<Counter>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/ok", post(count))
+        .route("/hang", post(hang))
+        .with_state(counter);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}"))
+}
+
+impl Counter {
+    async fn wait_for(&self, target: usize) -> anyhow::Result<()> {
+        self.target.store(target, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        loop {
+            let reached = self.reached.notified();
+            if self.received.load(Ordering::Relaxed) >= target {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, reached).await.is_err() {
+                bail!(
+                    "only {} of {target} deliveries arrived",
+                    self.received.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+struct Services {
+    ingest: Child,
+    deliverer: Child,
+    http: reqwest::Client,
+    prefix: String,
+}
+
+async fn start_services(
+    brokers: &Brokers,
+    args: &Args,
+    scenario: &str,
+) -> anyhow::Result<Services> {
+    let prefix = format!("bench-{scenario}-{}", std::process::id());
+    let logs = PathBuf::from("target/bench/logs");
+    std::fs::create_dir_all(&logs)?;
+    let spawn = |binary: &str| -> anyhow::Result<Child> {
+        let log = std::fs::File::create(logs.join(format!("{scenario}-{binary}.log")))?;
+        Ok(Command::new(args.bin_dir.join(binary))
+            .env("HOOKLINE__PREFIX", &prefix)
+            .env("HOOKLINE__AMQP__URL", &brokers.amqp_url)
+            .env("HOOKLINE__REDIS__URL", &brokers.redis_url)
+            .env("HOOKLINE__AMQP__QUEUE_TYPE", &args.queue_type)
+            .env("HOOKLINE__AMQP__PREFETCH", args.prefetch.to_string())
+            .env("HOOKLINE__API__TOKEN", TOKEN)
+            .env("HOOKLINE__HTTP__LISTEN", API)
+            .env("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+            .env("HOOKLINE__LOG__FILTER", "warn")
+            .env(
+                "HOOKLINE__ADMIN__LISTEN",
+                if binary == "hookline-ingest" {
+                    INGEST_ADMIN
+                } else {
+                    DELIVERER_ADMIN
+                },
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary} (build with cargo build --release)"))?)
+    };
+    let services = Services {
+        ingest: spawn("hookline-ingest")?,
+        deliverer: spawn("hookline-deliverer")?,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()?,
+        prefix,
+    };
+    for admin in [INGEST_ADMIN, DELIVERER_ADMIN] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = services
+                .http
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{admin} did not become ready; see target/bench/logs");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(services)
+}
+
+impl Services {
+    async fn create_endpoint(&self, tenant: &str, url: String) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("http://{API}/v1/tenants/{tenant}/endpoints"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": url, "event_types": ["profile.#"]}))
+            .send()
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            bail!(
+                "creating endpoint: {} {}",
+                response.status(),
+                response.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Peak RSS of (ingest, deliverer), then SIGTERM and wait.
+    async fn stop(mut self, brokers: &Brokers) -> anyhow::Result<(u64, u64)> {
+        let peaks = (peak_rss(self.ingest.id()), peak_rss(self.deliverer.id()));
+        for child in [&self.ingest, &self.deliverer] {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+        }
+        for child in [&mut self.ingest, &mut self.deliverer] {
+            if tokio::time::timeout(Duration::from_secs(40), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        let connection =
+            Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in ["deliveries", "dead-letter"] {
+            let _ = channel
+                .queue_delete(
+                    format!("{}.{queue}", self.prefix).as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+        let client = redis::Client::open(brokers.redis_url.as_str())?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await?;
+        Ok(peaks)
+    }
+}
+
+fn peak_rss(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+enum Scenario {
+    Http {
+        endpoints: usize,
+        events: usize,
+        hanging_tenant: bool,
+    },
+    Amqp {
+        events: usize,
+    },
+}
+
+struct Throughput {
+    events_per_s: f64,
+    deliveries_per_s: f64,
+    ingest_rss: u64,
+    deliverer_rss: u64,
+}
+
+fn event_body(tenant: Option<&str>) -> Value {
+    let mut body = json!({"type": "profile.parsing.success", "data": {"sent_at_us": now_us(), "padding": padding()}});
+    if let Some(tenant) = tenant {
+        body["tenant"] = tenant.into();
+    }
+    body
+}
+
+async fn throughput(
+    brokers: &Brokers,
+    args: &Args,
+    scenario: Scenario,
+) -> anyhow::Result<Throughput> {
+    let name = match scenario {
+        Scenario::Http {
+            endpoints: 1,
+            hanging_tenant: false,
+            ..
+        } => "single",
+        Scenario::Http {
+            hanging_tenant: true,
+            ..
+        } => "isolation",
+        Scenario::Http { .. } => "fanout",
+        Scenario::Amqp { .. } => "amqp",
+    };
+    let services = start_services(brokers, args, name).await?;
+    let counter = Arc::new(Counter::default());
+    let base = start_receiver(counter.clone()).await?;
+    let (endpoints, events, hanging) = match scenario {
+        Scenario::Http {
+            endpoints,
+            events,
+            hanging_tenant,
+        } => (endpoints, events, hanging_tenant),
+        Scenario::Amqp { events } => (1, events, false),
+    };
+    for _ in 0..endpoints {
+        services
+            .create_endpoint("healthy", format!("{base}/ok"))
+            .await?;
+    }
+    if hanging {
+        services
+            .create_endpoint("stuck", format!("{base}/hang"))
+            .await?;
+    }
+    let started = Instant::now();
+    let started_us = now_us();
+    match scenario {
+        Scenario::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
+        Scenario::Http { .. } => {
+            let sent = Arc::new(AtomicUsize::new(0));
+            let mut clients = Vec::new();
+            for _ in 0..args.clients {
+                let http = services.http.clone();
+                let sent = sent.clone();
+                let total = if hanging { events + events / 9 } else { events };
+                clients.push(tokio::spawn(async move {
+                    loop {
+                        let index = sent.fetch_add(1, Ordering::Relaxed);
+                        if index >= total {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                        // In the isolation scenario every tenth event is the stuck tenant's.
+                        let tenant = if hanging && index % 10 == 9 {
+                            "stuck"
+                        } else {
+                            "healthy"
+                        };
+                        let response = http
+                            .post(format!("http://{API}/v1/tenants/{tenant}/events"))
+                            .bearer_auth(TOKEN)
+                            .json(&event_body(None))
+                            .send()
+                            .await?;
+                        if response.status() != StatusCode::ACCEPTED {
+                            bail!("ingest answered {}", response.status());
+                        }
+                    }
+                }));
+            }
+            for client in clients {
+                client.await??;
+            }
+        }
+    }
+    counter.wait_for(events * endpoints).await?;
+    let elapsed_s = (counter
+        .last_us
+        .load(Ordering::Relaxed)
+        .saturating_sub(started_us)) as f64
+        / 1e6;
+    let (ingest_rss, deliverer_rss) = services.stop(brokers).await?;
+    Ok(Throughput {
+        events_per_s: events as f64 / elapsed_s,
+        deliveries_per_s: (events * endpoints) as f64 / elapsed_s,
+        ingest_rss,
+        deliverer_rss,
+    })
+}
+
+/// Publishes straight to the events exchange as an ATS would: pipelined confirms.
+async fn publish_direct(brokers: &Brokers, prefix: &str, events: usize) -> anyhow::Result<()> {
+    let connection =
+        Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let exchange = format!("{prefix}.events");
+    let mut in_flight = FuturesUnordered::new();
+    for index in 0..events {
+        if in_flight.len() >= 1000 {
+            in_flight.next().await.transpose()?;
+        }
+        let mut body = event_body(Some("healthy"));
+        body["id"] = format!("evt_{prefix}_{index}").into();
+        let confirm = channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "profile.parsing.success".into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&body)?,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await?;
+        in_flight.push(confirm);
+    }
+    while let Some(confirm) = in_flight.next().await {
+        confirm?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Open loop at a fixed rate: latency from send to receipt, p50/p99/p99.9 in ms.
+async fn latency(brokers: &Brokers, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
+    let services = start_services(brokers, args, "latency").await?;
+    let counter = Arc::new(Counter::default());
+    counter.record_latency.store(true, Ordering::Relaxed);
+    let base = start_receiver(counter.clone()).await?;
+    services
+        .create_endpoint("healthy", format!("{base}/ok"))
+        .await?;
+    let total = (args.latency_rate as f64 * args.latency_duration.as_secs_f64()) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.latency_rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let failures = Arc::new(AtomicUsize::new(0));
+    for _ in 0..total {
+        ticker.tick().await;
+        let http = services.http.clone();
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            let sent = http
+                .post(format!("http://{API}/v1/tenants/healthy/events"))
+                .bearer_auth(TOKEN)
+                .json(&event_body(None))
+                .send()
+                .await;
+            if !sent.is_ok_and(|r| r.status() == StatusCode::ACCEPTED) {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    counter.wait_for(total).await?;
+    if failures.load(Ordering::Relaxed) > 0 {
+        bail!(
+            "{} events were not accepted",
+            failures.load(Ordering::Relaxed)
+        );
+    }
+    services.stop(brokers).await?;
+    let mut latencies = std::mem::take(
+        &mut *counter
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[index] as f64 / 1000.0
+    };
+    Ok((quantile(0.5), quantile(0.99), quantile(0.999)))
+}
