@@ -122,15 +122,14 @@ impl AckWindow {
                     return;
                 }
             }
-            if let Some(through) = ack_through {
-                if channel
+            if let Some(through) = ack_through
+                && channel
                     .basic_ack(through, BasicAckOptions { multiple: true })
                     .await
                     .is_err()
-                {
-                    // The channel is gone; the broker requeues everything unacked.
-                    return;
-                }
+            {
+                // The channel is gone; the broker requeues everything unacked.
+                return;
             }
             if closed {
                 return;

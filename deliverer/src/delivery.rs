@@ -84,15 +84,15 @@ impl Worker {
 
     async fn process_message(&self, delivery: &Delivery) -> Result<(), Aborted> {
         let routing_key = delivery.routing_key.as_str();
-        if let Some(count) = delivery_count(delivery) {
-            if count >= u64::from(self.delivery_limit) {
-                let record = rejected(
-                    delivery,
-                    DeadLetterReason::DeliveryLimit,
-                    format!("handed out {count} times"),
-                );
-                return self.dead_letter(record).await;
-            }
+        if let Some(count) = delivery_count(delivery)
+            && count >= u64::from(self.delivery_limit)
+        {
+            let record = rejected(
+                delivery,
+                DeadLetterReason::DeliveryLimit,
+                format!("handed out {count} times"),
+            );
+            return self.dead_letter(record).await;
         }
         let event = match parse_event(delivery) {
             Ok(event) => event,

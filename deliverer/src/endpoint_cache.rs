@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 /// Tenants beyond this many are evicted (oldest first) so memory stays bounded.
 const MAX_TENANTS: usize = 10_000;
 
+/// When a tenant's endpoints were read, and what they were.
+type Entries = HashMap<TenantId, (Instant, Arc<Vec<Endpoint>>)>;
+
 #[derive(Debug)]
 pub struct EndpointCache {
     store: EndpointStore,
     ttl: Duration,
     // A std Mutex, not a Tokio one: it is held only to read or insert, never across an
     // await.
-    entries: Mutex<HashMap<TenantId, (Instant, Arc<Vec<Endpoint>>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl EndpointCache {
@@ -32,27 +35,27 @@ impl EndpointCache {
 
     pub async fn endpoints(&self, tenant: &TenantId) -> Result<Arc<Vec<Endpoint>>, StoreError> {
         let now = Instant::now();
-        if let Some((loaded, endpoints)) = self.lock().get(tenant) {
-            if now.duration_since(*loaded) < self.ttl {
-                return Ok(endpoints.clone());
-            }
+        if let Some((loaded, endpoints)) = self.lock().get(tenant)
+            && now.duration_since(*loaded) < self.ttl
+        {
+            return Ok(endpoints.clone());
         }
         let endpoints = Arc::new(self.store.list(tenant).await?);
         let mut entries = self.lock();
-        if entries.len() >= MAX_TENANTS && !entries.contains_key(tenant) {
-            if let Some(oldest) = entries
+        if entries.len() >= MAX_TENANTS
+            && !entries.contains_key(tenant)
+            && let Some(oldest) = entries
                 .iter()
                 .min_by_key(|(_, (at, _))| *at)
                 .map(|(t, _)| t.clone())
-            {
-                entries.remove(&oldest);
-            }
+        {
+            entries.remove(&oldest);
         }
         entries.insert(tenant.clone(), (now, endpoints.clone()));
         Ok(endpoints)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, (Instant, Arc<Vec<Endpoint>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -20,6 +20,8 @@ pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Dead-letter records on `{prefix}.dead-letter`, readable by any AMQP client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Records are built once and serialised straight away; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum DeadLetter {
     /// A delivery to one endpoint that will not be attempted again.
     DeliveryV1(DeadDelivery),

@@ -98,7 +98,7 @@ impl Publisher {
                     properties.with_delivery_mode(2),
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         match tokio::time::timeout(self.confirm_timeout, publish).await {
             Err(_) => {

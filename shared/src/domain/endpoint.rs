@@ -63,22 +63,22 @@ impl EndpointSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         validate_url(&self.url)?;
         validate_patterns(&self.event_types)?;
-        if let Some(description) = &self.description {
-            if description.chars().count() > MAX_DESCRIPTION_LEN {
-                return Err(Invalid::new(
-                    "description",
-                    format_args!("must be at most {MAX_DESCRIPTION_LEN} characters"),
-                ));
-            }
+        if let Some(description) = &self.description
+            && description.chars().count() > MAX_DESCRIPTION_LEN
+        {
+            return Err(Invalid::new(
+                "description",
+                format_args!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+            ));
         }
         validate_headers(&self.headers)?;
-        if let Some(limit) = self.rate_limit_per_s {
-            if limit == 0 || limit > MAX_RATE_LIMIT_PER_S {
-                return Err(Invalid::new(
-                    "rate_limit_per_s",
-                    format_args!("must be 1 to {MAX_RATE_LIMIT_PER_S}"),
-                ));
-            }
+        if let Some(limit) = self.rate_limit_per_s
+            && (limit == 0 || limit > MAX_RATE_LIMIT_PER_S)
+        {
+            return Err(Invalid::new(
+                "rate_limit_per_s",
+                format_args!("must be 1 to {MAX_RATE_LIMIT_PER_S}"),
+            ));
         }
         Ok(())
     }
@@ -208,10 +208,10 @@ impl Endpoint {
     /// one during its overlap.
     pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&SigningSecret> {
         let mut secrets = vec![&self.secret];
-        if let Some(retiring) = &self.retiring_secret {
-            if retiring.until > now {
-                secrets.push(&retiring.secret);
-            }
+        if let Some(retiring) = &self.retiring_secret
+            && retiring.until > now
+        {
+            secrets.push(&retiring.secret);
         }
         secrets
     }

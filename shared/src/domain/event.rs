@@ -139,13 +139,13 @@ impl Event {
         let id = message.id.unwrap_or(fallbacks.id);
         check_identifier("id", &id, MAX_EVENT_ID_LEN)?;
         let event_type = EventType::parse(message.event_type)?;
-        if let Some(version) = &message.version {
-            if version.is_empty() || version.len() > MAX_VERSION_LEN {
-                return Err(Invalid::new(
-                    "version",
-                    format_args!("must be 1 to {MAX_VERSION_LEN} characters"),
-                ));
-            }
+        if let Some(version) = &message.version
+            && (version.is_empty() || version.len() > MAX_VERSION_LEN)
+        {
+            return Err(Invalid::new(
+                "version",
+                format_args!("must be 1 to {MAX_VERSION_LEN} characters"),
+            ));
         }
         check_depth("data", &message.data)?;
         if let Some(changes) = &message.changes {

@@ -418,17 +418,16 @@ struct Counter {
 }
 
 async fn count(State(counter): State<Arc<Counter>>, body: Bytes) -> StatusCode {
-    if counter.record_latency.load(Ordering::Relaxed) {
-        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-            if let Some(sent) = value["data"]["sent_at_us"].as_u64() {
-                let latency = now_us().saturating_sub(sent);
-                counter
-                    .latencies_us
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(latency);
-            }
-        }
+    if counter.record_latency.load(Ordering::Relaxed)
+        && let Ok(value) = serde_json::from_slice::<Value>(&body)
+        && let Some(sent) = value["data"]["sent_at_us"].as_u64()
+    {
+        let latency = now_us().saturating_sub(sent);
+        counter
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(latency);
     }
     counter.last_us.store(now_us(), Ordering::Relaxed);
     let seen = counter.received.fetch_add(1, Ordering::Relaxed) + 1;
@@ -492,7 +491,7 @@ async fn start_services(
     std::fs::create_dir_all(&logs)?;
     let spawn = |binary: &str| -> anyhow::Result<Child> {
         let log = std::fs::File::create(logs.join(format!("{scenario}-{binary}.log")))?;
-        Ok(Command::new(args.bin_dir.join(binary))
+        Command::new(args.bin_dir.join(binary))
             .env("HOOKLINE__PREFIX", &prefix)
             .env("HOOKLINE__AMQP__URL", &brokers.amqp_url)
             .env("HOOKLINE__REDIS__URL", &brokers.redis_url)
@@ -514,7 +513,7 @@ async fn start_services(
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {binary} (build with cargo build --release)"))?)
+            .with_context(|| format!("starting {binary} (build with cargo build --release)"))
     };
     let services = Services {
         ingest: spawn("hookline-ingest")?,
@@ -687,7 +686,7 @@ async fn throughput(
             .create_endpoint("stuck", format!("{base}/hang"))
             .await?;
     }
-    let started = Instant::now();
+    let _started = Instant::now();
     let started_us = now_us();
     match scenario {
         Scenario::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
