@@ -364,7 +364,7 @@ impl Hookline {
             .expect("services stop within the grace period");
         let connection = self.amqp().await;
         let channel = connection.create_channel().await.expect("channel");
-        for queue in ["deliveries", "dead-letter"] {
+        for queue in ["deliveries", "dead-letter", "dead-letter.index"] {
             let _ = channel
                 .queue_delete(
                     format!("{}.{queue}", self.prefix).as_str().into(),
@@ -382,7 +382,7 @@ impl Hookline {
         }
         let _ = connection.close(200, "done".into()).await;
         let mut redis = self.redis().await;
-        for pattern in [format!("{}:*", self.prefix), format!("{{{}:*", self.prefix)] {
+        for pattern in [format!("{}:*", self.prefix)] {
             let keys: Vec<String> = {
                 let mut iter: redis::AsyncIter<String> =
                     redis::AsyncCommands::scan_match(&mut redis, &pattern)

@@ -1,34 +1,49 @@
-//! Consuming the deliveries queue under a supervisor that owns reconnection: connect with
-//! backoff, declare, consume, and start over when the connection or channel dies. Messages
-//! in progress on a dead channel are requeued by the broker; nothing is acked that was not
-//! settled.
+//! Consuming a queue under a supervisor that owns reconnection: connect with backoff,
+//! declare, consume, and start over when the connection or channel dies. Messages in
+//! progress on a dead channel are requeued by the broker; nothing is acked that was not
+//! settled. Used for the deliveries queue and the dead-letter index queue.
 
 use crate::acks::AckWindow;
-use crate::delivery::Worker;
 use futures::StreamExt;
 use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::broker::topology::Topology;
 use hookline_shared::metrics::ReadinessFlag;
 use hookline_shared::settings::AmqpSettings;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer, Event};
+use prometheus::IntGauge;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What is done with each message; it settles the message in `acks`.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        acks: AckWindow,
+    ) -> impl Future<Output = ()> + Send;
+}
+
 #[derive(Debug)]
-pub struct ConsumerLoop {
+pub struct ConsumerLoop<H> {
     pub settings: AmqpSettings,
     pub topology: Topology,
-    pub worker: Arc<Worker>,
+    pub queue: String,
+    pub prefetch: u16,
+    pub handler: Arc<H>,
     pub ready: ReadinessFlag,
+    /// Set to 1 while consuming, when this consumer has a gauge.
+    pub connected: Option<IntGauge>,
     /// Every message handler runs here, so shutdown can wait for them.
     pub handlers: TaskTracker,
 }
 
-impl ConsumerLoop {
+impl<H: Handler> ConsumerLoop<H> {
     /// Consumes until `shutdown`; then cancels the consumer and returns, leaving the
     /// handlers in `handlers` to finish (the caller bounds that by the grace period).
     /// Returns the connection so the caller can close it after the handlers finished.
@@ -40,12 +55,12 @@ impl ConsumerLoop {
                     hookline_shared::broker::connect(&self.settings, "deliverer").await?;
                 let channel = connection.create_channel().await?;
                 channel
-                    .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+                    .basic_qos(self.prefetch, BasicQosOptions::default())
                     .await?;
                 self.topology.declare(&channel).await?;
                 let consumer = channel
                     .basic_consume(
-                        self.topology.deliveries_queue.as_str().into(),
+                        self.queue.as_str().into(),
                         "".into(),
                         BasicConsumeOptions::default(),
                         FieldTable::default(),
@@ -70,13 +85,17 @@ impl ConsumerLoop {
             backoff.reset();
             let acks = AckWindow::start(channel.clone());
             self.ready.set(true);
-            self.worker.metrics.consumer_connected.set(1);
-            tracing::info!(queue = %self.topology.deliveries_queue, "consuming");
+            if let Some(gauge) = &self.connected {
+                gauge.set(1);
+            }
+            tracing::info!(queue = %self.queue, "consuming");
             let stopped = self
                 .consume(&connection, consumer.clone(), &acks, &shutdown)
                 .await;
             self.ready.set(false);
-            self.worker.metrics.consumer_connected.set(0);
+            if let Some(gauge) = &self.connected {
+                gauge.set(0);
+            }
             if stopped {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
@@ -117,9 +136,8 @@ impl ConsumerLoop {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         acks.received(delivery.delivery_tag);
-                        let worker = self.worker.clone();
-                        let acks = acks.clone();
-                        self.handlers.spawn(async move { worker.handle_message(delivery, acks).await });
+                        let handler = self.handler.clone();
+                        self.handlers.spawn(handler.handle(delivery, acks.clone()));
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer failed");

@@ -3,9 +3,10 @@
 //! dead-lettered with a confirm — before the message is acked.
 
 use crate::acks::AckWindow;
+use crate::activity::ActivityLog;
+use crate::consumer::Handler;
 use crate::dead_letter::DeadLetters;
-use crate::dispatch::{AttemptReport, Dispatcher, Payload};
-use crate::endpoint_cache::EndpointCache;
+use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
 use crate::metrics::{DelivererMetrics, status_class};
 use bytes::Bytes;
 use futures::future::join_all;
@@ -14,12 +15,17 @@ use hookline_shared::contract::{
     DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, PendingDelivery, RejectedMessage, SOURCE_AMQP,
     SOURCE_HEADER, SOURCE_HTTP, StoredPayload,
 };
+use hookline_shared::dispatch::{AttemptReport, Dispatcher, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
+use hookline_shared::domain::health::{Admission, HealthPolicy, HealthRecord, HealthState, admit};
 use hookline_shared::domain::payload::{self, PayloadFormat, Purpose};
 use hookline_shared::domain::policy::{
     AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
 };
+use hookline_shared::store::activity::{Activity, AttemptRecord, DeliveryState, DeliveryStatus};
+use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
@@ -27,7 +33,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +47,15 @@ pub struct Worker {
     pub delivery_limit: u32,
     pub dispatcher: Dispatcher,
     pub endpoints: EndpointCache,
+    pub health_policy: HealthPolicy,
+    pub health: HealthStore,
+    pub rate: RateLimiter,
+    /// How long an open circuit's probe is reserved: longer than one attempt can take.
+    pub probe_lease: Duration,
+    /// Names this replica as a probe's holder.
+    pub replica_id: String,
+    pub activity: ActivityLog,
+    pub successes: SuccessMarks,
     pub retries: RetryStore,
     pub dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
@@ -52,7 +67,7 @@ pub struct Worker {
 
 /// What must be made durable for one delivery after its attempt.
 enum Action {
-    Delivered,
+    Delivered { attempts: u32 },
     Retry(PendingDelivery, i64),
     DeadLetter(DeadLetter),
 }
@@ -60,28 +75,34 @@ enum Action {
 /// A deferred delivery waits `defer_delay` × 2^n, n at most this (64× the delay).
 const MAX_DEFERRAL_DOUBLINGS: u32 = 6;
 
+/// A reserved rate-limit slot this close is taken now rather than waited for in Redis.
+const RATE_SLACK: Duration = Duration::from_millis(20);
+
 /// What happened to a delivery before this attempt.
 #[derive(Debug, Default)]
 struct Prior {
     attempts: u32,
     deferrals: u32,
     last_error: Option<Failure>,
+    rate_slot_ms: Option<i64>,
 }
 
 /// Gave up waiting for a dependency because the shutdown grace ran out.
 #[derive(Debug)]
 struct Aborted;
 
-impl Worker {
+impl Handler for Worker {
     /// Handles one message from the events queue and settles it in `acks`.
-    pub async fn handle_message(&self, delivery: Delivery, acks: AckWindow) {
+    async fn handle(self: Arc<Self>, delivery: Delivery, acks: AckWindow) {
         let tag = delivery.delivery_tag;
         match self.process_message(&delivery).await {
             Ok(()) => acks.ack(tag),
             Err(Aborted) => acks.requeue(tag),
         }
     }
+}
 
+impl Worker {
     async fn process_message(&self, delivery: &Delivery) -> Result<(), Aborted> {
         let routing_key = delivery.routing_key.as_str();
         if let Some(count) = delivery_count(delivery)
@@ -107,12 +128,11 @@ impl Worker {
             .with_label_values(&[source(delivery)])
             .inc();
 
-        let endpoints = self
-            .until_durable("loading endpoints", || {
-                self.endpoints.endpoints(&event.tenant)
-            })
+        let tenant = self
+            .until_durable("loading endpoints", || self.endpoints.load(&event.tenant))
             .await?;
-        let matching: Vec<&Endpoint> = endpoints
+        let matching: Vec<&Endpoint> = tenant
+            .endpoints
             .iter()
             .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
             .collect();
@@ -122,80 +142,312 @@ impl Worker {
                 .entry(endpoint.spec.format)
                 .or_insert_with(|| render(&event, endpoint.spec.format));
         }
+        let event_json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
         let actions = join_all(matching.iter().map(|endpoint| async {
-            if !endpoint.spec.enabled {
-                return Action::DeadLetter(dead_delivery(
-                    &event,
-                    &endpoint.id,
-                    DeadLetterReason::EndpointDisabled,
-                    0,
-                    None,
-                ));
-            }
-            let payload = &payloads[&endpoint.spec.format];
-            self.deliver(&event, endpoint, payload, Prior::default())
-                .await
+            let Some(payload) = payloads.get(&endpoint.spec.format) else {
+                // Only disabled endpoints have no rendered payload; they are refused
+                // before the payload is needed.
+                let action = self.refuse(&event, endpoint, Prior::default());
+                self.note_state(&event, &event_json, &endpoint.id, &action);
+                return action;
+            };
+            let action = self
+                .deliver(&event, endpoint, &tenant, payload, Prior::default())
+                .await;
+            self.note_state(&event, &event_json, &endpoint.id, &action);
+            action
         }))
         .await;
         self.make_durable(actions).await
     }
 
-    /// One attempt at one endpoint, or a deferral when the endpoint is already as busy as
-    /// this replica lets it be.
-    async fn deliver(
+    fn refuse(&self, event: &Event, endpoint: &Endpoint, prior: Prior) -> Action {
+        Action::DeadLetter(dead_delivery(
+            event,
+            &endpoint.id,
+            DeadLetterReason::EndpointDisabled,
+            prior.attempts,
+            prior.last_error,
+        ))
+    }
+
+    /// Puts a delivery back in Redis without an attempt, waiting longer each time in a
+    /// row, so a stuck endpoint's backlog does not churn.
+    fn defer(
         &self,
         event: &Event,
         endpoint: &Endpoint,
         payload: &Payload,
         prior: Prior,
+        outcome: &str,
     ) -> Action {
+        self.metrics
+            .attempts
+            .with_label_values(&[outcome, "none"])
+            .inc();
+        let wait = self
+            .defer_delay
+            .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS));
+        let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+        task.deferrals = prior.deferrals + 1;
+        Action::Retry(task, due_in(wait))
+    }
+
+    /// Records the delivery's state for `GET …/events/{id}`.
+    fn note_state(&self, event: &Event, event_json: &Arc<str>, endpoint_id: &str, action: &Action) {
+        let now = OffsetDateTime::now_utc();
+        let state = match action {
+            Action::Delivered { attempts } => DeliveryState {
+                status: DeliveryStatus::Delivered,
+                attempts: *attempts,
+                updated_at: now,
+                next_attempt_at: None,
+                last_error: None,
+                dead_letter_reason: None,
+            },
+            Action::Retry(task, due_ms) => DeliveryState {
+                status: DeliveryStatus::Retrying,
+                attempts: task.attempts,
+                updated_at: now,
+                next_attempt_at: OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(*due_ms) * 1_000_000,
+                )
+                .ok(),
+                last_error: task.last_error.as_ref().map(|f| f.message.clone()),
+                dead_letter_reason: None,
+            },
+            Action::DeadLetter(DeadLetter::DeliveryV1(record)) => DeliveryState {
+                status: DeliveryStatus::DeadLettered,
+                attempts: record.attempts,
+                updated_at: now,
+                next_attempt_at: None,
+                last_error: record.last_error.as_ref().map(|f| f.message.clone()),
+                dead_letter_reason: Some(record.reason.as_str().to_owned()),
+            },
+            Action::DeadLetter(DeadLetter::MessageV1(_)) => return,
+        };
+        self.activity.record(Activity::State {
+            tenant: event.tenant.clone(),
+            event_id: event.id.clone(),
+            event: event_json.clone(),
+            endpoint_id: endpoint_id.to_owned(),
+            state,
+        });
+    }
+
+    /// One attempt at one endpoint — or, without an attempt, a deferral (endpoint busy in
+    /// this replica, circuit open, rate limit) or a refusal (endpoint disabled).
+    async fn deliver(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        tenant: &TenantEndpoints,
+        payload: &Payload,
+        prior: Prior,
+    ) -> Action {
+        let health = tenant.health(&endpoint.id);
+        let state = health.state(endpoint.spec.enabled, &self.health_policy);
+        if state == HealthState::Disabled {
+            return self.refuse(event, endpoint, prior);
+        }
         let Some(_slot) = self.slots.try_acquire(&endpoint.id) else {
+            return self.defer(event, endpoint, payload, prior, "endpoint_busy");
+        };
+        let probe_taken = state == HealthState::Failing && self.take_probe(event, endpoint).await;
+        let probe = match admit(state, probe_taken) {
+            Admission::Attempt => false,
+            Admission::Probe => true,
+            Admission::Hold => return self.defer(event, endpoint, payload, prior, "circuit_open"),
+            Admission::Refuse => return self.refuse(event, endpoint, prior),
+        };
+        if let Some(wait) = self.rate_limit_wait(event, endpoint, &prior).await {
+            if probe {
+                self.release_probe(event, endpoint).await;
+            }
             self.metrics
                 .attempts
-                .with_label_values(&["endpoint_busy", "none"])
+                .with_label_values(&["rate_limited", "none"])
                 .inc();
-            let wait = self
-                .defer_delay
-                .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS));
             let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
-            task.deferrals = prior.deferrals + 1;
-            return Action::Retry(task, due_in(wait));
-        };
-        let attempts = prior.attempts;
+            task.deferrals = prior.deferrals;
+            let due = due_in(wait);
+            task.rate_slot_ms = Some(due);
+            return Action::Retry(task, due);
+        }
+
         self.metrics.in_flight.inc();
         let report = self.dispatcher.attempt(endpoint, &event.id, payload).await;
         self.metrics.in_flight.dec();
-        self.record_attempt(event, &report);
-        let attempts = attempts + 1;
+        let attempts = prior.attempts + 1;
+        self.record_attempt(event, endpoint, attempts, &report);
+        let disabled = self.update_health(event, endpoint, &health, &report).await;
+        if probe {
+            self.release_probe(event, endpoint).await;
+        }
+        let last_error = match &report.outcome {
+            AttemptOutcome::Failed(failure) => Some(failure.clone()),
+            AttemptOutcome::Delivered { .. } => None,
+        };
+        if disabled {
+            return Action::DeadLetter(dead_delivery(
+                event,
+                &endpoint.id,
+                DeadLetterReason::EndpointDisabled,
+                attempts,
+                last_error,
+            ));
+        }
         match decide(&self.schedule, attempts, &report.outcome, rand::random()) {
-            Decision::Done => Action::Delivered,
-            Decision::RetryAfter(delay) => {
-                let last_error = match report.outcome {
-                    AttemptOutcome::Failed(failure) => Some(failure),
-                    AttemptOutcome::Delivered { .. } => None,
-                };
-                Action::Retry(
-                    pending(event, endpoint, payload, attempts, last_error),
-                    due_in(delay),
-                )
-            }
-            Decision::DeadLetter(reason) => {
-                let last_error = match report.outcome {
-                    AttemptOutcome::Failed(failure) => Some(failure),
-                    AttemptOutcome::Delivered { .. } => None,
-                };
-                Action::DeadLetter(dead_delivery(
-                    event,
-                    &endpoint.id,
-                    reason,
-                    attempts,
-                    last_error,
-                ))
+            Decision::Done => Action::Delivered { attempts },
+            Decision::RetryAfter(delay) => Action::Retry(
+                pending(event, endpoint, payload, attempts, last_error),
+                due_in(delay),
+            ),
+            Decision::DeadLetter(reason) => Action::DeadLetter(dead_delivery(
+                event,
+                &endpoint.id,
+                reason,
+                attempts,
+                last_error,
+            )),
+        }
+    }
+
+    async fn take_probe(&self, event: &Event, endpoint: &Endpoint) -> bool {
+        match self
+            .health
+            .try_probe(
+                &event.tenant,
+                &endpoint.id,
+                &self.replica_id,
+                self.probe_lease,
+            )
+            .await
+        {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "taking a probe lease failed; holding the delivery"
+                );
+                false
             }
         }
     }
 
-    fn record_attempt(&self, event: &Event, report: &AttemptReport) {
+    async fn release_probe(&self, event: &Event, endpoint: &Endpoint) {
+        // If this fails the lease simply runs out.
+        let _ = self
+            .health
+            .release_probe(&event.tenant, &endpoint.id, &self.replica_id)
+            .await;
+    }
+
+    /// How long this delivery must wait for the endpoint's rate limit, if at all.
+    async fn rate_limit_wait(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        prior: &Prior,
+    ) -> Option<Duration> {
+        let per_second = endpoint.spec.rate_limit_per_s?;
+        let now = OffsetDateTime::now_utc();
+        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let slack_ms = i64::try_from(RATE_SLACK.as_millis()).unwrap_or(0);
+        if prior
+            .rate_slot_ms
+            .is_some_and(|slot| slot <= now_ms + slack_ms)
+        {
+            // The slot was reserved when the delivery was put back; it is now.
+            return None;
+        }
+        let now_us = i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+        match self
+            .rate
+            .reserve(&event.tenant, &endpoint.id, per_second, now_us)
+            .await
+        {
+            Ok(wait) if wait <= RATE_SLACK => None,
+            Ok(wait) => Some(wait),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "rate limiter unavailable; delivery waits"
+                );
+                Some(self.defer_delay)
+            }
+        }
+    }
+
+    /// Records the attempt's effect on the endpoint's health; true if it disabled the
+    /// endpoint. Health is advisory: a Redis error here is logged, not retried.
+    async fn update_health(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        known: &HealthRecord,
+        report: &AttemptReport,
+    ) -> bool {
+        let now = OffsetDateTime::now_utc();
+        let result = match &report.outcome {
+            AttemptOutcome::Delivered { .. } => {
+                if known.consecutive_failures == 0
+                    && !self.successes.due(&event.tenant, &endpoint.id)
+                {
+                    return false;
+                }
+                self.health
+                    .record_success(&event.tenant, &endpoint.id, now)
+                    .await
+                    .map(|()| false)
+            }
+            AttemptOutcome::Failed(failure) => {
+                match self
+                    .health
+                    .record_failure(&event.tenant, &endpoint.id, now)
+                    .await
+                {
+                    Ok(record) => match record.disables_after_failure(
+                        failure.status,
+                        now,
+                        &self.health_policy,
+                    ) {
+                        Some(reason) => {
+                            let disabled = self
+                                .health
+                                .disable(&event.tenant, &endpoint.id, reason)
+                                .await;
+                            if matches!(disabled, Ok(true)) {
+                                tracing::warn!(tenant = %event.tenant, endpoint.id = %endpoint.id, reason = reason.as_str(), "endpoint disabled");
+                                self.metrics
+                                    .endpoints_disabled
+                                    .with_label_values(&[reason.as_str()])
+                                    .inc();
+                            }
+                            disabled.map(|_| true)
+                        }
+                        None => Ok(false),
+                    },
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        result.unwrap_or_else(|error| {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "recording endpoint health failed"
+            );
+            false
+        })
+    }
+
+    fn record_attempt(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        attempt: u32,
+        report: &AttemptReport,
+    ) {
         let outcome = match &report.outcome {
             AttemptOutcome::Delivered { .. } => {
                 let lag = OffsetDateTime::now_utc() - event.occurred_at;
@@ -211,6 +463,26 @@ impl Worker {
         self.metrics
             .attempt_duration
             .observe(report.duration.as_secs_f64());
+        let error = match &report.outcome {
+            AttemptOutcome::Failed(failure) => Some(failure.message.clone()),
+            AttemptOutcome::Delivered { .. } => None,
+        };
+        self.activity.record(Activity::Attempt {
+            tenant: event.tenant.clone(),
+            endpoint_id: endpoint.id.clone(),
+            record: AttemptRecord {
+                attempt_id: uuid::Uuid::now_v7().to_string(),
+                event_id: event.id.clone(),
+                event_type: event.event_type.as_str().to_owned(),
+                attempt,
+                at: OffsetDateTime::now_utc(),
+                outcome: outcome.to_owned(),
+                status: report.status(),
+                duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+                error,
+                response_excerpt: report.response_excerpt.clone(),
+            },
+        });
     }
 
     /// Stores the retries (one Redis round trip for all of them) and publishes the dead
@@ -220,7 +492,7 @@ impl Worker {
         let mut dead = Vec::new();
         for action in actions {
             match action {
-                Action::Delivered => {}
+                Action::Delivered { .. } => {}
                 Action::Retry(task, due) => retries.push((task, due)),
                 Action::DeadLetter(record) => dead.push(record),
             }
@@ -272,23 +544,19 @@ impl Worker {
                 return self.complete(&id, token).await;
             }
         };
-        let endpoints = self
+        let tenant = self
             .until_durable("loading endpoints", || {
-                self.endpoints.endpoints(&task.event.tenant)
+                self.endpoints.load(&task.event.tenant)
             })
             .await?;
-        let endpoint = endpoints.iter().find(|e| e.id == task.endpoint_id);
-        let reason = match endpoint {
-            None => Some(DeadLetterReason::EndpointDeleted),
-            Some(endpoint) if !endpoint.spec.enabled => Some(DeadLetterReason::EndpointDisabled),
-            Some(_) => None,
-        };
-        let (Some(endpoint), None) = (endpoint, reason) else {
-            let reason = reason.unwrap_or(DeadLetterReason::EndpointDeleted);
+        let event_json: Arc<str> = serde_json::to_string(&task.event)
+            .unwrap_or_default()
+            .into();
+        let Some(endpoint) = tenant.endpoints.iter().find(|e| e.id == task.endpoint_id) else {
             let record = dead_delivery(
                 &task.event,
                 &task.endpoint_id,
-                reason,
+                DeadLetterReason::EndpointDeleted,
                 task.attempts,
                 task.last_error.clone(),
             );
@@ -303,9 +571,14 @@ impl Worker {
             attempts: task.attempts,
             deferrals: task.deferrals,
             last_error: task.last_error.clone(),
+            rate_slot_ms: task.rate_slot_ms,
         };
-        match self.deliver(&task.event, endpoint, &payload, prior).await {
-            Action::Delivered => self.complete(&id, token).await,
+        let action = self
+            .deliver(&task.event, endpoint, &tenant, &payload, prior)
+            .await;
+        self.note_state(&task.event, &event_json, &endpoint.id, &action);
+        match action {
+            Action::Delivered { .. } => self.complete(&id, token).await,
             Action::Retry(next, due) => {
                 self.until_durable("rescheduling a retry", || {
                     self.retries.reschedule(&id, token, &next, due)
@@ -351,6 +624,42 @@ impl Worker {
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
+            }
+        }
+    }
+}
+
+/// When this replica last wrote a success for each endpoint. Successes of a healthy
+/// endpoint are written at most once per interval: enough to keep `last_success_at`
+/// fresh, without a Redis write per delivery.
+#[derive(Debug)]
+pub struct SuccessMarks {
+    interval: Duration,
+    // A std Mutex: held for a map update, never across an await.
+    written: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl SuccessMarks {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            written: Mutex::default(),
+        }
+    }
+
+    /// True (and marks it written) when a success should be written now.
+    fn due(&self, tenant: &hookline_shared::domain::event::TenantId, endpoint_id: &str) -> bool {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let key = (tenant.as_str().to_owned(), endpoint_id.to_owned());
+        match written.get(&key) {
+            Some(at) if now.duration_since(*at) < self.interval => false,
+            _ => {
+                if written.len() > 100_000 {
+                    written.clear();
+                }
+                written.insert(key, now);
+                true
             }
         }
     }
@@ -435,6 +744,7 @@ fn pending(
         attempts,
         deferrals: 0,
         last_error,
+        rate_slot_ms: None,
         payload: Some(StoredPayload {
             content_type: payload.content_type.to_owned(),
             body: String::from_utf8_lossy(&payload.body).into_owned(),

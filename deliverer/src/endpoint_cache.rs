@@ -1,10 +1,13 @@
-//! A short-lived cache of each tenant's endpoints, so the success path does not read
-//! Redis for every event. Changes made through the API take effect within the TTL.
+//! A short-lived cache of each tenant's endpoints and their health, so the success path
+//! does not read Redis for every event. Changes made through the API, and health changes
+//! recorded by other replicas, take effect within the TTL.
 
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::TenantId;
+use hookline_shared::domain::health::HealthRecord;
 use hookline_shared::store::StoreError;
 use hookline_shared::store::endpoints::EndpointStore;
+use hookline_shared::store::health::HealthStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,12 +15,26 @@ use std::time::{Duration, Instant};
 /// Tenants beyond this many are evicted (oldest first) so memory stays bounded.
 const MAX_TENANTS: usize = 10_000;
 
+/// One tenant's endpoints and what is known about their health.
+#[derive(Debug, Default)]
+pub struct TenantEndpoints {
+    pub endpoints: Vec<Endpoint>,
+    health: HashMap<String, HealthRecord>,
+}
+
+impl TenantEndpoints {
+    pub fn health(&self, endpoint_id: &str) -> HealthRecord {
+        self.health.get(endpoint_id).cloned().unwrap_or_default()
+    }
+}
+
 /// When a tenant's endpoints were read, and what they were.
-type Entries = HashMap<TenantId, (Instant, Arc<Vec<Endpoint>>)>;
+type Entries = HashMap<TenantId, (Instant, Arc<TenantEndpoints>)>;
 
 #[derive(Debug)]
 pub struct EndpointCache {
     store: EndpointStore,
+    health: HealthStore,
     ttl: Duration,
     // A std Mutex, not a Tokio one: it is held only to read or insert, never across an
     // await.
@@ -25,22 +42,25 @@ pub struct EndpointCache {
 }
 
 impl EndpointCache {
-    pub fn new(store: EndpointStore, ttl: Duration) -> Self {
+    pub fn new(store: EndpointStore, health: HealthStore, ttl: Duration) -> Self {
         Self {
             store,
+            health,
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn endpoints(&self, tenant: &TenantId) -> Result<Arc<Vec<Endpoint>>, StoreError> {
+    pub async fn load(&self, tenant: &TenantId) -> Result<Arc<TenantEndpoints>, StoreError> {
         let now = Instant::now();
         if let Some((loaded, endpoints)) = self.lock().get(tenant)
             && now.duration_since(*loaded) < self.ttl
         {
             return Ok(endpoints.clone());
         }
-        let endpoints = Arc::new(self.store.list(tenant).await?);
+        let (endpoints, health) =
+            tokio::try_join!(self.store.list(tenant), self.health.all(tenant))?;
+        let loaded = Arc::new(TenantEndpoints { endpoints, health });
         let mut entries = self.lock();
         if entries.len() >= MAX_TENANTS
             && !entries.contains_key(tenant)
@@ -51,8 +71,8 @@ impl EndpointCache {
         {
             entries.remove(&oldest);
         }
-        entries.insert(tenant.clone(), (now, endpoints.clone()));
-        Ok(endpoints)
+        entries.insert(tenant.clone(), (now, loaded.clone()));
+        Ok(loaded)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {

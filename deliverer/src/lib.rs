@@ -4,19 +4,22 @@
 //! # Layout
 //! - [`consumer`]: the supervised AMQP consumer; [`acks`]: batched acknowledgements.
 //! - [`delivery`]: the pipeline — match, render, attempt, decide, make durable, ack.
-//! - [`dispatch`]: one signed HTTP attempt; [`address_guard`]: the SSRF guard.
 //! - [`retries`]: promoting due retries from Redis under a lease.
 //! - [`dead_letter`]: publishing dead-letter records with confirms.
-//! - [`endpoint_cache`]: a short-lived cache of each tenant's endpoints.
+//! - [`endpoint_cache`]: a short-lived cache of each tenant's endpoints and health.
+//! - [`activity`]: the batched writer of the attempt log and per-event state.
+//! - [`dead_letter_index`]: indexes dead letters in Redis for the API.
+//! - [`health_gauge`]: counts endpoints by health state for the metrics.
 //! - [`settings`], [`metrics`].
 
 pub mod acks;
-pub mod address_guard;
+pub mod activity;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dead_letter_index;
 pub mod delivery;
-pub mod dispatch;
 pub mod endpoint_cache;
+pub mod health_gauge;
 pub mod metrics;
 pub mod retries;
 pub mod settings;
@@ -24,10 +27,15 @@ pub mod settings;
 use anyhow::Context;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
+use hookline_shared::dispatch::Dispatcher;
 use hookline_shared::lifecycle::{connect_redis, watch_redis};
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::store::Keyspace;
+use hookline_shared::store::activity::{ActivityStore, Retention};
+use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
+use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
 use std::net::SocketAddr;
@@ -70,7 +78,12 @@ impl Deliverer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { settings, admin } = self;
         let registry = new_registry();
-        let readiness = Readiness::new(&["amqp_consumer", "amqp_publisher", "redis"]);
+        let readiness = Readiness::new(&[
+            "amqp_consumer",
+            "amqp_dead_letter_index",
+            "amqp_publisher",
+            "redis",
+        ]);
         let metrics = metrics::DelivererMetrics::new(&registry, settings.delivery.timeout);
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -104,17 +117,35 @@ impl Deliverer {
         ));
         let keys = Keyspace::new(&settings.prefix);
         let abort = CancellationToken::new();
+        let health = HealthStore::new(redis.clone(), keys.clone());
+        let (activity, activity_writer) = activity::ActivityLog::spawn(
+            ActivityStore::new(redis.clone(), keys.clone()),
+            Retention {
+                max_age: settings.retention.attempts,
+                attempts_per_endpoint: settings.retention.attempts_per_endpoint,
+                events_per_tenant: settings.retention.events_per_tenant,
+            },
+            metrics.activity_dropped.clone(),
+        );
         let worker = Arc::new(delivery::Worker {
             schedule: settings.delivery.retry_schedule.clone(),
             defer_delay: settings.delivery.defer_delay,
             delivery_limit: settings.amqp.delivery_limit,
-            dispatcher: dispatch::Dispatcher::new(&settings.delivery)
+            dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client")?,
             endpoints: endpoint_cache::EndpointCache::new(
                 EndpointStore::new(redis.clone(), keys.clone()),
+                health.clone(),
                 settings.delivery.endpoint_cache_ttl,
             ),
-            retries: RetryStore::new(redis, keys),
+            health_policy: settings.health.policy(),
+            health: health.clone(),
+            rate: RateLimiter::new(redis.clone(), keys.clone()),
+            probe_lease: settings.delivery.timeout + Duration::from_secs(5),
+            replica_id: uuid::Uuid::new_v4().to_string(),
+            activity,
+            successes: delivery::SuccessMarks::new(Duration::from_secs(30)),
+            retries: RetryStore::new(redis.clone(), keys.clone()),
             dead_letters: dead_letter::DeadLetters::new(
                 publisher,
                 topology.dead_letter_exchange.clone(),
@@ -133,15 +164,45 @@ impl Deliverer {
             handlers: handlers.clone(),
         };
         let promoting = tokio::spawn(promoter.run(shutdown.clone()));
-        let consumer = consumer::ConsumerLoop {
+        let gauge = tokio::spawn(
+            health_gauge::HealthGauge {
+                endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+                health,
+                policy: settings.health.policy(),
+                gauge: worker.metrics.endpoints.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        let indexer = consumer::ConsumerLoop {
             settings: settings.amqp.clone(),
-            topology,
-            worker,
-            ready: readiness.flag("amqp_consumer"),
+            queue: topology.dead_letter_index_queue.clone(),
+            topology: topology.clone(),
+            prefetch: 50,
+            handler: Arc::new(dead_letter_index::DeadLetterIndexer {
+                store: DeadLetterStore::new(redis, keys),
+                retention: settings.retention.dead_letters,
+                abort: abort.clone(),
+            }),
+            ready: readiness.flag("amqp_dead_letter_index"),
+            connected: None,
             handlers: handlers.clone(),
         };
+        let indexing = tokio::spawn(indexer.run(shutdown.clone()));
+        let consumer = consumer::ConsumerLoop {
+            settings: settings.amqp.clone(),
+            queue: topology.deliveries_queue.clone(),
+            topology,
+            prefetch: settings.amqp.prefetch,
+            handler: worker.clone(),
+            ready: readiness.flag("amqp_consumer"),
+            connected: Some(worker.metrics.consumer_connected.clone()),
+            handlers: handlers.clone(),
+        };
+        drop(worker);
         let stopped = consumer.run(shutdown.clone()).await;
         let _ = promoting.await;
+        let _ = gauge.await;
+        let index_stopped = indexing.await.ok().flatten();
 
         tracing::info!(grace = ?settings.shutdown.grace, "draining in-flight deliveries");
         handlers.close();
@@ -153,7 +214,7 @@ impl Deliverer {
             abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), handlers.wait()).await;
         }
-        if let Some((connection, acks)) = stopped {
+        for (connection, acks) in [stopped, index_stopped].into_iter().flatten() {
             acks.finish().await;
             // Closing the channel returns every delivery not acked above to the queue.
             let _ = tokio::time::timeout(
@@ -162,6 +223,9 @@ impl Deliverer {
             )
             .await;
         }
+        // The handlers are done, so the worker and its activity log are dropped: the
+        // writer drains what is buffered and stops.
+        let _ = tokio::time::timeout(Duration::from_secs(5), activity_writer).await;
         background.cancel();
         tasks.close();
         tasks.wait().await;

@@ -18,6 +18,9 @@ pub struct DelivererMetrics {
     pub dead_letters: IntCounterVec,
     pub in_flight: IntGauge,
     pub consumer_connected: IntGauge,
+    pub endpoints: IntGaugeVec,
+    pub endpoints_disabled: IntCounterVec,
+    pub activity_dropped: IntCounter,
 }
 
 fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
@@ -41,7 +44,7 @@ impl DelivererMetrics {
             attempts: unreachable_on_error(IntCounterVec::new(
                 Opts::new(
                     "hookline_delivery_attempts_total",
-                    "Delivery attempts by outcome (success, http_error, timeout, connect_error, blocked_address, endpoint_busy) and HTTP status class.",
+                    "Delivery attempts by outcome (success, http_error, timeout, connect_error, blocked_address; and without an attempt: rate_limited, circuit_open, endpoint_busy) and HTTP status class.",
                 ),
                 &["outcome", "status_class"],
             )),
@@ -85,6 +88,24 @@ impl DelivererMetrics {
                 "hookline_consumer_connected",
                 "1 while this replica consumes from RabbitMQ.",
             )),
+            endpoints: unreachable_on_error(IntGaugeVec::new(
+                Opts::new(
+                    "hookline_endpoints",
+                    "Endpoints by health state (healthy, failing, disabled), counted across all tenants.",
+                ),
+                &["state"],
+            )),
+            endpoints_disabled: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_endpoints_disabled_total",
+                    "Endpoints disabled by Hookline, by reason (gone: answered 410; no_success: failing too long).",
+                ),
+                &["reason"],
+            )),
+            activity_dropped: unreachable_on_error(IntCounter::new(
+                "hookline_activity_dropped_total",
+                "Attempt-log and event-state entries dropped (buffer full or Redis unavailable); deliveries are unaffected.",
+            )),
         };
         register(registry, metrics.events_consumed.clone());
         register(registry, metrics.attempts.clone());
@@ -95,6 +116,9 @@ impl DelivererMetrics {
         register(registry, metrics.dead_letters.clone());
         register(registry, metrics.in_flight.clone());
         register(registry, metrics.consumer_connected.clone());
+        register(registry, metrics.endpoints.clone());
+        register(registry, metrics.endpoints_disabled.clone());
+        register(registry, metrics.activity_dropped.clone());
         metrics
     }
 }

@@ -1,11 +1,13 @@
 //! `hookline-deliverer` settings; the commented defaults are in `config/default.toml`.
 
+use hookline_shared::dispatch::DispatchSettings;
 use hookline_shared::domain::policy::RetrySchedule;
 use hookline_shared::settings::{
-    self, AdminSettings, AmqpSettings, LogSettings, RedisSettings, SettingsError, ShutdownSettings,
+    self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings,
+    RetentionSettings, SettingsError, ShutdownSettings,
 };
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub delivery: DeliverySettings,
     pub retry: RetrySettings,
+    pub health: HealthSettings,
+    pub retention: RetentionSettings,
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
@@ -29,14 +33,27 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
-    #[serde(deserialize_with = "networks")]
+    #[serde(deserialize_with = "settings::networks")]
     pub allowed_networks: Vec<IpNet>,
+    pub require_https: bool,
     pub max_in_flight_per_endpoint: usize,
     #[serde(with = "humantime_serde")]
     pub defer_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub endpoint_cache_ttl: Duration,
     pub response_excerpt_bytes: usize,
+}
+
+impl DeliverySettings {
+    pub fn dispatch(&self) -> DispatchSettings {
+        DispatchSettings {
+            timeout: self.timeout,
+            allow_private_networks: self.allow_private_networks,
+            allowed_networks: self.allowed_networks.clone(),
+            require_https: self.require_https,
+            response_excerpt_bytes: self.response_excerpt_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,18 +63,6 @@ pub struct RetrySettings {
     pub batch: usize,
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-}
-
-fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-    String::deserialize(deserializer)?
-        .split(',')
-        .map(str::trim)
-        .filter(|cidr| !cidr.is_empty())
-        .map(|cidr| {
-            cidr.parse::<IpNet>()
-                .map_err(|e| serde::de::Error::custom(format!("{cidr:?} is not a CIDR: {e}")))
-        })
-        .collect()
 }
 
 impl Settings {

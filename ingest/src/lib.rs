@@ -23,8 +23,14 @@ use hookline_shared::lifecycle::{connect_redis, watch_redis};
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::store::Keyspace;
 
+use hookline_shared::dispatch::Dispatcher;
 pub use hookline_shared::lifecycle::shutdown_signal;
+use hookline_shared::store::activity::ActivityStore;
+use hookline_shared::store::catalog::CatalogStore;
+use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
+use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,10 +117,21 @@ impl Ingest {
         let keys = Keyspace::new(&settings.prefix);
         let state = api::AppState::new(api::Inner {
             tokens: settings.api.tokens(),
+            scoped_tokens: settings.api.scoped_tokens(),
             settings: settings.api.clone(),
             publisher,
             topology,
             endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            health: HealthStore::new(redis.clone(), keys.clone()),
+            health_policy: settings.health.policy(),
+            activity: ActivityStore::new(redis.clone(), keys.clone()),
+            dead_letters: DeadLetterStore::new(redis.clone(), keys.clone()),
+            retries: RetryStore::new(redis.clone(), keys.clone()),
+            catalog: CatalogStore::new(redis.clone(), keys.clone()),
+            known_types: api::KnownTypes::default(),
+            dispatcher: Dispatcher::new(&settings.delivery.dispatch())
+                .context("building the HTTP client for test deliveries")?,
+            secret_overlap: settings.delivery.secret_overlap,
             accepted: accepted::AcceptedEvents::new(redis, keys, settings.api.dedup_window),
             metrics,
         });

@@ -1,7 +1,9 @@
 //! `hookline-ingest` settings; the commented defaults are in `config/default.toml`.
 
+use hookline_shared::dispatch::DispatchSettings;
 use hookline_shared::settings::{
-    self, AdminSettings, AmqpSettings, LogSettings, RedisSettings, SettingsError, ShutdownSettings,
+    self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings, SettingsError,
+    ShutdownSettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -17,6 +19,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub admin: AdminSettings,
     pub api: ApiSettings,
+    pub delivery: DeliverySettings,
+    pub health: HealthSettings,
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
@@ -41,9 +45,60 @@ pub struct ApiSettings {
     pub max_endpoints_per_tenant: u32,
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Refuse events whose type is not in the catalog (`PUT /v1/event-types/{type}`).
+    pub require_known_event_types: bool,
+    /// `tenant:token` pairs, comma-separated: tokens that may act only on their tenant.
+    #[serde(default)]
+    pub tenant_tokens: Option<SecretString>,
+    /// Signs console portal links; without it, portal links are disabled.
+    #[serde(default)]
+    pub portal_key: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub portal_link_ttl: Duration,
+}
+
+/// Test deliveries ("Check" button, `verify` on create) are made by ingest itself, under
+/// the same rules as the deliverer's: these keys mean the same in both binaries.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+    #[serde(deserialize_with = "settings::networks")]
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    pub require_https: bool,
+    pub response_excerpt_bytes: usize,
+    /// After a rotation, deliveries carry the old signature too for this long.
+    #[serde(with = "humantime_serde")]
+    pub secret_overlap: Duration,
+}
+
+impl DeliverySettings {
+    pub fn dispatch(&self) -> DispatchSettings {
+        DispatchSettings {
+            timeout: self.timeout,
+            allow_private_networks: self.allow_private_networks,
+            allowed_networks: self.allowed_networks.clone(),
+            require_https: self.require_https,
+            response_excerpt_bytes: self.response_excerpt_bytes,
+        }
+    }
 }
 
 impl ApiSettings {
+    /// `(tenant, token)` for every tenant-scoped token.
+    pub fn scoped_tokens(&self) -> Vec<(String, SecretString)> {
+        self.tenant_tokens
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.trim().split_once(':'))
+            .filter(|(tenant, token)| !tenant.is_empty() && !token.is_empty())
+            .map(|(tenant, token)| (tenant.to_owned(), SecretString::from(token.to_owned())))
+            .collect()
+    }
+
     /// Every token that may call the API.
     pub fn tokens(&self) -> Vec<SecretString> {
         let extra = self
@@ -70,6 +125,20 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
+        if let Some(pairs) = &self.api.tenant_tokens {
+            let listed = pairs
+                .expose_secret()
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .count();
+            if listed != self.api.scoped_tokens().len() {
+                return Err(SettingsError::invalid(
+                    "api.tenant_tokens",
+                    "HOOKLINE__API__TENANT_TOKENS",
+                    "must be comma-separated tenant:token pairs",
+                ));
+            }
+        }
         if self.api.tokens().is_empty() {
             return Err(SettingsError::invalid(
                 "api.token",

@@ -100,6 +100,10 @@ pub struct PendingDelivery {
     pub deferrals: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<Failure>,
+    /// A rate-limit slot this delivery already reserved (unix ms): when it comes due it
+    /// is attempted without reserving again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_slot_ms: Option<i64>,
     /// The body as first rendered: every retry sends the same bytes, and rendering
     /// happens once per delivery, not once per attempt. Absent before a first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]

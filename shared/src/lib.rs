@@ -11,10 +11,13 @@
 //! - [`telemetry`]: tracing setup; [`metrics`]: the Prometheus registry and the admin
 //!   server (`/healthz`, `/readyz`, `/metrics`).
 //! - [`broker`]: RabbitMQ topology and the supervised, confirming publisher.
-//! - [`store`]: Redis key layout and the endpoint store.
+//! - [`dispatch`]: one signed HTTP attempt behind the SSRF guard.
+//! - [`store`]: Redis key layout and the stores: endpoints, health, rate limits,
+//!   retries, the activity log and the dead-letter index.
 
 pub mod broker;
 pub mod contract;
+pub mod dispatch;
 pub mod domain;
 pub mod lifecycle;
 pub mod metrics;

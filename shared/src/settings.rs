@@ -144,6 +144,49 @@ pub struct ShutdownSettings {
     pub grace: Duration,
 }
 
+/// A comma-separated list of CIDRs, e.g. `"10.20.0.0/16, fd00::/8"`.
+pub fn networks<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    String::deserialize(deserializer)?
+        .split(',')
+        .map(str::trim)
+        .filter(|cidr| !cidr.is_empty())
+        .map(|cidr| {
+            cidr.parse::<ipnet::IpNet>()
+                .map_err(|e| serde::de::Error::custom(format!("{cidr:?} is not a CIDR: {e}")))
+        })
+        .collect()
+}
+
+/// When an endpoint counts as failing (circuit open) and when it is disabled.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthSettings {
+    pub failing_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+}
+
+impl HealthSettings {
+    pub fn policy(&self) -> crate::domain::health::HealthPolicy {
+        crate::domain::health::HealthPolicy {
+            failing_after: self.failing_after.max(1),
+            disable_after: self.disable_after,
+        }
+    }
+}
+
+/// How long the delivery history and dead letters are kept in Redis.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    #[serde(with = "humantime_serde")]
+    pub attempts: Duration,
+    pub attempts_per_endpoint: u32,
+    pub events_per_tenant: u32,
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

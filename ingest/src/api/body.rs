@@ -18,6 +18,25 @@ pub async fn parse_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result
     parse_json_bytes(&bytes)
 }
 
+/// Like [`parse_json`], but an empty body means `T::default()`: for actions whose
+/// options are all optional (`POST …/test`, `POST …/replay`).
+pub async fn parse_optional_json<T: DeserializeOwned + Default>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json_bytes(&bytes)
+}
+
 pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {

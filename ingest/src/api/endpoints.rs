@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hookline_shared::Invalid;
 use hookline_shared::domain::endpoint::{
-    ENDPOINT_ID_PREFIX, Endpoint, EndpointSpec, validate_endpoint_id,
+    ENDPOINT_ID_PREFIX, Endpoint, EndpointSpec, RetiringSecret, validate_endpoint_id,
 };
 use hookline_shared::domain::filter::PayloadFilter;
+use hookline_shared::domain::health::{HealthRecord, HealthView};
 use hookline_shared::domain::pattern::EventPattern;
 use hookline_shared::domain::payload::PayloadFormat;
 use hookline_shared::domain::signing::SigningSecret;
@@ -40,6 +41,9 @@ struct EndpointInput {
     filter: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate_limit_per_s: Option<u32>,
+    /// On create: send a `hookline.ping` test event first and refuse if it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verify: Option<bool>,
 }
 
 impl EndpointInput {
@@ -93,33 +97,51 @@ impl EndpointInput {
             enabled: Some(spec.enabled),
             filter: spec.filter.clone().map(Into::into),
             rate_limit_per_s: spec.rate_limit_per_s,
+            verify: None,
         }
     }
 }
 
-/// An endpoint as the API shows it. The secret appears only when it was just created.
+/// An endpoint as the API shows it. The secret appears only when it was just created;
+/// `enabled` is false while Hookline has it disabled (see `health.disabled_reason`).
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     id: String,
     tenant: String,
     #[serde(flatten)]
     spec: EndpointSpec,
+    health: HealthView,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+    /// While a rotated-out secret still signs deliveries, when it stops.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    previous_secret_expires_at: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
 
 impl EndpointView {
-    fn of(endpoint: &Endpoint) -> Self {
+    fn of(state: &AppState, endpoint: &Endpoint, health: &HealthRecord) -> Self {
+        let mut spec = endpoint.spec.clone();
+        spec.enabled = spec.enabled && health.disabled_reason.is_none();
+        let now = OffsetDateTime::now_utc();
         Self {
             id: endpoint.id.clone(),
             tenant: endpoint.tenant.to_string(),
-            spec: endpoint.spec.clone(),
+            health: health.view(endpoint.spec.enabled, &state.health_policy),
+            spec,
             created_at: endpoint.created_at,
             updated_at: endpoint.updated_at,
+            previous_secret_expires_at: endpoint
+                .retiring_secret
+                .as_ref()
+                .map(|r| r.until)
+                .filter(|until| *until > now),
             secret: None,
         }
     }
@@ -133,6 +155,24 @@ pub struct EndpointList {
 #[derive(Debug, Serialize)]
 pub struct SecretView {
     secret: String,
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    previous_secret_expires_at: Option<OffsetDateTime>,
+}
+
+/// Refuses a URL the deliverer would refuse anyway: a literal private address (SSRF
+/// guard) or plain http where https is required. Hostnames are checked at every attempt.
+fn check_reachable(state: &AppState, spec: &EndpointSpec) -> Result<(), ApiError> {
+    state.dispatcher.check_url(&spec.url).map_err(|blocked| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "blocked_address",
+            format!("deliveries to this URL are not allowed: {blocked}"),
+        )
+        .with_field("url")
+    })
 }
 
 pub async fn create(
@@ -143,7 +183,9 @@ pub async fn create(
     let tenant = tenant(raw_tenant)?;
     let input: EndpointInput =
         body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    let verify = input.verify.unwrap_or(false);
     let (spec, secret) = input.into_spec().map_err(ApiError::invalid)?;
+    check_reachable(&state, &spec)?;
     let now = OffsetDateTime::now_utc();
     let endpoint = Endpoint {
         id: format!("{ENDPOINT_ID_PREFIX}{}", uuid::Uuid::now_v7().simple()),
@@ -154,6 +196,29 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    if verify {
+        let check = super::checks::test_delivery(
+            &state,
+            &endpoint,
+            super::checks::PING_TYPE.to_owned(),
+            serde_json::json!({"message": "Hookline is verifying this endpoint"}),
+        )
+        .await?;
+        if !check.delivered {
+            let answer = check
+                .status
+                .map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification_failed",
+                format!(
+                    "the hookline.ping test event was not accepted ({answer}): {}",
+                    check.error.unwrap_or_default()
+                ),
+            )
+            .with_field("url"));
+        }
+    }
     if !state
         .endpoints
         .create(&endpoint, state.settings.max_endpoints_per_tenant)
@@ -166,7 +231,7 @@ pub async fn create(
             "endpoint id collision; retry",
         ));
     }
-    let mut view = EndpointView::of(&endpoint);
+    let mut view = EndpointView::of(&state, &endpoint, &HealthRecord::default());
     view.secret = Some(endpoint.secret.expose());
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -176,13 +241,21 @@ pub async fn list(
     Path(raw_tenant): Path<String>,
 ) -> Result<Json<EndpointList>, ApiError> {
     let tenant = tenant(raw_tenant)?;
-    let endpoints = state.endpoints.list(&tenant).await?;
+    let (endpoints, health) =
+        tokio::try_join!(state.endpoints.list(&tenant), state.health.all(&tenant))?;
     Ok(Json(EndpointList {
-        data: endpoints.iter().map(EndpointView::of).collect(),
+        data: endpoints
+            .iter()
+            .map(|e| EndpointView::of(&state, e, &health.get(&e.id).cloned().unwrap_or_default()))
+            .collect(),
     }))
 }
 
-async fn load(state: &AppState, raw_tenant: String, id: &str) -> Result<Endpoint, ApiError> {
+pub(super) async fn load(
+    state: &AppState,
+    raw_tenant: String,
+    id: &str,
+) -> Result<Endpoint, ApiError> {
     let tenant = tenant(raw_tenant)?;
     validate_endpoint_id(id).map_err(ApiError::bad_path)?;
     state
@@ -197,7 +270,8 @@ pub async fn get(
     Path((raw_tenant, id)): Path<(String, String)>,
 ) -> Result<Json<EndpointView>, ApiError> {
     let endpoint = load(&state, raw_tenant, &id).await?;
-    Ok(Json(EndpointView::of(&endpoint)))
+    let health = state.health.get(&endpoint.tenant, &endpoint.id).await?;
+    Ok(Json(EndpointView::of(&state, &endpoint, &health)))
 }
 
 pub async fn secret(
@@ -205,9 +279,41 @@ pub async fn secret(
     Path((raw_tenant, id)): Path<(String, String)>,
 ) -> Result<Json<SecretView>, ApiError> {
     let endpoint = load(&state, raw_tenant, &id).await?;
-    Ok(Json(SecretView {
+    Ok(Json(secret_view(&endpoint)))
+}
+
+fn secret_view(endpoint: &Endpoint) -> SecretView {
+    let now = OffsetDateTime::now_utc();
+    SecretView {
         secret: endpoint.secret.expose(),
-    }))
+        previous_secret_expires_at: endpoint
+            .retiring_secret
+            .as_ref()
+            .map(|r| r.until)
+            .filter(|until| *until > now),
+    }
+}
+
+/// A new secret signs from now on; the old one keeps signing too (a second signature in
+/// `webhook-signature`) for `delivery.secret_overlap`, so receivers switch without a gap.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+) -> Result<Json<SecretView>, ApiError> {
+    let mut endpoint = load(&state, raw_tenant, &id).await?;
+    let now = OffsetDateTime::now_utc();
+    let overlap = time::Duration::try_from(state.secret_overlap).unwrap_or(time::Duration::DAY);
+    let fresh = SigningSecret::from_random_bytes(rand::random());
+    let old = std::mem::replace(&mut endpoint.secret, fresh);
+    endpoint.retiring_secret = Some(RetiringSecret {
+        secret: old,
+        until: now + overlap,
+    });
+    endpoint.updated_at = now;
+    if !state.endpoints.replace(&endpoint).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    Ok(Json(secret_view(&endpoint)))
 }
 
 /// A JSON merge patch (RFC 7396) over the endpoint's current fields, validated as a
@@ -220,10 +326,17 @@ pub async fn update(
     let mut endpoint = load(&state, raw_tenant, &id).await?;
     let patch: Map<String, Value> =
         body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
+    let re_enabling = patch.get("enabled") == Some(&Value::Bool(true));
     if patch.contains_key("secret") {
         return Err(ApiError::invalid(Invalid::new(
             "secret",
             "cannot be patched; rotate it with POST …/secret/rotate",
+        )));
+    }
+    if patch.contains_key("verify") {
+        return Err(ApiError::invalid(Invalid::new(
+            "verify",
+            "applies only when creating an endpoint; use POST …/test",
         )));
     }
     let mut merged = serde_json::to_value(EndpointInput::from_spec(&endpoint.spec))
@@ -231,12 +344,20 @@ pub async fn update(
     merge_patch(&mut merged, Value::Object(patch));
     let input: EndpointInput = body::parse_json_bytes(merged.to_string().as_bytes())?;
     let (spec, _) = input.into_spec().map_err(ApiError::invalid)?;
+    check_reachable(&state, &spec)?;
     endpoint.spec = spec;
     endpoint.updated_at = OffsetDateTime::now_utc();
     if !state.endpoints.replace(&endpoint).await? {
         return Err(ApiError::not_found("endpoint"));
     }
-    Ok(Json(EndpointView::of(&endpoint)))
+    let health = if re_enabling {
+        // Re-enabling starts over: a clean record, circuit closed.
+        state.health.reset(&endpoint.tenant, &endpoint.id).await?;
+        HealthRecord::default()
+    } else {
+        state.health.get(&endpoint.tenant, &endpoint.id).await?
+    };
+    Ok(Json(EndpointView::of(&state, &endpoint, &health)))
 }
 
 pub async fn delete(
@@ -246,6 +367,7 @@ pub async fn delete(
     let tenant = tenant(raw_tenant)?;
     validate_endpoint_id(&id).map_err(ApiError::bad_path)?;
     if state.endpoints.delete(&tenant, &id).await? {
+        state.health.reset(&tenant, &id).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("endpoint"))

@@ -39,6 +39,19 @@ pub async fn ingest(
         },
     )
     .map_err(ApiError::invalid)?;
+    if state.settings.require_known_event_types
+        && !state
+            .known_types
+            .contains(&state.catalog, event.event_type.as_str())
+            .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_event_type",
+            "this event type is not in the catalog (api.require_known_event_types is on)",
+        )
+        .with_field("type"));
+    }
 
     // Only an id the caller chose can repeat; a generated UUIDv7 cannot, so it skips
     // the dedup round trips.

@@ -1,28 +1,41 @@
-//! The HTTP API v1: event ingest and endpoint management.
+//! The HTTP API v1: event ingest, endpoint management, delivery history, dead letters,
+//! the event-type catalog and console portal links.
 
+pub mod access;
 mod body;
+mod catalog;
+mod checks;
+mod dead_letters;
 mod endpoints;
 pub mod error;
 mod events;
+mod history;
+mod portal;
 
 use crate::accepted::AcceptedEvents;
 use crate::metrics::IngestMetrics;
 use crate::settings::ApiSettings;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::Response;
+use axum::routing::{get, post, put};
 use error::ApiError;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
+use hookline_shared::dispatch::Dispatcher;
 use hookline_shared::domain::event::TenantId;
+use hookline_shared::domain::health::HealthPolicy;
+use hookline_shared::store::activity::ActivityStore;
+use hookline_shared::store::catalog::CatalogStore;
+use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
-use secrecy::{ExposeSecret, SecretString};
-use std::sync::Arc;
-use std::time::Instant;
-use subtle::ConstantTimeEq;
+use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::retries::RetryStore;
+use secrecy::SecretString;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
@@ -33,9 +46,66 @@ pub struct Inner {
     pub tokens: Vec<SecretString>,
     pub publisher: Publisher,
     pub topology: Topology,
+    pub scoped_tokens: Vec<(String, SecretString)>,
     pub endpoints: EndpointStore,
+    pub health: HealthStore,
+    pub health_policy: HealthPolicy,
+    pub activity: ActivityStore,
+    pub dead_letters: DeadLetterStore,
+    pub retries: RetryStore,
+    pub catalog: CatalogStore,
+    pub known_types: KnownTypes,
+    pub dispatcher: Dispatcher,
+    pub secret_overlap: Duration,
     pub accepted: AcceptedEvents,
     pub metrics: Arc<IngestMetrics>,
+}
+
+/// The catalog's type names, cached briefly for `require_known_event_types`.
+#[derive(Debug, Default)]
+pub struct KnownTypes {
+    // A std Mutex: held to read or replace the set, never across an await.
+    cached: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+}
+
+const KNOWN_TYPES_TTL: Duration = Duration::from_secs(5);
+
+impl KnownTypes {
+    pub async fn contains(
+        &self,
+        catalog: &CatalogStore,
+        event_type: &str,
+    ) -> Result<bool, ApiError> {
+        let fresh = self
+            .cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < KNOWN_TYPES_TTL)
+            .map(|(_, types)| types.clone());
+        let types = match fresh {
+            Some(types) => types,
+            None => {
+                let types: Arc<HashSet<String>> = Arc::new(
+                    catalog
+                        .list()
+                        .await?
+                        .into_iter()
+                        .map(|e| e.event_type)
+                        .collect(),
+                );
+                *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), types.clone()));
+                types
+            }
+        };
+        Ok(types.contains(event_type))
+    }
+
+    /// Drops the cache after a catalog change made here.
+    pub fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl AppState {
@@ -68,7 +138,38 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{tenant}/endpoints/{endpoint_id}/secret",
             get(endpoints::secret),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route(
+            "/tenants/{tenant}/endpoints/{endpoint_id}/secret/rotate",
+            post(endpoints::rotate_secret),
+        )
+        .route(
+            "/tenants/{tenant}/endpoints/{endpoint_id}/test",
+            post(checks::send_test),
+        )
+        .route(
+            "/tenants/{tenant}/endpoints/{endpoint_id}/attempts",
+            get(history::attempts),
+        )
+        .route("/tenants/{tenant}/events/{event_id}", get(history::event))
+        .route("/tenants/{tenant}/dead-letters", get(dead_letters::list))
+        .route(
+            "/tenants/{tenant}/dead-letters/replay",
+            post(dead_letters::replay_many),
+        )
+        .route(
+            "/tenants/{tenant}/dead-letters/{dead_letter_id}/replay",
+            post(dead_letters::replay_one),
+        )
+        .route("/tenants/{tenant}/portal-links", post(portal::create))
+        .route("/event-types", get(catalog::list))
+        .route(
+            "/event-types/{event_type}",
+            put(catalog::put).delete(catalog::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ));
     Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("route") })
@@ -77,27 +178,6 @@ pub fn router(state: AppState) -> Router {
             record_metrics,
         ))
         .with_state(state)
-}
-
-/// Bearer tokens, compared in constant time against every configured token so that
-/// rotating tokens needs no downtime.
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return ApiError::unauthorized().into_response();
-    };
-    let matches = state.tokens.iter().fold(false, |found, token| {
-        found | bool::from(token.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
-    });
-    if !matches {
-        return ApiError::unauthorized().into_response();
-    }
-    next.run(request).await
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -17,6 +17,9 @@ pub struct Topology {
     pub dead_letter_exchange: String,
     /// Durable queue of the same name: the record ops can read with any AMQP tool.
     pub dead_letter_queue: String,
+    /// A second queue on the dead-letter exchange, consumed by the deliverers to index
+    /// records in Redis for the API; `dead_letter_queue` stays untouched for ops.
+    pub dead_letter_index_queue: String,
     queue_type: QueueType,
 }
 
@@ -27,6 +30,7 @@ impl Topology {
             deliveries_queue: format!("{prefix}.deliveries"),
             dead_letter_exchange: format!("{prefix}.dead-letter"),
             dead_letter_queue: format!("{prefix}.dead-letter"),
+            dead_letter_index_queue: format!("{prefix}.dead-letter.index"),
             queue_type,
         }
     }
@@ -88,22 +92,20 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_declare(
-                self.dead_letter_queue.as_str().into(),
-                durable_queue,
-                self.queue_arguments(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue.as_str().into(),
-                self.dead_letter_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for queue in [&self.dead_letter_queue, &self.dead_letter_index_queue] {
+            channel
+                .queue_declare(queue.as_str().into(), durable_queue, self.queue_arguments())
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.dead_letter_exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

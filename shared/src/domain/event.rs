@@ -9,6 +9,11 @@ use time::OffsetDateTime;
 
 pub const MAX_TENANT_LEN: usize = 64;
 pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// Event ids share the identifier charset, so they are safe in paths and Redis keys.
+pub fn validate_event_id(id: &str) -> Result<(), Invalid> {
+    check_identifier("id", id, MAX_EVENT_ID_LEN)
+}
 pub const MAX_VERSION_LEN: usize = 64;
 /// Deeper documents are refused: they are never legitimate ATS payloads, and every
 /// renderer and filter walks them recursively.

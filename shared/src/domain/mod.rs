@@ -6,6 +6,7 @@
 pub mod endpoint;
 pub mod event;
 pub mod filter;
+pub mod health;
 pub mod pattern;
 pub mod payload;
 pub mod policy;

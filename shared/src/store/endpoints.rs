@@ -62,6 +62,16 @@ impl EndpointStore {
             .arg(max_per_tenant)
             .invoke_async(&mut self.redis.clone())
             .await?;
+        if created == 1 {
+            // Outside the script: the tenant set is not in the tenant's hash slot. A
+            // crash in between leaves a tenant out of the operator counts until its next
+            // endpoint is created; nothing depends on it for delivery.
+            let _: i64 = redis::cmd("SADD")
+                .arg(self.keys.tenants())
+                .arg(endpoint.tenant.as_str())
+                .query_async(&mut self.redis.clone())
+                .await?;
+        }
         match created {
             -1 => Err(StoreError::QuotaExceeded {
                 max: max_per_tenant,
@@ -80,6 +90,18 @@ impl EndpointStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(replaced == 1)
+    }
+
+    /// Every tenant that has had an endpoint.
+    pub async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.tenants())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|t| TenantId::parse(t).ok())
+            .collect())
     }
 
     pub async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {

@@ -1,4 +1,8 @@
 //! The Redis key layout, in one place.
+//!
+//! Every key starts with the installation prefix. Keys that one script or transaction
+//! touches together share a hash tag — the tenant for tenant data, `retry` for the retry
+//! pool — so the same layout works on Redis Cluster.
 
 use crate::domain::event::TenantId;
 
@@ -18,25 +22,117 @@ impl Keyspace {
         &self.prefix
     }
 
-    /// Hash: endpoint id → endpoint JSON, one per tenant, so the deliverer loads a
-    /// tenant's endpoints in one round trip.
+    fn tenant_key(&self, tenant: &TenantId, rest: &str) -> String {
+        format!("{}:{{{}}}:{rest}", self.prefix, tenant)
+    }
+
+    /// Hash: endpoint id → endpoint JSON, so the deliverer loads a tenant's endpoints in
+    /// one round trip.
     pub fn endpoints(&self, tenant: &TenantId) -> String {
-        format!("{}:endpoints:{}", self.prefix, tenant)
+        self.tenant_key(tenant, "endpoints")
+    }
+
+    /// Hash: endpoint id → health record JSON, read together with `endpoints`.
+    pub fn health(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "health")
+    }
+
+    /// String with TTL: the replica holding an open circuit's single probe.
+    pub fn probe(&self, tenant: &TenantId, endpoint_id: &str) -> String {
+        self.tenant_key(tenant, &format!("probe:{endpoint_id}"))
+    }
+
+    /// String with TTL: the rate limiter's next free slot for an endpoint (µs).
+    pub fn rate(&self, tenant: &TenantId, endpoint_id: &str) -> String {
+        self.tenant_key(tenant, &format!("rate:{endpoint_id}"))
+    }
+
+    /// Sorted set: attempt JSON scored by attempt time (ms), newest kept.
+    pub fn attempts(&self, tenant: &TenantId, endpoint_id: &str) -> String {
+        self.tenant_key(tenant, &format!("attempts:{endpoint_id}"))
+    }
+
+    /// Hash with TTL: `event` → the event, then endpoint id → its delivery state.
+    pub fn event_state(&self, tenant: &TenantId, event_id: &str) -> String {
+        self.tenant_key(tenant, &format!("event:{event_id}"))
+    }
+
+    /// Sorted set: event ids with recorded delivery state, scored by first record (ms),
+    /// so the oldest can be trimmed.
+    pub fn events_index(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "events")
+    }
+
+    /// The prefix of `event_state` keys, for the trimming script to rebuild them.
+    pub fn event_state_prefix(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "event:")
+    }
+
+    /// Hash: dead-letter id → record JSON.
+    pub fn dead_letters(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "dead-letters")
+    }
+
+    /// Sorted set: dead-letter id scored by when it was dead-lettered (ms).
+    pub fn dead_letter_index(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "dead-letters:by-time")
     }
 
     /// String with TTL: an event id ingest has accepted (`pending` while publishing,
     /// `done` once confirmed).
     pub fn accepted_event(&self, tenant: &TenantId, event_id: &str) -> String {
-        format!("{}:accepted:{}:{}", self.prefix, tenant, event_id)
+        self.tenant_key(tenant, &format!("accepted:{event_id}"))
+    }
+
+    /// Set: every tenant that has had an endpoint, for the operator view and gauges.
+    pub fn tenants(&self) -> String {
+        format!("{}:tenants", self.prefix)
+    }
+
+    /// Hash: event type → catalog entry JSON.
+    pub fn event_types(&self) -> String {
+        format!("{}:event-types", self.prefix)
     }
 
     /// Sorted set: delivery id → due time (ms). Shares a hash tag with `retry_tasks`.
     pub fn retry_due(&self) -> String {
-        format!("{{{}:retry}}:due", self.prefix)
+        format!("{}:{{retry}}:due", self.prefix)
     }
 
     /// Hash: delivery id → pending delivery JSON.
     pub fn retry_tasks(&self) -> String {
-        format!("{{{}:retry}}:tasks", self.prefix)
+        format!("{}:{{retry}}:tasks", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_start_with_the_prefix_and_group_by_hash_tag() {
+        let keys = Keyspace::new("hl");
+        let tenant = TenantId::parse("acme").expect("tenant");
+        let tenant_keys = [
+            keys.endpoints(&tenant),
+            keys.health(&tenant),
+            keys.probe(&tenant, "ep"),
+            keys.rate(&tenant, "ep"),
+            keys.attempts(&tenant, "ep"),
+            keys.event_state(&tenant, "evt"),
+            keys.events_index(&tenant),
+            keys.dead_letters(&tenant),
+            keys.dead_letter_index(&tenant),
+            keys.accepted_event(&tenant, "evt"),
+        ];
+        for key in &tenant_keys {
+            assert!(key.starts_with("hl:{acme}:"), "{key}");
+        }
+        assert_eq!(
+            keys.event_state(&tenant, "evt"),
+            format!("{}evt", keys.event_state_prefix(&tenant))
+        );
+        assert!(keys.retry_due().starts_with("hl:{retry}:"));
+        assert!(keys.retry_tasks().starts_with("hl:{retry}:"));
     }
 }

@@ -3,8 +3,13 @@
 //! Every key starts with the installation prefix. Keys that one script touches together
 //! share a hash tag (`{…}`), so the layout works unchanged on Redis Cluster.
 
+pub mod activity;
+pub mod catalog;
+pub mod dead_letters;
 pub mod endpoints;
+pub mod health;
 pub mod keys;
+pub mod rate;
 pub mod retries;
 
 use crate::settings::RedisSettings;

@@ -585,7 +585,7 @@ impl Services {
         let connection =
             Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        for queue in ["deliveries", "dead-letter"] {
+        for queue in ["deliveries", "dead-letter", "dead-letter.index"] {
             let _ = channel
                 .queue_delete(
                     format!("{}.{queue}", self.prefix).as_str().into(),

@@ -1,12 +1,14 @@
 //! One HTTP attempt: sign, POST, classify the answer. Nothing here decides what happens
-//! next; that is [`hookline_shared::domain::policy::decide`]'s job.
+//! next; that is [`crate::domain::policy::decide`]'s job. Shared because ingest makes
+//! test deliveries with the same client, signing and SSRF guard as the deliverer.
 
-use crate::address_guard::{AddressPolicy, BlockedAddress, GuardedResolver};
-use crate::settings::DeliverySettings;
+pub mod address_guard;
+
+use crate::domain::endpoint::Endpoint;
+use crate::domain::policy::{AttemptOutcome, ErrorClass, Failure};
+use crate::domain::signing::signature_header;
+use address_guard::{AddressPolicy, BlockedAddress, GuardedResolver};
 use bytes::Bytes;
-use hookline_shared::domain::endpoint::Endpoint;
-use hookline_shared::domain::policy::{AttemptOutcome, ErrorClass, Failure};
-use hookline_shared::domain::signing::signature_header;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use std::error::Error as _;
 use std::sync::Arc;
@@ -37,22 +39,33 @@ impl AttemptReport {
     }
 }
 
+/// How attempts are made; both binaries read these from their `[delivery]` section.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    pub require_https: bool,
+    pub response_excerpt_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
+    require_https: bool,
     timeout: Duration,
     excerpt_bytes: usize,
 }
 
 impl Dispatcher {
-    pub fn new(settings: &DeliverySettings) -> Result<Self, reqwest::Error> {
+    pub fn new(settings: &DispatchSettings) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(AddressPolicy::new(
             settings.allow_private_networks,
             settings.allowed_networks.clone(),
         ));
         let client = reqwest::Client::builder()
-            .user_agent(hookline_shared::USER_AGENT)
+            .user_agent(crate::USER_AGENT)
             // A redirect is the receiver's answer, not an instruction: following it would
             // let a receiver point Hookline at an internal address.
             .redirect(reqwest::redirect::Policy::none())
@@ -65,6 +78,7 @@ impl Dispatcher {
         Ok(Self {
             client,
             policy,
+            require_https: settings.require_https,
             timeout: settings.timeout,
             excerpt_bytes: settings.response_excerpt_bytes,
         })
@@ -72,6 +86,18 @@ impl Dispatcher {
 
     pub fn policy(&self) -> &AddressPolicy {
         &self.policy
+    }
+
+    /// The checks an endpoint URL can fail before any DNS lookup: a literal address the
+    /// policy refuses, or plain http where https is required.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), BlockedAddress> {
+        if self.require_https && url.scheme() != "https" {
+            return Err(BlockedAddress {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                addresses: "plain http; delivery.require_https is set".to_owned(),
+            });
+        }
+        self.policy.check_url(url)
     }
 
     /// Makes one signed attempt. Never fails: every problem is an outcome.
@@ -82,7 +108,7 @@ impl Dispatcher {
         payload: &Payload,
     ) -> AttemptReport {
         let started = Instant::now();
-        let (outcome, response_excerpt) = match self.policy.check_url(&endpoint.spec.url) {
+        let (outcome, response_excerpt) = match self.check_url(&endpoint.spec.url) {
             Err(blocked) => (blocked_outcome(&blocked), None),
             Ok(()) => {
                 match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload))

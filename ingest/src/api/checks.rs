@@ -1,0 +1,123 @@
+//! Test deliveries: `POST …/endpoints/{id}/test` (the "Check" button) and `verify` on
+//! create. One signed attempt, made synchronously by ingest with the deliverer's client
+//! rules (SSRF guard, timeout, bounded response). Never retried, never counted toward
+//! health or delivery metrics.
+
+use super::error::ApiError;
+use super::{AppState, body, endpoints::load};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use bytes::Bytes;
+use hookline_shared::dispatch::{AttemptReport, Payload};
+use hookline_shared::domain::endpoint::Endpoint;
+use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
+use hookline_shared::domain::payload::{self, Purpose};
+use hookline_shared::domain::policy::AttemptOutcome;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+pub const PING_TYPE: &str = "hookline.ping";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestInput {
+    #[serde(default, rename = "type")]
+    event_type: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TestResult {
+    pub delivered: bool,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    /// The id the test event was sent with (`webhook-id`).
+    pub event_id: String,
+}
+
+pub async fn send_test(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+    request_body: Body,
+) -> Result<Json<TestResult>, ApiError> {
+    let endpoint = load(&state, raw_tenant, &id).await?;
+    let input: TestInput =
+        body::parse_optional_json(request_body, state.settings.max_event_bytes).await?;
+    let event_type = input.event_type.unwrap_or_else(|| PING_TYPE.to_owned());
+    let data = match input.data {
+        Some(data) => data,
+        None => example_data(&state, &event_type).await,
+    };
+    Ok(Json(
+        test_delivery(&state, &endpoint, event_type, data).await?,
+    ))
+}
+
+/// The catalog's example for the type, or a short note for `hookline.ping`.
+async fn example_data(state: &AppState, event_type: &str) -> Value {
+    let parsed = hookline_shared::domain::pattern::EventType::parse(event_type.to_owned());
+    if let Ok(parsed) = parsed
+        && let Ok(Some(entry)) = state.catalog.get(&parsed).await
+    {
+        return entry.example;
+    }
+    json!({"message": "Test event from Hookline"})
+}
+
+pub async fn test_delivery(
+    state: &AppState,
+    endpoint: &Endpoint,
+    event_type: String,
+    data: Value,
+) -> Result<TestResult, ApiError> {
+    let message = EventMessage {
+        id: None,
+        tenant: None,
+        event_type,
+        occurred_at: None,
+        version: None,
+        data,
+        changes: None,
+        actor: None,
+    };
+    let event = Event::from_message(
+        message,
+        Fallbacks {
+            tenant: Some(endpoint.tenant.clone()),
+            id: format!("test_{}", uuid::Uuid::now_v7().simple()),
+            occurred_at: OffsetDateTime::now_utc(),
+        },
+    )
+    .map_err(ApiError::invalid)?;
+    let rendered = payload::render(&event, endpoint.spec.format, Purpose::Test);
+    let payload = Payload {
+        content_type: rendered.content_type,
+        body: Bytes::from(rendered.body),
+    };
+    let report = state
+        .dispatcher
+        .attempt(endpoint, &event.id, &payload)
+        .await;
+    Ok(result(event.id, report))
+}
+
+fn result(event_id: String, report: AttemptReport) -> TestResult {
+    let status = report.status();
+    let (delivered, error) = match report.outcome {
+        AttemptOutcome::Delivered { .. } => (true, None),
+        AttemptOutcome::Failed(failure) => (false, Some(failure.message)),
+    };
+    TestResult {
+        delivered,
+        status,
+        duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        error,
+        response_excerpt: report.response_excerpt,
+        event_id,
+    }
+}

@@ -1,0 +1,162 @@
+//! Dead letters of a tenant: list, replay one, replay many. Replaying queues the delivery
+//! in the retry pool with a fresh schedule, due now, then removes it from the index; the
+//! record in RabbitMQ's `{prefix}.dead-letter` queue is left for ops.
+
+use super::error::ApiError;
+use super::history::page_limit;
+use super::{AppState, body, tenant};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use hookline_shared::Invalid;
+use hookline_shared::contract::{DeadDelivery, PendingDelivery};
+use hookline_shared::domain::endpoint::validate_endpoint_id;
+use hookline_shared::domain::event::TenantId;
+use hookline_shared::store::dead_letters::DeadLetterQuery;
+use hookline_shared::store::health::to_ms;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Dead letters one bulk replay queues at most; the answer says whether more remain.
+const MAX_BULK_REPLAY: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    endpoint: Option<String>,
+    limit: Option<usize>,
+    /// Unix milliseconds, from the previous page's `next_cursor`.
+    cursor: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetterPage {
+    data: Vec<DeadDelivery>,
+    next_cursor: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(raw_tenant): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    if let Some(endpoint) = &query.endpoint {
+        validate_endpoint_id(endpoint).map_err(|e| ApiError::invalid(e.within("endpoint")))?;
+    }
+    let (data, next_cursor) = state
+        .dead_letters
+        .list(
+            &tenant,
+            &DeadLetterQuery {
+                endpoint_id: query.endpoint,
+                since_ms: None,
+                before_ms: query.cursor,
+                limit: page_limit(query.limit)?,
+            },
+        )
+        .await?;
+    Ok(Json(DeadLetterPage { data, next_cursor }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    /// Deliveries queued for a fresh attempt.
+    queued: usize,
+    /// True when a bulk replay stopped at its cap and more match.
+    more: bool,
+}
+
+pub async fn replay_one(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+) -> Result<Json<Replayed>, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    if id.len() > 300 {
+        return Err(ApiError::bad_path(Invalid::new("id", "is too long")));
+    }
+    let record = state
+        .dead_letters
+        .get(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dead letter"))?;
+    replay(&state, &tenant, vec![record]).await?;
+    Ok(Json(Replayed {
+        queued: 1,
+        more: false,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    endpoint: Option<String>,
+    /// Only dead letters from this time on (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    /// Only dead letters before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+}
+
+pub async fn replay_many(
+    State(state): State<AppState>,
+    Path(raw_tenant): Path<String>,
+    request_body: Body,
+) -> Result<Json<Replayed>, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    let input: BulkReplay = body::parse_optional_json(request_body, 4096).await?;
+    if let Some(endpoint) = &input.endpoint {
+        validate_endpoint_id(endpoint).map_err(|e| ApiError::invalid(e.within("endpoint")))?;
+    }
+    let (records, cursor) = state
+        .dead_letters
+        .list(
+            &tenant,
+            &DeadLetterQuery {
+                endpoint_id: input.endpoint,
+                since_ms: input.since.map(to_ms),
+                before_ms: input.until.map(to_ms),
+                limit: MAX_BULK_REPLAY,
+            },
+        )
+        .await?;
+    let queued = records.len();
+    replay(&state, &tenant, records).await?;
+    Ok(Json(Replayed {
+        queued,
+        more: queued == MAX_BULK_REPLAY && cursor.is_some(),
+    }))
+}
+
+/// Queues first, then unindexes: a crash in between replays an entry twice, never zero
+/// times (subscribers deduplicate on `webhook-id`).
+async fn replay(
+    state: &AppState,
+    tenant: &TenantId,
+    records: Vec<DeadDelivery>,
+) -> Result<(), ApiError> {
+    let due = to_ms(OffsetDateTime::now_utc());
+    let tasks: Vec<(PendingDelivery, i64)> = records
+        .iter()
+        .map(|record| {
+            (
+                PendingDelivery {
+                    endpoint_id: record.endpoint_id.clone(),
+                    attempts: 0,
+                    deferrals: 0,
+                    last_error: None,
+                    rate_slot_ms: None,
+                    // Rendered afresh, with the endpoint's format as it is now.
+                    payload: None,
+                    event: record.event.clone(),
+                },
+                due,
+            )
+        })
+        .collect();
+    state.retries.schedule(&tasks).await?;
+    for record in &records {
+        state.dead_letters.remove(tenant, &record.id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Delivery history: the attempt log per endpoint and the delivery state of one event.
+
+use super::error::ApiError;
+use super::{AppState, endpoints::load, tenant};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use hookline_shared::Invalid;
+use hookline_shared::store::activity::{AttemptRecord, DeliveryState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+const MAX_PAGE: usize = 200;
+
+#[derive(Debug, Deserialize)]
+pub struct AttemptsQuery {
+    limit: Option<usize>,
+    /// Unix milliseconds: only attempts strictly older (the previous page's `next_before`).
+    before: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptPage {
+    data: Vec<AttemptRecord>,
+    /// Pass as `before` for the next page; absent on the last one.
+    next_before: Option<i64>,
+}
+
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(Invalid::new(
+            "limit",
+            format_args!("must be 1 to {MAX_PAGE}"),
+        ))),
+    }
+}
+
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path((raw_tenant, id)): Path<(String, String)>,
+    Query(query): Query<AttemptsQuery>,
+) -> Result<Json<AttemptPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let endpoint = load(&state, raw_tenant, &id).await?;
+    let data = state
+        .activity
+        .attempts(&endpoint.tenant, &endpoint.id, limit, query.before)
+        .await?;
+    let next_before = (data.len() == limit)
+        .then(|| {
+            data.last()
+                .map(|a| hookline_shared::store::health::to_ms(a.at))
+        })
+        .flatten();
+    Ok(Json(AttemptPage { data, next_before }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    event: Value,
+    /// Endpoint id → its delivery state.
+    deliveries: BTreeMap<String, DeliveryState>,
+}
+
+pub async fn event(
+    State(state): State<AppState>,
+    Path((raw_tenant, event_id)): Path<(String, String)>,
+) -> Result<Json<EventView>, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    hookline_shared::domain::event::validate_event_id(&event_id).map_err(ApiError::bad_path)?;
+    let (event, deliveries) = state
+        .activity
+        .event(&tenant, &event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(Json(EventView { event, deliveries }))
+}

@@ -1,0 +1,255 @@
+//! The delivery history the API shows: every attempt per endpoint, and each recent
+//! event's state at each of its endpoints.
+//!
+//! This is a log, not part of the delivery guarantee: the deliverer writes it in batches,
+//! off the delivery path, and a write lost to a Redis outage loses history, never a
+//! delivery. Retention is enforced on every write — by age, by count per endpoint and by
+//! count of events per tenant — so it cannot grow without bound.
+
+use super::{Keyspace, StoreError};
+use crate::domain::event::TenantId;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// One attempt, as `GET …/endpoints/{id}/attempts` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Unique per attempt; also keeps equal-looking attempts apart in the sorted set.
+    pub attempt_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// 1 for the first attempt of this delivery.
+    pub attempt: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `success` or the failure's error class.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_excerpt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Delivered,
+    /// Waiting in Redis: a retry after a failure, or held by a busy endpoint, an open
+    /// circuit or a rate limit.
+    Retrying,
+    DeadLettered,
+}
+
+/// One event's delivery at one endpoint, as `GET …/events/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Activity {
+    Attempt {
+        tenant: TenantId,
+        endpoint_id: String,
+        record: AttemptRecord,
+    },
+    State {
+        tenant: TenantId,
+        event_id: String,
+        /// The event as JSON, stored once per event.
+        event: std::sync::Arc<str>,
+        endpoint_id: String,
+        state: DeliveryState,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub attempts_per_endpoint: u32,
+    pub events_per_tenant: u32,
+}
+
+/// Drops the oldest events beyond the cap or the age limit, with their state hashes.
+/// KEYS[1]: the events index. ARGV: cap, cutoff (ms), state key prefix.
+static TRIM_EVENTS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local cap = tonumber(ARGV[1])
+local doomed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1000)
+local excess = redis.call('ZCARD', KEYS[1]) - #doomed - cap
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], #doomed, #doomed + excess - 1)
+  for _, id in ipairs(oldest) do doomed[#doomed + 1] = id end
+end
+for _, id in ipairs(doomed) do
+  redis.call('DEL', ARGV[3] .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #doomed
+",
+    )
+});
+
+#[derive(Debug, Clone)]
+pub struct ActivityStore {
+    redis: ConnectionManager,
+    keys: Keyspace,
+}
+
+impl ActivityStore {
+    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+        Self { redis, keys }
+    }
+
+    /// Writes a batch in one pipeline, then trims what it touched.
+    pub async fn write(
+        &self,
+        batch: &[Activity],
+        retention: Retention,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let now_ms = super::health::to_ms(now);
+        let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let mut pipe = redis::pipe();
+        let mut attempt_keys = BTreeMap::new();
+        let mut event_keys = BTreeMap::new();
+        let mut tenants = HashMap::new();
+        for activity in batch {
+            match activity {
+                Activity::Attempt {
+                    tenant,
+                    endpoint_id,
+                    record,
+                } => {
+                    let key = self.keys.attempts(tenant, endpoint_id);
+                    let json = serde_json::to_string(record).unwrap_or_default();
+                    pipe.zadd(&key, json, super::health::to_ms(record.at))
+                        .ignore();
+                    attempt_keys.insert(key, ());
+                }
+                Activity::State {
+                    tenant,
+                    event_id,
+                    event,
+                    endpoint_id,
+                    state,
+                } => {
+                    let key = self.keys.event_state(tenant, event_id);
+                    pipe.hset_nx(&key, "event", event.as_ref()).ignore();
+                    pipe.hset(
+                        &key,
+                        endpoint_id,
+                        serde_json::to_string(state).unwrap_or_default(),
+                    )
+                    .ignore();
+                    pipe.cmd("ZADD")
+                        .arg(self.keys.events_index(tenant))
+                        .arg("NX")
+                        .arg(now_ms)
+                        .arg(event_id)
+                        .ignore();
+                    event_keys.insert(key, ());
+                    tenants.insert(tenant.clone(), ());
+                }
+            }
+        }
+        let cap = i64::from(retention.attempts_per_endpoint);
+        for key in attempt_keys.keys() {
+            pipe.zrembyscore(key, "-inf", cutoff).ignore();
+            pipe.zremrangebyrank(key, 0, -(cap + 1) as isize).ignore();
+            pipe.pexpire(key, max_age_ms).ignore();
+        }
+        for key in event_keys.keys() {
+            pipe.pexpire(key, max_age_ms).ignore();
+        }
+        let mut redis = self.redis.clone();
+        let () = pipe.query_async(&mut redis).await?;
+        for tenant in tenants.keys() {
+            let _: i64 = TRIM_EVENTS
+                .key(self.keys.events_index(tenant))
+                .arg(retention.events_per_tenant)
+                .arg(cutoff)
+                .arg(self.keys.event_state_prefix(tenant))
+                .invoke_async(&mut redis)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Newest first; `before` (exclusive, ms) pages back.
+    pub async fn attempts(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &str,
+        limit: usize,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<AttemptRecord>, StoreError> {
+        let key = self.keys.attempts(tenant, endpoint_id);
+        let max = before_ms.map_or_else(|| "+inf".to_owned(), |b| format!("({b}"));
+        let raw: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(&key)
+            .arg(max)
+            .arg("-inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        raw.iter()
+            .map(|json| {
+                serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+                    key: key.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// The event and its state at each endpoint, if it is still within retention.
+    pub async fn event(
+        &self,
+        tenant: &TenantId,
+        event_id: &str,
+    ) -> Result<Option<(Value, BTreeMap<String, DeliveryState>)>, StoreError> {
+        let key = self.keys.event_state(tenant, event_id);
+        let mut fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let Some(event) = fields.remove("event") else {
+            return Ok(None);
+        };
+        let corrupt = |source| StoreError::Corrupt {
+            key: key.clone(),
+            source,
+        };
+        let event: Value = serde_json::from_str(&event).map_err(corrupt)?;
+        let states = fields
+            .into_iter()
+            .map(|(endpoint, json)| Ok((endpoint, serde_json::from_str(&json).map_err(corrupt)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some((event, states)))
+    }
+}
