@@ -201,6 +201,28 @@ impl Hookline {
         answer(response).await
     }
 
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Calls the API with another bearer token (or none).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.expect("API reachable")).await
+    }
+
     pub async fn post_event(&self, tenant: &str, event: Value) -> Answer {
         self.call(
             reqwest::Method::POST,

@@ -5,6 +5,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,12 +34,22 @@ struct Script {
     upcoming: VecDeque<u16>,
     default: u16,
     hang: bool,
+    retry_after: Option<String>,
+    body: Option<String>,
+}
+
+/// Requests being answered right now, and the most at once since the last reset.
+#[derive(Debug, Default)]
+struct Concurrency {
+    now: usize,
+    max: usize,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     received: Mutex<Vec<Received>>,
     script: Mutex<Script>,
+    concurrency: Mutex<Concurrency>,
     arrived: Notify,
 }
 
@@ -85,6 +96,26 @@ impl Receiver {
         self.shared.script.lock().expect("script").default = status;
     }
 
+    /// Sends `Retry-After` with every answer from now on.
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        self.shared.script.lock().expect("script").retry_after = value.map(str::to_owned);
+    }
+
+    /// Answers with this body from now on.
+    pub fn set_body(&self, body: &str) {
+        self.shared.script.lock().expect("script").body = Some(body.to_owned());
+    }
+
+    /// The most requests this receiver was answering at once since the last reset.
+    pub fn max_concurrency(&self) -> usize {
+        self.shared.concurrency.lock().expect("concurrency").max
+    }
+
+    pub fn reset_max_concurrency(&self) {
+        let mut concurrency = self.shared.concurrency.lock().expect("concurrency");
+        concurrency.max = concurrency.now;
+    }
+
     /// Never answers (until the client gives up).
     pub fn hang(&self, hang: bool) {
         self.shared.script.lock().expect("script").hang = hang;
@@ -114,11 +145,31 @@ impl Receiver {
     }
 }
 
-async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let (status, hang) = {
+/// Decrements the in-flight count however the request ends (answered or abandoned).
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.concurrency.lock().expect("concurrency").now -= 1;
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (status, hang, retry_after, answer) = {
         let mut script = shared.script.lock().expect("script");
         let status = script.upcoming.pop_front().unwrap_or(script.default);
-        (status, script.hang)
+        (
+            status,
+            script.hang,
+            script.retry_after.clone(),
+            script.body.clone(),
+        )
+    };
+    let _in_flight = {
+        let mut concurrency = shared.concurrency.lock().expect("concurrency");
+        concurrency.now += 1;
+        concurrency.max = concurrency.max.max(concurrency.now);
+        InFlight(shared.clone())
     };
     shared.received.lock().expect("received").push(Received {
         headers,
@@ -129,5 +180,12 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if hang {
         std::future::pending::<()>().await;
     }
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, answer.unwrap_or_default()).into_response();
+    if let Some(value) = retry_after
+        && let Ok(value) = value.parse()
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
 }

@@ -288,17 +288,16 @@ impl Worker {
             AttemptOutcome::Failed(failure) => Some(failure.clone()),
             AttemptOutcome::Delivered { .. } => None,
         };
-        if disabled {
-            return Action::DeadLetter(dead_delivery(
+        match decide(&self.schedule, attempts, &report.outcome, rand::random()) {
+            Decision::Done => Action::Delivered { attempts },
+            // The endpoint is off now: no retry would ever be attempted.
+            Decision::RetryAfter(_) if disabled => Action::DeadLetter(dead_delivery(
                 event,
                 &endpoint.id,
                 DeadLetterReason::EndpointDisabled,
                 attempts,
                 last_error,
-            ));
-        }
-        match decide(&self.schedule, attempts, &report.outcome, rand::random()) {
-            Decision::Done => Action::Delivered { attempts },
+            )),
             Decision::RetryAfter(delay) => Action::Retry(
                 pending(event, endpoint, payload, attempts, last_error),
                 due_in(delay),
@@ -407,6 +406,8 @@ impl Worker {
                     .record_failure(&event.tenant, &endpoint.id, now)
                     .await
                 {
+                    // Disabled meanwhile (by another delivery or replica).
+                    Ok(record) if record.disabled_reason.is_some() => Ok(true),
                     Ok(record) => match record.disables_after_failure(
                         failure.status,
                         now,
@@ -424,6 +425,7 @@ impl Worker {
                                     .with_label_values(&[reason.as_str()])
                                     .inc();
                             }
+                            self.endpoints.invalidate(&event.tenant);
                             disabled.map(|_| true)
                         }
                         None => Ok(false),

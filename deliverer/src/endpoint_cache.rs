@@ -75,6 +75,11 @@ impl EndpointCache {
         Ok(loaded)
     }
 
+    /// Forgets a tenant's entry, so a change this replica just made is seen at once.
+    pub fn invalidate(&self, tenant: &TenantId) {
+        self.lock().remove(tenant);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()

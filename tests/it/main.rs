@@ -1,4 +1,5 @@
 //! End-to-end tests: one binary, against the RabbitMQ and Redis that `make test` starts.
 
 mod api;
+mod lifecycle;
 mod pipeline;
