@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help run test bench chaos lint fmt brokers-down
+.PHONY: help run test bench chaos catalog lint lint-deploy fmt brokers-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -15,6 +15,12 @@ test: ## Install and start test brokers on their own ports, run every test, stop
 
 bench: ## Measure throughput, latency, isolation and memory against the broker ceiling (release build)
 	@scripts/bench.sh
+
+catalog: ## Load catalog/event-types.json into a running ingest (HOOKLINE_API, HOOKLINE__API__TOKEN)
+	@scripts/load-catalog.sh
+
+lint-deploy: ## Build every kustomize overlay and component, validate manifests, check alert rules and the dashboard
+	@scripts/lint-deploy.sh
 
 lint: ## rustfmt and clippy, warnings denied
 	cargo fmt --all -- --check

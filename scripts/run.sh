@@ -52,6 +52,9 @@ wait_for() { # url, what
 wait_for http://127.0.0.1:9090/readyz "ingest"
 wait_for http://127.0.0.1:9091/readyz "deliverer"
 
+echo "==> loading the event-type catalog"
+HOOKLINE__API__TOKEN="$TOKEN" HOOKLINE_API="$API" scripts/load-catalog.sh >/dev/null
+
 auth=(-H "authorization: Bearer $TOKEN" -H "content-type: application/json")
 if ! curl -fsS "${auth[@]}" "$API/v1/tenants/demo/endpoints" | grep -q "\"url\":\"http://$RECEIVER/hooks\""; then
   echo "==> registering the demo endpoint"
@@ -74,6 +77,7 @@ cat <<MSG
 
 Hookline is running:
   API      $API        (token: $TOKEN)
+  console  $API/console/  (sign in with the token)
   metrics  http://127.0.0.1:9090/metrics (ingest), http://127.0.0.1:9091/metrics (deliverer)
   RabbitMQ management  http://127.0.0.1:15672 (guest/guest)
   logs     $LOGS/{ingest,deliverer,receiver}.log

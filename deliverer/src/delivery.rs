@@ -35,6 +35,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How much of an unparseable message's body a dead-letter record keeps.
@@ -55,7 +56,8 @@ pub struct Worker {
     /// Names this replica as a probe's holder.
     pub replica_id: String,
     pub activity: ActivityLog,
-    pub successes: SuccessMarks,
+    pub success_writes: Throttle,
+    pub probe_requests: Throttle,
     pub retries: RetryStore,
     pub dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
@@ -137,7 +139,7 @@ impl Worker {
             .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
             .collect();
         let mut payloads: HashMap<PayloadFormat, Payload> = HashMap::new();
-        for endpoint in matching.iter().filter(|e| e.spec.enabled) {
+        for endpoint in &matching {
             payloads
                 .entry(endpoint.spec.format)
                 .or_insert_with(|| render(&event, endpoint.spec.format));
@@ -145,8 +147,8 @@ impl Worker {
         let event_json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
         let actions = join_all(matching.iter().map(|endpoint| async {
             let Some(payload) = payloads.get(&endpoint.spec.format) else {
-                // Only disabled endpoints have no rendered payload; they are refused
-                // before the payload is needed.
+                // Every matching endpoint's format was rendered above; this cannot
+                // happen, and refusing keeps the delivery replayable if it did.
                 let action = self.refuse(&event, endpoint, Prior::default());
                 self.note_state(&event, &event_json, &endpoint.id, &action);
                 return action;
@@ -188,6 +190,8 @@ impl Worker {
         let wait = self
             .defer_delay
             .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS));
+        // Spread the wait so a held backlog does not come back all at once.
+        let wait = wait.mul_f64(0.75 + rand::random::<f64>() / 2.0);
         let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
         task.deferrals = prior.deferrals + 1;
         Action::Retry(task, due_in(wait))
@@ -245,20 +249,31 @@ impl Worker {
         payload: &Payload,
         prior: Prior,
     ) -> Action {
-        let health = tenant.health(&endpoint.id);
-        let state = health.state(endpoint.spec.enabled, &self.health_policy);
+        let mut health = tenant.health(&endpoint.id);
+        let mut state = health.state(endpoint.spec.enabled, &self.health_policy);
         if state == HealthState::Disabled {
-            return self.refuse(event, endpoint, prior);
+            // Refusing dead-letters the delivery, so it must not rest on a cached view:
+            // the endpoint may have been re-enabled a moment ago (and this be its replay).
+            match self.fresh_state(event, endpoint).await {
+                Some((fresh_health, fresh_state)) if fresh_state != HealthState::Disabled => {
+                    health = fresh_health;
+                    state = fresh_state;
+                }
+                _ => return self.refuse(event, endpoint, prior),
+            }
         }
-        let Some(_slot) = self.slots.try_acquire(&endpoint.id) else {
-            return self.defer(event, endpoint, payload, prior, "endpoint_busy");
-        };
         let probe_taken = state == HealthState::Failing && self.take_probe(event, endpoint).await;
         let probe = match admit(state, probe_taken) {
             Admission::Attempt => false,
             Admission::Probe => true,
             Admission::Hold => return self.defer(event, endpoint, payload, prior, "circuit_open"),
             Admission::Refuse => return self.refuse(event, endpoint, prior),
+        };
+        let Some(_slot) = self.slots.acquire(&endpoint.id).await else {
+            if probe {
+                self.release_probe(event, endpoint).await;
+            }
+            return self.defer(event, endpoint, payload, prior, "endpoint_busy");
         };
         if let Some(wait) = self.rate_limit_wait(event, endpoint, &prior).await {
             if probe {
@@ -312,7 +327,26 @@ impl Worker {
         }
     }
 
+    /// The endpoint's health and state read from Redis now, bypassing the cache.
+    async fn fresh_state(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+    ) -> Option<(HealthRecord, HealthState)> {
+        self.endpoints.invalidate(&event.tenant);
+        let tenant = self.endpoints.load(&event.tenant).await.ok()?;
+        let current = tenant.endpoints.iter().find(|e| e.id == endpoint.id)?;
+        let health = tenant.health(&endpoint.id);
+        let state = health.state(current.spec.enabled, &self.health_policy);
+        Some((health, state))
+    }
+
     async fn take_probe(&self, event: &Event, endpoint: &Endpoint) -> bool {
+        // While a probe is out, the deliveries behind it are held without asking Redis
+        // each time.
+        if !self.probe_requests.due(&event.tenant, &endpoint.id) {
+            return false;
+        }
         match self
             .health
             .try_probe(
@@ -391,7 +425,7 @@ impl Worker {
         let result = match &report.outcome {
             AttemptOutcome::Delivered { .. } => {
                 if known.consecutive_failures == 0
-                    && !self.successes.due(&event.tenant, &endpoint.id)
+                    && !self.success_writes.due(&event.tenant, &endpoint.id)
                 {
                     return false;
                 }
@@ -631,17 +665,17 @@ impl Worker {
     }
 }
 
-/// When this replica last wrote a success for each endpoint. Successes of a healthy
-/// endpoint are written at most once per interval: enough to keep `last_success_at`
-/// fresh, without a Redis write per delivery.
+/// Lets something happen at most once per interval per endpoint in this replica: writing
+/// a healthy endpoint's success (enough to keep `last_success_at` fresh without a Redis
+/// write per delivery), or asking for an open circuit's probe lease.
 #[derive(Debug)]
-pub struct SuccessMarks {
+pub struct Throttle {
     interval: Duration,
     // A std Mutex: held for a map update, never across an await.
     written: Mutex<HashMap<(String, String), Instant>>,
 }
 
-impl SuccessMarks {
+impl Throttle {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
@@ -649,7 +683,7 @@ impl SuccessMarks {
         }
     }
 
-    /// True (and marks it written) when a success should be written now.
+    /// True (and marks it done) when the interval since the last time has passed.
     fn due(&self, tenant: &hookline_shared::domain::event::TenantId, endpoint_id: &str) -> bool {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -667,50 +701,71 @@ impl SuccessMarks {
     }
 }
 
-/// Counts concurrent attempts per endpoint in this replica.
+/// Limits concurrent attempts per endpoint in this replica. A delivery waits briefly for
+/// a slot — long enough for a healthy endpoint's attempts to finish — and is deferred to
+/// Redis after that, so a slow endpoint cannot hold the prefetch healthy ones need.
 #[derive(Debug)]
 pub struct EndpointSlots {
     limit: usize,
+    wait: Duration,
     // A std Mutex: held for a map update, never across an await.
-    busy: Arc<Mutex<HashMap<String, usize>>>,
+    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 #[derive(Debug)]
 pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    semaphore: Arc<Semaphore>,
     endpoint_id: String,
-    busy: Arc<Mutex<HashMap<String, usize>>>,
+    limit: usize,
+    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 impl EndpointSlots {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, wait: Duration) -> Self {
         Self {
             limit,
-            busy: Arc::default(),
+            wait,
+            endpoints: Arc::default(),
         }
     }
 
-    pub fn try_acquire(&self, endpoint_id: &str) -> Option<Slot> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        let count = busy.entry(endpoint_id.to_owned()).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
+    /// A slot for one attempt, or `None` when none freed up within the wait.
+    pub async fn acquire(&self, endpoint_id: &str) -> Option<Slot> {
+        let semaphore = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint_id.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+            .clone();
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(self.wait, semaphore.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
         Some(Slot {
+            permit: Some(permit),
+            semaphore,
             endpoint_id: endpoint_id.to_owned(),
-            busy: self.busy.clone(),
+            limit: self.limit,
+            endpoints: self.endpoints.clone(),
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = busy.get_mut(&self.endpoint_id) {
-            *count -= 1;
-            if *count == 0 {
-                busy.remove(&self.endpoint_id);
-            }
+        drop(self.permit.take());
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        // Idle (no holder, no waiter: only the map and this slot know it): forget it, so
+        // the map holds only endpoints in use.
+        if Arc::strong_count(&self.semaphore) == 2
+            && self.semaphore.available_permits() == self.limit
+        {
+            endpoints.remove(&self.endpoint_id);
         }
     }
 }

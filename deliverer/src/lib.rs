@@ -144,14 +144,18 @@ impl Deliverer {
             probe_lease: settings.delivery.timeout + Duration::from_secs(5),
             replica_id: uuid::Uuid::new_v4().to_string(),
             activity,
-            successes: delivery::SuccessMarks::new(Duration::from_secs(30)),
+            success_writes: delivery::Throttle::new(Duration::from_secs(30)),
+            probe_requests: delivery::Throttle::new(Duration::from_millis(250)),
             retries: RetryStore::new(redis.clone(), keys.clone()),
             dead_letters: dead_letter::DeadLetters::new(
                 publisher,
                 topology.dead_letter_exchange.clone(),
             ),
             metrics,
-            slots: delivery::EndpointSlots::new(settings.delivery.max_in_flight_per_endpoint),
+            slots: delivery::EndpointSlots::new(
+                settings.delivery.max_in_flight_per_endpoint,
+                settings.delivery.slot_wait,
+            ),
             abort: abort.clone(),
         });
 

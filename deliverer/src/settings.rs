@@ -38,6 +38,8 @@ pub struct DeliverySettings {
     pub require_https: bool,
     pub max_in_flight_per_endpoint: usize,
     #[serde(with = "humantime_serde")]
+    pub slot_wait: Duration,
+    #[serde(with = "humantime_serde")]
     pub defer_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub endpoint_cache_ttl: Duration,

@@ -38,6 +38,11 @@ pub async fn parse_optional_json<T: DeserializeOwned + Default>(
 }
 
 pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The fast path: most bodies are valid. Only a failure is parsed again, with path
+    // tracking, to name the field.
+    if let Ok(parsed) = serde_json::from_slice(bytes) {
+        return Ok(parsed);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
