@@ -116,6 +116,12 @@ impl Deliverer {
             background.clone(),
         ));
         let keys = Keyspace::new(&settings.prefix);
+        let sealer = Arc::new(settings.secrets.sealer()?);
+        if sealer.is_development() {
+            tracing::warn!(
+                "HOOKLINE__SECRETS__KEY is not set: signing secrets are sealed with the public development key"
+            );
+        }
         let abort = CancellationToken::new();
         let health = HealthStore::new(redis.clone(), keys.clone());
         let (activity, activity_writer) = activity::ActivityLog::spawn(
@@ -134,7 +140,7 @@ impl Deliverer {
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client")?,
             endpoints: endpoint_cache::EndpointCache::new(
-                EndpointStore::new(redis.clone(), keys.clone()),
+                EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
                 health.clone(),
                 settings.delivery.endpoint_cache_ttl,
             ),
@@ -170,7 +176,7 @@ impl Deliverer {
         let promoting = tokio::spawn(promoter.run(shutdown.clone()));
         let gauge = tokio::spawn(
             health_gauge::HealthGauge {
-                endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+                endpoints: EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
                 health,
                 policy: settings.health.policy(),
                 gauge: worker.metrics.endpoints.clone(),

@@ -4,7 +4,7 @@ use hookline_shared::dispatch::DispatchSettings;
 use hookline_shared::domain::policy::RetrySchedule;
 use hookline_shared::settings::{
     self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings,
-    RetentionSettings, SettingsError, ShutdownSettings,
+    RetentionSettings, SecretsSettings, SettingsError, ShutdownSettings,
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -25,6 +25,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +86,7 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
+        self.secrets.sealer()?;
         if self.delivery.timeout.is_zero() {
             return Err(SettingsError::invalid(
                 "delivery.timeout",

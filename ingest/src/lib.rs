@@ -115,13 +115,19 @@ impl Ingest {
             background.clone(),
         ));
         let keys = Keyspace::new(&settings.prefix);
+        let sealer = Arc::new(settings.secrets.sealer()?);
+        if sealer.is_development() {
+            tracing::warn!(
+                "HOOKLINE__SECRETS__KEY is not set: signing secrets are sealed with the public development key"
+            );
+        }
         let state = api::AppState::new(api::Inner {
             tokens: settings.api.tokens(),
             scoped_tokens: settings.api.scoped_tokens(),
             settings: settings.api.clone(),
             publisher,
             topology,
-            endpoints: EndpointStore::new(redis.clone(), keys.clone()),
+            endpoints: EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
             health: HealthStore::new(redis.clone(), keys.clone()),
             health_policy: settings.health.policy(),
             activity: ActivityStore::new(redis.clone(), keys.clone()),

@@ -15,6 +15,7 @@ pub struct IngestMetrics {
     pub http_duration: HistogramVec,
     events_accepted: IntCounterVec,
     pub publish_duration: HistogramVec,
+    pub publish_errors: IntCounterVec,
     pub duplicates: IntCounter,
     // A std Mutex: held only to look up a small set, never across an await.
     seen_types: Mutex<HashSet<String>>,
@@ -45,6 +46,14 @@ impl IngestMetrics {
                 &["outcome"],
             )
             .unwrap_or_else(|e| unreachable!("{e}")),
+            publish_errors: IntCounterVec::new(
+                Opts::new(
+                    "hookline_publish_errors_total",
+                    "Events not accepted because the broker did not confirm them, by reason (unavailable, confirm_timeout, nacked, unroutable, amqp_error).",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
             duplicates: IntCounter::new(
                 "hookline_events_duplicate_total",
                 "Events whose id was already accepted within the dedup window; not published again.",
@@ -56,6 +65,7 @@ impl IngestMetrics {
         register(registry, metrics.http_duration.clone());
         register(registry, metrics.events_accepted.clone());
         register(registry, metrics.publish_duration.clone());
+        register(registry, metrics.publish_errors.clone());
         register(registry, metrics.duplicates.clone());
         metrics
     }

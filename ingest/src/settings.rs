@@ -2,8 +2,8 @@
 
 use hookline_shared::dispatch::DispatchSettings;
 use hookline_shared::settings::{
-    self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings, SettingsError,
-    ShutdownSettings,
+    self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings, SecretsSettings,
+    SettingsError, ShutdownSettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -25,6 +25,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +127,7 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
+        self.secrets.sealer()?;
         if let Some(pairs) = &self.api.tenant_tokens {
             let listed = pairs
                 .expose_secret()

@@ -176,6 +176,24 @@ impl HealthSettings {
     }
 }
 
+/// The key that seals signing secrets at rest (base64 of 32 bytes), and older keys that
+/// still open values sealed before a rotation (comma-separated).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SecretsSettings {
+    #[serde(default)]
+    pub key: Option<SecretString>,
+    #[serde(default)]
+    pub previous_keys: Option<SecretString>,
+}
+
+impl SecretsSettings {
+    pub fn sealer(&self) -> Result<crate::store::sealing::Sealer, SettingsError> {
+        crate::store::sealing::Sealer::new(self.key.as_ref(), self.previous_keys.as_ref()).map_err(
+            |e| SettingsError::invalid("secrets.key", "HOOKLINE__SECRETS__KEY", e.to_string()),
+        )
+    }
+}
+
 /// How long the delivery history and dead letters are kept in Redis.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetentionSettings {

@@ -1,6 +1,6 @@
 //! The HTTP API's contract: authentication, validation errors, endpoint management.
 
-use hookline_tests::{Hookline, TOKEN, answer};
+use hookline_tests::{Hookline, Receiver, TOKEN, answer, verify_signature};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -263,5 +263,129 @@ async fn invalid_endpoints_are_refused_with_the_field() {
     }
     let (_, list) = answer_of(&hookline, Method::GET, "/v1/tenants/acme/endpoints", None).await;
     assert_eq!(list["data"], json!([]), "nothing was stored");
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn signing_secrets_are_sealed_at_rest() {
+    let hookline = Hookline::start().await;
+    let receiver = Receiver::start().await;
+    let endpoint = hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    let secret = endpoint["secret"].as_str().expect("secret");
+    let mut redis = hookline.redis().await;
+    let stored: Vec<String> = redis::AsyncCommands::hvals(
+        &mut redis,
+        format!("{}:{{acme}}:endpoints", hookline.prefix),
+    )
+    .await
+    .expect("stored endpoints");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].contains(secret.trim_start_matches("whsec_")) && !stored[0].contains("whsec_"),
+        "the secret is not stored in the clear: {}",
+        stored[0]
+    );
+    assert!(stored[0].contains("sealed:v1:"));
+    hookline
+        .post_event("acme", json!({"type": "a.b", "data": {}}))
+        .await;
+    let received = receiver.wait_for(1).await;
+    assert!(
+        verify_signature(secret, &received[0]),
+        "the deliverer opens it"
+    );
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn endpoints_on_blocked_addresses_are_refused() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "false")
+        .start()
+        .await;
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.0.1]/hook",
+    ] {
+        let refused = hookline
+            .call(
+                Method::POST,
+                "/v1/tenants/acme/endpoints",
+                Some(json!({"url": url, "event_types": ["#"]})),
+            )
+            .await;
+        assert_eq!(refused.status, 422, "{url}: {}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "blocked_address", "{url}");
+        assert_eq!(refused.body["error"]["field"], "url", "{url}");
+    }
+    let public = hookline
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/endpoints",
+            Some(json!({"url": "https://hooks.example.com/x", "event_types": ["#"]})),
+        )
+        .await;
+    assert_eq!(public.status, 201, "{}", public.body);
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_tokens_and_portal_links_reach_only_their_tenant() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__API__TENANT_TOKENS", "acme:acme-secret-token")
+        .setting("HOOKLINE__API__PORTAL_KEY", "portal-signing-key")
+        .start()
+        .await;
+    let get = |token: Option<String>, path: &'static str| {
+        let hookline = &hookline;
+        async move {
+            hookline
+                .call_as(token.as_deref(), Method::GET, path, None)
+                .await
+                .status
+        }
+    };
+    let acme = Some("acme-secret-token".to_owned());
+    assert_eq!(get(acme.clone(), "/v1/tenants/acme/endpoints").await, 200);
+    assert_eq!(get(acme.clone(), "/v1/tenants/globex/endpoints").await, 403);
+    assert_eq!(get(acme.clone(), "/v1/event-types").await, 200);
+
+    let link = hookline
+        .call(Method::POST, "/v1/tenants/acme/portal-links", None)
+        .await;
+    assert_eq!(link.status, 201, "{}", link.body);
+    let token = link.body["token"].as_str().expect("token").to_owned();
+    assert!(
+        link.body["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/console/"))
+    );
+    assert_eq!(
+        get(Some(token.clone()), "/v1/tenants/acme/endpoints").await,
+        200
+    );
+    assert_eq!(
+        get(Some(token.clone()), "/v1/tenants/globex/endpoints").await,
+        403
+    );
+    let tampered = token.replacen("acme", "globex", 1);
+    assert_eq!(
+        get(Some(tampered), "/v1/tenants/globex/endpoints").await,
+        401
+    );
+    let forged_link = hookline
+        .call_as(
+            Some("acme-secret-token"),
+            Method::POST,
+            "/v1/tenants/globex/portal-links",
+            None,
+        )
+        .await;
+    assert_eq!(forged_link.status, 403);
     hookline.stop().await;
 }

@@ -120,10 +120,16 @@ async fn publish(state: &AppState, event: &Event) -> Result<(), ApiError> {
             properties,
         )
         .await;
-    let outcome = if result.is_ok() {
-        "confirmed"
-    } else {
-        "failed"
+    let outcome = match &result {
+        Ok(()) => "confirmed",
+        Err(error) => {
+            state
+                .metrics
+                .publish_errors
+                .with_label_values(&[error.reason()])
+                .inc();
+            "failed"
+        }
     };
     state
         .metrics

@@ -41,6 +41,19 @@ pub enum PublishError {
 /// A confirm-mode channel and the number of the connection it belongs to.
 type Current = Option<(u64, Channel)>;
 
+impl PublishError {
+    /// A bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::ConfirmTimeout(_) => "confirm_timeout",
+            Self::Nacked => "nacked",
+            Self::Unroutable { .. } => "unroutable",
+            Self::Amqp(_) => "amqp_error",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Publisher {
     channel: watch::Receiver<Current>,

@@ -1,15 +1,19 @@
 //! Endpoints in Redis: one hash per tenant, endpoint id → JSON.
 
+use super::sealing::Sealer;
 use super::{Keyspace, StoreError};
 use crate::domain::endpoint::Endpoint;
 use crate::domain::event::TenantId;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use serde_json::Value;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct EndpointStore {
     redis: ConnectionManager,
     keys: Keyspace,
+    sealer: Arc<Sealer>,
 }
 
 /// Creates only below the quota and only if the id is new, atomically, so concurrent
@@ -28,8 +32,12 @@ return 1
 ";
 
 impl EndpointStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
-        Self { redis, keys }
+    pub fn new(redis: ConnectionManager, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
+        Self {
+            redis,
+            keys,
+            sealer,
+        }
     }
 
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
@@ -37,7 +45,7 @@ impl EndpointStore {
         let values: Vec<String> = self.redis.clone().hvals(&key).await?;
         let mut endpoints = values
             .iter()
-            .map(|json| decode(&key, json))
+            .map(|json| self.decode(&key, json))
             .collect::<Result<Vec<_>, _>>()?;
         endpoints.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(endpoints)
@@ -46,7 +54,7 @@ impl EndpointStore {
     pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<Endpoint>, StoreError> {
         let key = self.keys.endpoints(tenant);
         let value: Option<String> = self.redis.clone().hget(&key, id).await?;
-        value.map(|json| decode(&key, &json)).transpose()
+        value.map(|json| self.decode(&key, &json)).transpose()
     }
 
     /// Stores a new endpoint; false if the id exists already.
@@ -58,7 +66,7 @@ impl EndpointStore {
         let created: i64 = redis::Script::new(CREATE)
             .key(self.keys.endpoints(&endpoint.tenant))
             .arg(&endpoint.id)
-            .arg(encode(endpoint))
+            .arg(self.encode(endpoint))
             .arg(max_per_tenant)
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -86,7 +94,7 @@ impl EndpointStore {
         let replaced: i64 = redis::Script::new(REPLACE)
             .key(self.keys.endpoints(&endpoint.tenant))
             .arg(&endpoint.id)
-            .arg(encode(endpoint))
+            .arg(self.encode(endpoint))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(replaced == 1)
@@ -114,14 +122,46 @@ impl EndpointStore {
     }
 }
 
-fn encode(endpoint: &Endpoint) -> String {
-    // An endpoint is strings, numbers and maps of them: serializing cannot fail.
-    serde_json::to_string(endpoint).unwrap_or_default()
+/// Where an endpoint's JSON holds signing secrets.
+const SECRET_PATHS: [&[&str]; 2] = [&["secret"], &["retiring_secret", "secret"]];
+
+fn secret_at<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter()
+        .try_fold(value, |node, key| node.get_mut(*key))
+        .filter(|node| node.is_string())
 }
 
-fn decode(key: &str, json: &str) -> Result<Endpoint, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
+impl EndpointStore {
+    fn encode(&self, endpoint: &Endpoint) -> String {
+        // An endpoint is strings, numbers and maps of them: serializing cannot fail.
+        let mut value = serde_json::to_value(endpoint).unwrap_or_default();
+        for path in SECRET_PATHS {
+            if let Some(secret) = secret_at(&mut value, path) {
+                let sealed = self.sealer.seal(secret.as_str().unwrap_or_default());
+                *secret = Value::String(sealed);
+            }
+        }
+        value.to_string()
+    }
+
+    fn decode(&self, key: &str, json: &str) -> Result<Endpoint, StoreError> {
+        let corrupt = |source| StoreError::Corrupt {
+            key: key.to_owned(),
+            source,
+        };
+        let mut value: Value = serde_json::from_str(json).map_err(corrupt)?;
+        for path in SECRET_PATHS {
+            if let Some(secret) = secret_at(&mut value, path) {
+                let opened = self
+                    .sealer
+                    .open(secret.as_str().unwrap_or_default())
+                    .map_err(|source| StoreError::Sealed {
+                        key: key.to_owned(),
+                        source,
+                    })?;
+                *secret = Value::String(opened);
+            }
+        }
+        serde_json::from_value(value).map_err(corrupt)
+    }
 }

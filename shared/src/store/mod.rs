@@ -11,6 +11,7 @@ pub mod health;
 pub mod keys;
 pub mod rate;
 pub mod retries;
+pub mod sealing;
 
 use crate::settings::RedisSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -28,6 +29,12 @@ pub enum StoreError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("a signing secret at {key} cannot be opened")]
+    Sealed {
+        key: String,
+        #[source]
+        source: sealing::SealError,
     },
     #[error("the tenant already has the maximum of {max} endpoints")]
     QuotaExceeded { max: u32 },
