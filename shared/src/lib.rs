@@ -21,6 +21,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod lifecycle;
 pub mod metrics;
+pub mod properties;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

@@ -437,3 +437,48 @@ async fn repeated_event_id_is_accepted_once() {
     );
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn duplicate_ids_racing_each_other_publish_once() {
+    let hookline = Hookline::start().await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    let event = json!({"id": "evt-race", "type": "a.b", "data": {}});
+    let answers =
+        futures::future::join_all((0..20).map(|_| hookline.post_event("acme", event.clone())))
+            .await;
+    let fresh = answers
+        .iter()
+        .filter(|a| a.status == 202 && a.body["duplicate"] == false)
+        .count();
+    assert_eq!(fresh, 1, "exactly one request publishes: {answers:?}");
+    for answer in &answers {
+        assert!(
+            answer.status == 202 || (answer.status == 409 && answer.body["error"]["field"] == "id"),
+            "the others are duplicates or told to retry: {answer:?}"
+        );
+    }
+    // A marker event sent afterwards gives a second publish, had there been one, the
+    // time to arrive too.
+    hookline
+        .post_event(
+            "acme",
+            json!({"id": "evt-after", "type": "a.b", "data": {}}),
+        )
+        .await;
+    eventually("the raced event and the marker arrive", || async {
+        let received = receiver.received();
+        let has = |id| received.iter().any(|r| r.header("webhook-id") == Some(id));
+        has("evt-after") && has("evt-race")
+    })
+    .await;
+    let raced = receiver
+        .received()
+        .iter()
+        .filter(|r| r.header("webhook-id") == Some("evt-race"))
+        .count();
+    assert_eq!(raced, 1, "published and delivered once");
+    hookline.stop().await;
+}
