@@ -389,3 +389,55 @@ async fn tenant_tokens_and_portal_links_reach_only_their_tenant() {
     assert_eq!(forged_link.status, 403);
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_describes_every_route_and_every_described_route_is_served() {
+    let hookline = Hookline::start().await;
+    let doc = hookline.get("/v1/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            operations += 1;
+            assert!(operation["summary"].is_string(), "{method} {path}");
+            // Fill the path's parameters with values that pass validation, then check
+            // that the router knows the route: anything but the fallback's 404 "route".
+            let concrete = path
+                .replace("{tenant}", "acme")
+                .replace("{endpoint_id}", "ep_missing")
+                .replace("{event_id}", "evt-missing")
+                .replace("{dead_letter_id}", "dl-missing")
+                .replace("{event_type}", "doc.check");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let body =
+                matches!(method, Method::POST | Method::PUT | Method::PATCH).then(|| json!({}));
+            let answer = hookline.call(method.clone(), &concrete, body).await;
+            assert!(
+                !(answer.status == 404
+                    && answer.body["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("route"))),
+                "{method} {path} is described but not served: {}",
+                answer.body
+            );
+            assert_ne!(answer.status, 405, "{method} {path}");
+        }
+    }
+    // Every route the README's API table names is described.
+    for expected in [
+        "/v1/tenants/{tenant}/events",
+        "/v1/tenants/{tenant}/endpoints/{endpoint_id}/secret/rotate",
+        "/v1/tenants/{tenant}/endpoints/{endpoint_id}/attempts",
+        "/v1/tenants/{tenant}/dead-letters/replay",
+        "/v1/event-types/{event_type}",
+        "/v1/tenants/{tenant}/portal-links",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} missing");
+    }
+    assert!(operations >= 19, "{operations} operations described");
+    let undescribed = hookline.get("/v1/tenants/acme/not-a-route").await;
+    assert_eq!(undescribed.status, 404);
+    hookline.stop().await;
+}

@@ -101,6 +101,7 @@ pub fn permits(scope: &Scope, method: &Method, path: &str) -> bool {
     match (segments.next(), segments.next()) {
         (Some("tenants"), Some(t)) => t == tenant,
         (Some("event-types"), _) => method == Method::GET,
+        (Some("openapi.json"), None) => true,
         _ => false,
     }
 }
@@ -172,6 +173,7 @@ mod tests {
             (&acme, Method::GET, "/tenants/acme-2/endpoints", false),
             (&acme, Method::GET, "/event-types", true),
             (&acme, Method::PUT, "/event-types/a.b", false),
+            (&acme, Method::GET, "/openapi.json", true),
             (&acme, Method::GET, "/operator/overview", false),
             (&Scope::All, Method::GET, "/operator/overview", true),
         ];

@@ -10,6 +10,7 @@ mod endpoints;
 pub mod error;
 mod events;
 mod history;
+pub mod openapi;
 mod portal;
 
 use crate::accepted::AcceptedEvents;
@@ -17,9 +18,9 @@ use crate::metrics::IngestMetrics;
 use crate::settings::ApiSettings;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use error::ApiError;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
@@ -32,6 +33,7 @@ use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::retries::RetryStore;
+use openapi::{Doc, Documented};
 use secrecy::SecretString;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -121,51 +123,170 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/tenants/{tenant}/events", post(events::ingest))
-        .route(
+/// Every `/v1` operation, served and described from this one table.
+pub fn api() -> Documented<AppState> {
+    use Method as M;
+    Documented::default()
+        .op(
+            M::POST,
+            "/tenants/{tenant}/events",
+            events::ingest,
+            Doc::new(
+                "Accept an event; answers after the broker confirmed it",
+                (202, "The event id and whether it was a duplicate"),
+            )
+            .body("Event"),
+        )
+        .op(
+            M::POST,
             "/tenants/{tenant}/endpoints",
-            post(endpoints::create).get(endpoints::list),
+            endpoints::create,
+            Doc::new(
+                "Register an endpoint",
+                (201, "The endpoint, with its secret"),
+            )
+            .body("Endpoint"),
         )
-        .route(
+        .op(
+            M::GET,
+            "/tenants/{tenant}/endpoints",
+            endpoints::list,
+            Doc::new(
+                "List a tenant's endpoints with their health",
+                (200, "The endpoints, without secrets"),
+            ),
+        )
+        .op(
+            M::GET,
             "/tenants/{tenant}/endpoints/{endpoint_id}",
-            get(endpoints::get)
-                .patch(endpoints::update)
-                .delete(endpoints::delete),
+            endpoints::get,
+            Doc::new("Show an endpoint and its health", (200, "The endpoint")),
         )
-        .route(
+        .op(
+            M::PATCH,
+            "/tenants/{tenant}/endpoints/{endpoint_id}",
+            endpoints::update,
+            Doc::new(
+                "Change an endpoint (JSON merge patch); enabled=true re-enables and resets health",
+                (200, "The endpoint"),
+            )
+            .body("EndpointPatch"),
+        )
+        .op(
+            M::DELETE,
+            "/tenants/{tenant}/endpoints/{endpoint_id}",
+            endpoints::delete,
+            Doc::new("Delete an endpoint", (204, "Deleted")),
+        )
+        .op(
+            M::GET,
             "/tenants/{tenant}/endpoints/{endpoint_id}/secret",
-            get(endpoints::secret),
+            endpoints::secret,
+            Doc::new("Reveal the signing secret", (200, "The secret")),
         )
-        .route(
+        .op(
+            M::POST,
             "/tenants/{tenant}/endpoints/{endpoint_id}/secret/rotate",
-            post(endpoints::rotate_secret),
+            endpoints::rotate_secret,
+            Doc::new(
+                "Rotate the signing secret; the old one keeps signing during the overlap",
+                (200, "The new secret"),
+            ),
         )
-        .route(
+        .op(
+            M::POST,
             "/tenants/{tenant}/endpoints/{endpoint_id}/test",
-            post(checks::send_test),
+            checks::send_test,
+            Doc::new(
+                "Send one signed test delivery now",
+                (200, "The receiver's answer"),
+            )
+            .body("TestEvent"),
         )
-        .route(
+        .op(
+            M::GET,
             "/tenants/{tenant}/endpoints/{endpoint_id}/attempts",
-            get(history::attempts),
+            history::attempts,
+            Doc::new(
+                "The endpoint's attempt log, newest first",
+                (200, "A page of attempts"),
+            )
+            .query(&["limit", "before"]),
         )
-        .route("/tenants/{tenant}/events/{event_id}", get(history::event))
-        .route("/tenants/{tenant}/dead-letters", get(dead_letters::list))
-        .route(
+        .op(
+            M::GET,
+            "/tenants/{tenant}/events/{event_id}",
+            history::event,
+            Doc::new(
+                "An event and its delivery state at each endpoint",
+                (200, "The event and its deliveries"),
+            ),
+        )
+        .op(
+            M::GET,
+            "/tenants/{tenant}/dead-letters",
+            dead_letters::list,
+            Doc::new("List dead letters", (200, "A page of dead letters"))
+                .query(&["endpoint", "limit", "cursor"]),
+        )
+        .op(
+            M::POST,
             "/tenants/{tenant}/dead-letters/replay",
-            post(dead_letters::replay_many),
+            dead_letters::replay_many,
+            Doc::new(
+                "Replay the dead letters matching a filter",
+                (200, "How many were queued"),
+            )
+            .body("Replay"),
         )
-        .route(
+        .op(
+            M::POST,
             "/tenants/{tenant}/dead-letters/{dead_letter_id}/replay",
-            post(dead_letters::replay_one),
+            dead_letters::replay_one,
+            Doc::new("Replay one dead letter", (200, "Queued")),
         )
-        .route("/tenants/{tenant}/portal-links", post(portal::create))
-        .route("/event-types", get(catalog::list))
-        .route(
+        .op(
+            M::POST,
+            "/tenants/{tenant}/portal-links",
+            portal::create,
+            Doc::new(
+                "A short-lived console link scoped to the tenant",
+                (201, "The link"),
+            ),
+        )
+        .op(
+            M::GET,
+            "/event-types",
+            catalog::list,
+            Doc::new("The event-type catalog", (200, "The catalog")),
+        )
+        .op(
+            M::PUT,
             "/event-types/{event_type}",
-            put(catalog::put).delete(catalog::delete),
+            catalog::put,
+            Doc::new("Register or update an event type", (201, "The entry")).body("EventType"),
         )
+        .op(
+            M::DELETE,
+            "/event-types/{event_type}",
+            catalog::delete,
+            Doc::new("Remove an event type from the catalog", (204, "Removed")),
+        )
+        .op(
+            M::GET,
+            "/openapi.json",
+            openapi_json,
+            Doc::new("This description", (200, "OpenAPI 3.1")),
+        )
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(api().openapi())
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = api()
+        .into_router()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::authenticate,
