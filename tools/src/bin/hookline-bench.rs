@@ -64,18 +64,7 @@ struct Args {
 }
 
 fn humantime_parse(value: &str) -> Result<Duration, String> {
-    humantime_like(value).ok_or_else(|| format!("{value:?} is not a duration like 30s"))
-}
-
-fn humantime_like(value: &str) -> Option<Duration> {
-    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit())?);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "s" => Some(Duration::from_secs(number)),
-        "ms" => Some(Duration::from_millis(number)),
-        "m" => Some(Duration::from_secs(number * 60)),
-        _ => None,
-    }
+    humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +123,15 @@ async fn main() -> anyhow::Result<()> {
         Some((ceiling, "ceiling")),
         None,
     ));
+    for (process, us) in &single.cpu_per_event {
+        report.push(line(
+            &format!("cpu_per_event_{process}"),
+            *us,
+            "µs",
+            None,
+            Some("during throughput_1_endpoint"),
+        ));
+    }
     report.push(line(
         "ingest_peak_rss",
         mib(single.ingest_rss),
@@ -637,6 +635,50 @@ struct Throughput {
     deliveries_per_s: f64,
     ingest_rss: u64,
     deliverer_rss: u64,
+    /// CPU µs per event, by process, while the scenario ran.
+    cpu_per_event: Vec<(&'static str, f64)>,
+}
+
+/// User + system CPU time of a process so far, in µs.
+fn cpu_us(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    ticks * 10_000
+}
+
+fn broker_pid(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("target/brokers/bench/pids/{name}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The processes whose CPU a scenario is charged: Hookline, the brokers, and this
+/// process (load generator and receiver).
+fn cpu_snapshot(services: &Services) -> Vec<(&'static str, u64)> {
+    vec![
+        ("ingest", cpu_us(services.ingest.id())),
+        ("deliverer", cpu_us(services.deliverer.id())),
+        ("rabbitmq", cpu_us(broker_pid("rabbitmq"))),
+        ("redis", cpu_us(broker_pid("redis"))),
+        (
+            "load_generator_and_receiver",
+            cpu_us(Some(std::process::id())),
+        ),
+    ]
 }
 
 fn event_body(tenant: Option<&str>) -> Value {
@@ -686,7 +728,7 @@ async fn throughput(
             .create_endpoint("stuck", format!("{base}/hang"))
             .await?;
     }
-    let _started = Instant::now();
+    let cpu_before = cpu_snapshot(&services);
     let started_us = now_us();
     match scenario {
         Scenario::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
@@ -727,6 +769,13 @@ async fn throughput(
         }
     }
     counter.wait_for(events * endpoints).await?;
+    let cpu_per_event = cpu_snapshot(&services)
+        .into_iter()
+        .zip(cpu_before)
+        .map(|((name, after), (_, before))| {
+            (name, after.saturating_sub(before) as f64 / events as f64)
+        })
+        .collect();
     let elapsed_s = (counter
         .last_us
         .load(Ordering::Relaxed)
@@ -738,6 +787,7 @@ async fn throughput(
         deliveries_per_s: (events * endpoints) as f64 / elapsed_s,
         ingest_rss,
         deliverer_rss,
+        cpu_per_event,
     })
 }
 
