@@ -8,6 +8,7 @@ use crate::consumer::Handler;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
 use crate::metrics::{DelivererMetrics, status_class};
+use crate::slots::EndpointSlots;
 use bytes::Bytes;
 use futures::future::join_all;
 use hookline_shared::broker::backoff::Backoff;
@@ -35,7 +36,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How much of an unparseable message's body a dead-letter record keeps.
@@ -697,75 +697,6 @@ impl Throttle {
                 written.insert(key, now);
                 true
             }
-        }
-    }
-}
-
-/// Limits concurrent attempts per endpoint in this replica. A delivery waits briefly for
-/// a slot — long enough for a healthy endpoint's attempts to finish — and is deferred to
-/// Redis after that, so a slow endpoint cannot hold the prefetch healthy ones need.
-#[derive(Debug)]
-pub struct EndpointSlots {
-    limit: usize,
-    wait: Duration,
-    // A std Mutex: held for a map update, never across an await.
-    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-}
-
-#[derive(Debug)]
-pub struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    semaphore: Arc<Semaphore>,
-    endpoint_id: String,
-    limit: usize,
-    endpoints: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-}
-
-impl EndpointSlots {
-    pub fn new(limit: usize, wait: Duration) -> Self {
-        Self {
-            limit,
-            wait,
-            endpoints: Arc::default(),
-        }
-    }
-
-    /// A slot for one attempt, or `None` when none freed up within the wait.
-    pub async fn acquire(&self, endpoint_id: &str) -> Option<Slot> {
-        let semaphore = self
-            .endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(endpoint_id.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
-            .clone();
-        let permit = match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::time::timeout(self.wait, semaphore.clone().acquire_owned())
-                .await
-                .ok()?
-                .ok()?,
-        };
-        Some(Slot {
-            permit: Some(permit),
-            semaphore,
-            endpoint_id: endpoint_id.to_owned(),
-            limit: self.limit,
-            endpoints: self.endpoints.clone(),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        // Idle (no holder, no waiter: only the map and this slot know it): forget it, so
-        // the map holds only endpoints in use.
-        if Arc::strong_count(&self.semaphore) == 2
-            && self.semaphore.available_permits() == self.limit
-        {
-            endpoints.remove(&self.endpoint_id);
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod health_gauge;
 pub mod metrics;
 pub mod retries;
 pub mod settings;
+pub mod slots;
 
 use anyhow::Context;
 use hookline_shared::broker::publisher::Publisher;
@@ -158,7 +159,7 @@ impl Deliverer {
                 topology.dead_letter_exchange.clone(),
             ),
             metrics,
-            slots: delivery::EndpointSlots::new(
+            slots: slots::EndpointSlots::new(
                 settings.delivery.max_in_flight_per_endpoint,
                 settings.delivery.slot_wait,
             ),
