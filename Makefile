@@ -16,6 +16,9 @@ test: ## Install and start test brokers on their own ports, run every test, stop
 bench: ## Measure throughput, latency, isolation and memory against the broker ceiling (release build)
 	@scripts/bench.sh
 
+chaos: ## Kill and restart deliverers, RabbitMQ and Redis under load; reconcile (CHAOS_EVENTS, default 20000)
+	@scripts/chaos.sh
+
 catalog: ## Load catalog/event-types.json into a running ingest (HOOKLINE_API, HOOKLINE__API__TOKEN)
 	@scripts/load-catalog.sh
 

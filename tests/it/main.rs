@@ -2,4 +2,5 @@
 
 mod api;
 mod lifecycle;
+mod metrics;
 mod pipeline;

@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Http {
             endpoints: 1,
             events: args.events,
-            hanging_tenant: false,
+            second: Second::None,
         },
     )
     .await?;
@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Http {
             endpoints: 10,
             events: args.fanout_events,
-            hanging_tenant: false,
+            second: Second::None,
         },
     )
     .await?;
@@ -222,7 +222,17 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Http {
             endpoints: 1,
             events: args.events,
-            hanging_tenant: true,
+            second: Second::Hanging,
+        },
+    )
+    .await?;
+    let control = throughput(
+        &brokers,
+        &args,
+        Scenario::Http {
+            endpoints: 1,
+            events: args.events,
+            second: Second::Answering,
         },
     )
     .await?;
@@ -231,7 +241,17 @@ async fn main() -> anyhow::Result<()> {
         isolated.events_per_s,
         "events/s",
         Some((single.events_per_s, "throughput_1_endpoint")),
-        Some("a second tenant's endpoint never answers (15 s timeout); 1 in 10 events is theirs"),
+        Some("a second tenant's endpoint never answers (15 s timeout); 1 in 20 events is theirs, on top"),
+    ));
+    report.push(line(
+        "isolation_vs_same_load",
+        isolated.events_per_s,
+        "events/s",
+        Some((
+            control.events_per_s,
+            "the same traffic with the second endpoint answering",
+        )),
+        Some("separates the hanging endpoint's effect from its tenant's extra load"),
     ));
     report.push(line(
         "isolation_ingest_peak_rss",
@@ -446,6 +466,7 @@ async fn start_receiver(counter: Arc<Counter>) -> anyhow::Result<String> {
     let app = Router::new()
         .route("/ok", post(count))
         .route("/hang", post(hang))
+        .route("/other", post(|| async { StatusCode::NO_CONTENT }))
         .with_state(counter);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -619,11 +640,25 @@ fn peak_rss(pid: Option<u32>) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// A second tenant beside the measured one, with its own endpoint and a share of the
+/// traffic on top of the measured events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Second {
+    None,
+    /// Its endpoint never answers (until the delivery timeout).
+    Hanging,
+    /// Its endpoint answers at once: the control for `Hanging`.
+    Answering,
+}
+
+/// One in this many events is the second tenant's.
+const SECOND_TENANT_SHARE: usize = 20;
+
 enum Scenario {
     Http {
         endpoints: usize,
         events: usize,
-        hanging_tenant: bool,
+        second: Second,
     },
     Amqp {
         events: usize,
@@ -697,37 +732,50 @@ async fn throughput(
     let name = match scenario {
         Scenario::Http {
             endpoints: 1,
-            hanging_tenant: false,
+            second: Second::None,
             ..
         } => "single",
         Scenario::Http {
-            hanging_tenant: true,
+            second: Second::Hanging,
             ..
         } => "isolation",
+        Scenario::Http {
+            second: Second::Answering,
+            ..
+        } => "isolation-control",
         Scenario::Http { .. } => "fanout",
         Scenario::Amqp { .. } => "amqp",
     };
     let services = start_services(brokers, args, name).await?;
     let counter = Arc::new(Counter::default());
     let base = start_receiver(counter.clone()).await?;
-    let (endpoints, events, hanging) = match scenario {
+    let (endpoints, events, second) = match scenario {
         Scenario::Http {
             endpoints,
             events,
-            hanging_tenant,
-        } => (endpoints, events, hanging_tenant),
-        Scenario::Amqp { events } => (1, events, false),
+            second,
+        } => (endpoints, events, second),
+        Scenario::Amqp { events } => (1, events, Second::None),
     };
     for _ in 0..endpoints {
         services
             .create_endpoint("healthy", format!("{base}/ok"))
             .await?;
     }
-    if hanging {
-        services
-            .create_endpoint("stuck", format!("{base}/hang"))
-            .await?;
+    match second {
+        Second::None => {}
+        Second::Hanging => {
+            services
+                .create_endpoint("second", format!("{base}/hang"))
+                .await?
+        }
+        Second::Answering => {
+            services
+                .create_endpoint("second", format!("{base}/other"))
+                .await?
+        }
     }
+    let with_second = second != Second::None;
     let cpu_before = cpu_snapshot(&services);
     let started_us = now_us();
     match scenario {
@@ -738,16 +786,21 @@ async fn throughput(
             for _ in 0..args.clients {
                 let http = services.http.clone();
                 let sent = sent.clone();
-                let total = if hanging { events + events / 9 } else { events };
+                let total = if with_second {
+                    events + events / (SECOND_TENANT_SHARE - 1)
+                } else {
+                    events
+                };
                 clients.push(tokio::spawn(async move {
                     loop {
                         let index = sent.fetch_add(1, Ordering::Relaxed);
                         if index >= total {
                             return Ok::<_, anyhow::Error>(());
                         }
-                        // In the isolation scenario every tenth event is the stuck tenant's.
-                        let tenant = if hanging && index % 10 == 9 {
-                            "stuck"
+                        let tenant = if with_second
+                            && index % SECOND_TENANT_SHARE == SECOND_TENANT_SHARE - 1
+                        {
+                            "second"
                         } else {
                             "healthy"
                         };
