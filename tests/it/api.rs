@@ -441,3 +441,87 @@ async fn openapi_describes_every_route_and_every_described_route_is_served() {
     assert_eq!(undescribed.status, 404);
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn preview_renders_signed_headers_and_body_without_sending() {
+    let hookline = Hookline::start().await;
+    let receiver = Receiver::start().await;
+    let endpoint = hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["candidate.interested"], "format": "form",
+                   "headers": {"X-Team": "talent"}}),
+        )
+        .await;
+    let id = endpoint["id"].as_str().expect("id");
+    let preview = hookline
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/acme/endpoints/{id}/preview"),
+            Some(json!({"event": {"id": "evt-p", "type": "candidate.interested",
+                                  "occurred_at": "2026-01-02T03:04:05Z", "data": {"origin": "web"}}})),
+        )
+        .await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(
+        preview.body["content_type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(
+        preview.body["body"],
+        "type=candidate.interested&id=evt-p&timestamp=2026-01-02T03%3A04%3A05Z&origin=web"
+    );
+    let headers = &preview.body["headers"];
+    assert_eq!(headers["x-team"], "talent");
+    assert_eq!(headers["webhook-id"], "evt-p");
+    assert!(
+        headers["user-agent"]
+            .as_str()
+            .is_some_and(|ua| ua.starts_with("Hookline/"))
+    );
+    // The signature is what a receiver would verify.
+    let as_received = hookline_tests::Received {
+        headers: headers
+            .as_object()
+            .expect("headers")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    reqwest::header::HeaderValue::from_str(v.as_str().expect("text"))
+                        .expect("value"),
+                )
+            })
+            .collect(),
+        body: preview.body["body"]
+            .as_str()
+            .expect("body")
+            .to_owned()
+            .into(),
+        at: std::time::Instant::now(),
+    };
+    assert!(verify_signature(
+        endpoint["secret"].as_str().expect("secret"),
+        &as_received
+    ));
+
+    let sample = hookline
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/acme/endpoints/{id}/preview"),
+            None,
+        )
+        .await;
+    assert_eq!(sample.status, 200, "{}", sample.body);
+    let bad = hookline
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/acme/endpoints/{id}/preview"),
+            Some(json!({"event": {"type": "a..b", "data": {}}})),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["error"]["field"], "event.type");
+    assert_eq!(receiver.count(), 0, "a preview sends nothing");
+    hookline.stop().await;
+}

@@ -12,6 +12,7 @@ mod events;
 mod history;
 pub mod openapi;
 mod portal;
+mod preview;
 
 use crate::accepted::AcceptedEvents;
 use crate::metrics::IngestMetrics;
@@ -202,6 +203,16 @@ pub fn api() -> Documented<AppState> {
                 (200, "The receiver's answer"),
             )
             .body("TestEvent"),
+        )
+        .op(
+            M::POST,
+            "/tenants/{tenant}/endpoints/{endpoint_id}/preview",
+            preview::preview,
+            Doc::new(
+                "Render what the receiver would get for an event, headers included, without sending",
+                (200, "Headers and body"),
+            )
+            .body("Preview"),
         )
         .op(
             M::GET,

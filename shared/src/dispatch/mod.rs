@@ -140,33 +140,7 @@ impl Dispatcher {
         webhook_id: &str,
         payload: &Payload,
     ) -> (AttemptOutcome, Option<String>) {
-        let now = OffsetDateTime::now_utc();
-        let timestamp = now.unix_timestamp();
-        let signature = signature_header(
-            endpoint.signing_secrets(now),
-            webhook_id,
-            timestamp,
-            &payload.body,
-        );
-        let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 4);
-        for (name, value) in &endpoint.spec.headers {
-            // Validated when the endpoint was stored; a header that still fails to
-            // convert is skipped rather than failing every delivery.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::try_from(value.as_str()),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(payload.content_type));
-        if let Ok(id) = HeaderValue::try_from(webhook_id) {
-            headers.insert("webhook-id", id);
-        }
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-        if let Ok(signature) = HeaderValue::try_from(signature) {
-            headers.insert("webhook-signature", signature);
-        }
+        let headers = request_headers(endpoint, webhook_id, payload, OffsetDateTime::now_utc());
         let response = self
             .client
             .post(endpoint.spec.url.clone())
@@ -199,6 +173,44 @@ impl Dispatcher {
         };
         (outcome, excerpt)
     }
+}
+
+/// Every header of a delivery but `user-agent` (the client adds it): the endpoint's own
+/// headers, then the content type and the Standard Webhooks headers, signed at `now`.
+/// Previews show exactly these.
+pub fn request_headers(
+    endpoint: &Endpoint,
+    webhook_id: &str,
+    payload: &Payload,
+    now: OffsetDateTime,
+) -> HeaderMap {
+    let timestamp = now.unix_timestamp();
+    let signature = signature_header(
+        endpoint.signing_secrets(now),
+        webhook_id,
+        timestamp,
+        &payload.body,
+    );
+    let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 4);
+    for (name, value) in &endpoint.spec.headers {
+        // Validated when the endpoint was stored; a header that still fails to convert
+        // is skipped rather than failing every delivery.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(payload.content_type));
+    if let Ok(id) = HeaderValue::try_from(webhook_id) {
+        headers.insert("webhook-id", id);
+    }
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    if let Ok(signature) = HeaderValue::try_from(signature) {
+        headers.insert("webhook-signature", signature);
+    }
+    headers
 }
 
 /// Reads at most `limit` bytes of the body. A receiver that streams forever or trickles
