@@ -1,6 +1,9 @@
 //! Deliverer metrics. Labels are bounded vocabularies (outcomes, status classes,
 //! reasons, sources) — never a URL, tenant, endpoint or event id.
 
+use hookline_shared::contract::{SOURCE_AMQP, SOURCE_HTTP};
+use hookline_shared::domain::health::DisabledReason;
+use hookline_shared::domain::policy::DeadLetterReason;
 use hookline_shared::metrics::{exponential_buckets, register};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -107,6 +110,19 @@ impl DelivererMetrics {
                 "Attempt-log and event-state entries dropped (buffer full or Redis unavailable); deliveries are unaffected.",
             )),
         };
+        // Known label values start at zero, so rates and alerts see a series from the
+        // first scrape instead of an absent one.
+        for reason in DeadLetterReason::ALL {
+            metrics.dead_letters.with_label_values(&[reason.as_str()]);
+        }
+        for reason in [DisabledReason::Gone, DisabledReason::NoSuccess] {
+            metrics
+                .endpoints_disabled
+                .with_label_values(&[reason.as_str()]);
+        }
+        for source in [SOURCE_HTTP, SOURCE_AMQP] {
+            metrics.events_consumed.with_label_values(&[source]);
+        }
         register(registry, metrics.events_consumed.clone());
         register(registry, metrics.attempts.clone());
         register(registry, metrics.attempt_duration.clone());

@@ -65,6 +65,10 @@ impl IngestMetrics {
         register(registry, metrics.http_duration.clone());
         register(registry, metrics.events_accepted.clone());
         register(registry, metrics.publish_duration.clone());
+        // Known reasons start at zero, so alerts see a series from the first scrape.
+        for reason in hookline_shared::broker::publisher::PublishError::REASONS {
+            metrics.publish_errors.with_label_values(&[reason]);
+        }
         register(registry, metrics.publish_errors.clone());
         register(registry, metrics.duplicates.clone());
         metrics

@@ -1,10 +1,12 @@
 //! What ops scrape: both binaries' `/metrics` after real traffic pass `promtool check
-//! metrics`.
+//! metrics`, and every metric the alert rules, the dashboard and the KEDA trigger query is
+//! one the binaries export.
 
 use hookline_tests::{Hookline, Receiver, eventually};
 use serde_json::json;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 async fn scrape(hookline: &Hookline, admin: SocketAddr) -> String {
@@ -43,7 +45,7 @@ fn promtool_check(name: &str, text: &str) {
 }
 
 #[tokio::test]
-async fn scrapes_after_traffic_pass_promtool() {
+async fn scrapes_after_traffic_pass_promtool_and_cover_alerts_and_dashboard() {
     let hookline = Hookline::builder().retry_schedule("50ms").start().await;
     let ok = Receiver::start().await;
     let failing = Receiver::start().await;
@@ -91,6 +93,28 @@ async fn scrapes_after_traffic_pass_promtool() {
     ] {
         assert!(text.contains(name), "{name} exported");
     }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = Vec::new();
+    for (name, text) in [("ingest", &ingest), ("deliverer", &deliverer)] {
+        let path = dir.path().join(format!("{name}.prom"));
+        std::fs::write(&path, text).expect("write scrape");
+        args.push("--scrape".to_owned());
+        args.push(path.display().to_string());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new("python3")
+        .arg(root.join("tests/deploy/check_metric_names.py"))
+        .args(&args)
+        .current_dir(&root)
+        .output()
+        .expect("python3 runs the checker");
+    assert!(
+        output.status.success(),
+        "alert rules, dashboard or KEDA query use metrics the binaries do not export:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     hookline.stop().await;
 }

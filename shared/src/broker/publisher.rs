@@ -42,6 +42,15 @@ pub enum PublishError {
 type Current = Option<(u64, Channel)>;
 
 impl PublishError {
+    /// Every value [`PublishError::reason`] returns.
+    pub const REASONS: [&'static str; 5] = [
+        "unavailable",
+        "confirm_timeout",
+        "nacked",
+        "unroutable",
+        "amqp_error",
+    ];
+
     /// A bounded label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

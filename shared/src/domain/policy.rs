@@ -155,6 +155,15 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [Self; 6] = [
+        Self::RetriesExhausted,
+        Self::EndpointGone,
+        Self::EndpointDisabled,
+        Self::EndpointDeleted,
+        Self::InvalidMessage,
+        Self::DeliveryLimit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RetriesExhausted => "retries_exhausted",
