@@ -20,6 +20,7 @@ stage() { # name, command...
 }
 
 cleanup() {
+  scripts/redis-topologies.sh down || true
   scripts/brokers.sh down test || true
   scripts/brokers.sh down chaos || true
 }
@@ -55,6 +56,8 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 scripts/brokers.sh up test
+scripts/redis-topologies.sh up
+eval "$(scripts/redis-topologies.sh env)"
 # One build for every test binary.
 cargo build --workspace --bins --tests --quiet
 

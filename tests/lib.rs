@@ -90,6 +90,11 @@ impl HooklineBuilder {
         self.setting("HOOKLINE__DELIVERY__RETRY_SCHEDULE", schedule)
     }
 
+    /// Another Redis than the test instance's (a cluster or Sentinel URL).
+    pub fn redis_url(self, url: &str) -> Self {
+        self.setting("HOOKLINE__REDIS__URL", url)
+    }
+
     pub fn deliverers(mut self, count: usize) -> Self {
         self.deliverers = count;
         self
@@ -101,7 +106,9 @@ impl HooklineBuilder {
         let mut overrides = self.overrides;
         overrides.insert("HOOKLINE__PREFIX".into(), prefix.clone());
         overrides.insert("HOOKLINE__AMQP__URL".into(), brokers.amqp_url.clone());
-        overrides.insert("HOOKLINE__REDIS__URL".into(), brokers.redis_url.clone());
+        overrides
+            .entry("HOOKLINE__REDIS__URL".into())
+            .or_insert_with(|| brokers.redis_url.clone());
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();

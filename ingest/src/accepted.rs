@@ -6,8 +6,8 @@
 //! the ATS can retry with the same id; a crash mid-publish leaves `pending` to expire.
 
 use hookline_shared::domain::event::TenantId;
+use hookline_shared::store::RedisConnection;
 use hookline_shared::store::{Keyspace, StoreError};
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 const PENDING: &str = "pending";
@@ -33,13 +33,13 @@ return 0
 
 #[derive(Debug, Clone)]
 pub struct AcceptedEvents {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
     window: Duration,
 }
 
 impl AcceptedEvents {
-    pub fn new(redis: ConnectionManager, keys: Keyspace, window: Duration) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace, window: Duration) -> Self {
         Self {
             redis,
             keys,

@@ -4,7 +4,7 @@
 use crate::broker::backoff::Backoff;
 use crate::metrics::ReadinessFlag;
 use crate::settings::RedisSettings;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,7 @@ pub async fn shutdown_signal() {
 pub async fn connect_redis(
     settings: &RedisSettings,
     shutdown: &CancellationToken,
-) -> Option<ConnectionManager> {
+) -> Option<RedisConnection> {
     let mut backoff = Backoff::default();
     loop {
         match crate::store::connect(settings).await {
@@ -55,7 +55,7 @@ pub async fn connect_redis(
 
 /// Keeps a readiness flag true while Redis answers PING.
 pub async fn watch_redis(
-    redis: ConnectionManager,
+    redis: RedisConnection,
     ready: ReadinessFlag,
     shutdown: CancellationToken,
 ) {

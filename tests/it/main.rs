@@ -4,3 +4,4 @@ mod api;
 mod lifecycle;
 mod metrics;
 mod pipeline;
+mod redis_topologies;

@@ -8,10 +8,10 @@
 
 use super::{Keyspace, StoreError};
 use crate::domain::event::TenantId;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -113,19 +113,40 @@ return #doomed
 
 #[derive(Debug, Clone)]
 pub struct ActivityStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl ActivityStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 
-    /// Writes a batch in one pipeline, then trims what it touched.
+    /// Writes a batch — one pipeline per tenant, since a tenant's keys share a hash slot
+    /// and a pipeline may not cross slots on Redis Cluster — then trims what it touched.
     pub async fn write(
         &self,
         batch: &[Activity],
+        retention: Retention,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut by_tenant: BTreeMap<&TenantId, Vec<&Activity>> = BTreeMap::new();
+        for activity in batch {
+            let tenant = match activity {
+                Activity::Attempt { tenant, .. } | Activity::State { tenant, .. } => tenant,
+            };
+            by_tenant.entry(tenant).or_default().push(activity);
+        }
+        for (tenant, activities) in by_tenant {
+            self.write_tenant(tenant, &activities, retention, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_tenant(
+        &self,
+        tenant: &TenantId,
+        batch: &[&Activity],
         retention: Retention,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
@@ -133,28 +154,27 @@ impl ActivityStore {
         let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(max_age_ms);
         let mut pipe = redis::pipe();
-        let mut attempt_keys = BTreeMap::new();
-        let mut event_keys = BTreeMap::new();
-        let mut tenants = HashMap::new();
+        let mut attempt_keys = BTreeSet::new();
+        let mut event_keys = BTreeSet::new();
         for activity in batch {
             match activity {
                 Activity::Attempt {
-                    tenant,
                     endpoint_id,
                     record,
+                    ..
                 } => {
                     let key = self.keys.attempts(tenant, endpoint_id);
                     let json = serde_json::to_string(record).unwrap_or_default();
                     pipe.zadd(&key, json, super::health::to_ms(record.at))
                         .ignore();
-                    attempt_keys.insert(key, ());
+                    attempt_keys.insert(key);
                 }
                 Activity::State {
-                    tenant,
                     event_id,
                     event,
                     endpoint_id,
                     state,
+                    ..
                 } => {
                     let key = self.keys.event_state(tenant, event_id);
                     pipe.hset_nx(&key, "event", event.as_ref()).ignore();
@@ -170,23 +190,22 @@ impl ActivityStore {
                         .arg(now_ms)
                         .arg(event_id)
                         .ignore();
-                    event_keys.insert(key, ());
-                    tenants.insert(tenant.clone(), ());
+                    event_keys.insert(key);
                 }
             }
         }
         let cap = i64::from(retention.attempts_per_endpoint);
-        for key in attempt_keys.keys() {
+        for key in &attempt_keys {
             pipe.zrembyscore(key, "-inf", cutoff).ignore();
             pipe.zremrangebyrank(key, 0, -(cap + 1) as isize).ignore();
             pipe.pexpire(key, max_age_ms).ignore();
         }
-        for key in event_keys.keys() {
+        for key in &event_keys {
             pipe.pexpire(key, max_age_ms).ignore();
         }
         let mut redis = self.redis.clone();
         let () = pipe.query_async(&mut redis).await?;
-        for tenant in tenants.keys() {
+        if !event_keys.is_empty() {
             let _: i64 = TRIM_EVENTS
                 .key(self.keys.events_index(tenant))
                 .arg(retention.events_per_tenant)

@@ -3,7 +3,7 @@
 
 use super::{Keyspace, StoreError};
 use crate::domain::pattern::EventType;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,12 +20,12 @@ pub struct EventTypeEntry {
 
 #[derive(Debug, Clone)]
 pub struct CatalogStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl CatalogStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 

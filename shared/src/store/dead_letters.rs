@@ -9,7 +9,7 @@ use super::health::to_ms;
 use super::{Keyspace, StoreError};
 use crate::contract::DeadDelivery;
 use crate::domain::event::TenantId;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -48,12 +48,12 @@ const SCAN_PAGE: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct DeadLetterStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl DeadLetterStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 

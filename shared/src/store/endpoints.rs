@@ -4,14 +4,14 @@ use super::sealing::Sealer;
 use super::{Keyspace, StoreError};
 use crate::domain::endpoint::Endpoint;
 use crate::domain::event::TenantId;
+use crate::store::RedisConnection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct EndpointStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
     sealer: Arc<Sealer>,
 }
@@ -32,7 +32,7 @@ return 1
 ";
 
 impl EndpointStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
         Self {
             redis,
             keys,

@@ -8,7 +8,7 @@
 use super::{Keyspace, StoreError};
 use crate::domain::event::TenantId;
 use crate::domain::health::{DisabledReason, HealthRecord};
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -109,12 +109,12 @@ return 0
 
 #[derive(Debug, Clone)]
 pub struct HealthStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl HealthStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod catalog;
+pub mod connection;
 pub mod dead_letters;
 pub mod endpoints;
 pub mod health;
@@ -14,9 +15,9 @@ pub mod retries;
 pub mod sealing;
 
 use crate::settings::RedisSettings;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 
+pub use connection::RedisConnection;
 pub use keys::Keyspace;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,14 +61,14 @@ impl StoreError {
     }
 }
 
-/// A multiplexed connection that reconnects in the background. A command that hits a
-/// broken connection fails (it is not replayed): every write Hookline makes is idempotent
-/// so that callers can simply retry.
-pub async fn connect(settings: &RedisSettings) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(settings.url.expose_secret())?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(settings.response_timeout))
-        .set_connection_timeout(Some(settings.connect_timeout))
-        .set_number_of_retries(2);
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+/// Connects as the URL says: one server, a cluster or through Sentinel (see
+/// [`connection`]). A command that hits a broken connection fails (it is not replayed):
+/// every write Hookline makes is idempotent so that callers can simply retry.
+pub async fn connect(settings: &RedisSettings) -> Result<RedisConnection, StoreError> {
+    Ok(RedisConnection::connect(
+        settings.url.expose_secret(),
+        settings.response_timeout,
+        settings.connect_timeout,
+    )
+    .await?)
 }

@@ -6,7 +6,7 @@
 
 use super::{Keyspace, StoreError};
 use crate::domain::event::TenantId;
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -28,12 +28,12 @@ return string.format('%.0f', start - now)
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 

@@ -9,7 +9,7 @@
 
 use super::{Keyspace, StoreError};
 use crate::contract::{PendingDelivery, RetryTask};
-use redis::aio::ConnectionManager;
+use crate::store::RedisConnection;
 
 const CLAIM: &str = r"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -52,12 +52,12 @@ pub struct Claimed {
 
 #[derive(Debug, Clone)]
 pub struct RetryStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keyspace,
 }
 
 impl RetryStore {
-    pub fn new(redis: ConnectionManager, keys: Keyspace) -> Self {
+    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
     }
 
