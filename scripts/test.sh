@@ -2,7 +2,10 @@
 # `make test`: every test, against real brokers started here on their own ports and data
 # dirs (a `make run` instance can stay up), stopped again at the end — also on failure.
 #
-#   - unit and end-to-end tests (instance `test`), one build shared by every binary
+#   - deploy lint: kustomize overlays, manifest schemas, alert rules and their tests,
+#     dashboard queries (also prepares the Python the metric-name check uses)
+#   - unit and end-to-end tests (instance `test`, plus Redis Cluster and Sentinel), one
+#     build shared by every binary
 #
 # Every stage runs even if an earlier one failed; the exit status says whether all passed.
 set -euo pipefail
@@ -47,6 +50,8 @@ with_brokers() { # instance, command...
     "$@"
   )
 }
+
+stage "deploy lint" scripts/lint-deploy.sh
 
 # promtool checks the real scrapes in the metrics test.
 if ! command -v promtool >/dev/null 2>&1; then

@@ -103,6 +103,14 @@ impl Ingest {
             &tasks,
             background.clone(),
         );
+        // The admin port answers from the start: /healthz must not wait for the brokers,
+        // and /readyz says why the service is not ready yet.
+        tasks.spawn(serve_admin(
+            admin,
+            registry,
+            readiness.clone(),
+            background.clone(),
+        ));
         let Some(redis) = connect_redis(&settings.redis, &shutdown).await else {
             background.cancel();
             tasks.close();
@@ -146,12 +154,6 @@ impl Ingest {
             settings.http.request_timeout,
         ));
 
-        tasks.spawn(serve_admin(
-            admin,
-            registry,
-            readiness.clone(),
-            background.clone(),
-        ));
         tracing::info!(api = %api.local_addr()?, "ingest listening");
         let served = axum::serve(api, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
