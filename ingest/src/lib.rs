@@ -19,7 +19,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
-use hookline_shared::lifecycle::{connect_redis, watch_redis};
+use hookline_shared::lifecycle::open_store;
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::store::Keyspace;
 
@@ -111,24 +111,22 @@ impl Ingest {
             readiness.clone(),
             background.clone(),
         ));
-        let Some(redis) = connect_redis(&settings.redis, &shutdown).await else {
+        let Some((redis, sealer)) = open_store(
+            &settings.redis,
+            &settings.secrets,
+            readiness.flag("redis"),
+            &tasks,
+            &background,
+            &shutdown,
+        )
+        .await?
+        else {
             background.cancel();
             tasks.close();
             tasks.wait().await;
             return Ok(());
         };
-        tasks.spawn(watch_redis(
-            redis.clone(),
-            readiness.flag("redis"),
-            background.clone(),
-        ));
         let keys = Keyspace::new(&settings.prefix);
-        let sealer = Arc::new(settings.secrets.sealer()?);
-        if sealer.is_development() {
-            tracing::warn!(
-                "HOOKLINE__SECRETS__KEY is not set: signing secrets are sealed with the public development key"
-            );
-        }
         let state = api::AppState::new(api::Inner {
             tokens: settings.api.tokens(),
             scoped_tokens: settings.api.scoped_tokens(),

@@ -3,10 +3,13 @@
 
 use crate::broker::backoff::Backoff;
 use crate::metrics::ReadinessFlag;
-use crate::settings::RedisSettings;
+use crate::settings::{RedisSettings, SecretsSettings, SettingsError};
 use crate::store::RedisConnection;
+use crate::store::sealing::Sealer;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Resolves on SIGTERM or ctrl-c.
 pub async fn shutdown_signal() {
@@ -69,4 +72,28 @@ pub async fn watch_redis(
             }
         }
     }
+}
+
+/// What both binaries need from Redis before they serve: a connection (waited for, and
+/// watched for readiness in `tasks` until `background` ends) and the sealer for signing
+/// secrets. `Ok(None)` if `shutdown` came first.
+pub async fn open_store(
+    redis: &RedisSettings,
+    secrets: &SecretsSettings,
+    ready: ReadinessFlag,
+    tasks: &TaskTracker,
+    background: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Option<(RedisConnection, Arc<Sealer>)>, SettingsError> {
+    let sealer = Arc::new(secrets.sealer()?);
+    if sealer.is_development() {
+        tracing::warn!(
+            "HOOKLINE__SECRETS__KEY is not set: signing secrets are sealed with the public development key"
+        );
+    }
+    let Some(connection) = connect_redis(redis, shutdown).await else {
+        return Ok(None);
+    };
+    tasks.spawn(watch_redis(connection.clone(), ready, background.clone()));
+    Ok(Some((connection, sealer)))
 }

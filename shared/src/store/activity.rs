@@ -138,7 +138,8 @@ impl ActivityStore {
             by_tenant.entry(tenant).or_default().push(activity);
         }
         for (tenant, activities) in by_tenant {
-            self.write_tenant(tenant, &activities, retention, now).await?;
+            self.write_tenant(tenant, &activities, retention, now)
+                .await?;
         }
         Ok(())
     }
