@@ -138,6 +138,9 @@ impl Worker {
             .iter()
             .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
             .collect();
+        if matching.is_empty() {
+            return Ok(());
+        }
         let mut payloads: HashMap<PayloadFormat, Payload> = HashMap::new();
         for endpoint in &matching {
             payloads
