@@ -6,6 +6,8 @@
 #     dashboard queries (also prepares the Python the metric-name check uses)
 #   - unit and end-to-end tests (instance `test`, plus Redis Cluster and Sentinel), one
 #     build shared by every binary
+#   - fault tests with the real binaries as processes: a deliverer SIGKILLed mid-flight,
+#     RabbitMQ and Redis restarted (instance `chaos`, serially)
 #
 # Every stage runs even if an earlier one failed; the exit status says whether all passed.
 set -euo pipefail
@@ -24,6 +26,7 @@ stage() { # name, command...
 
 cleanup() {
   scripts/redis-topologies.sh down || true
+  scripts/brokers.sh down chaos || true
   scripts/brokers.sh down test || true
   scripts/brokers.sh down chaos || true
 }
@@ -66,7 +69,12 @@ eval "$(scripts/redis-topologies.sh env)"
 # One build for every test binary.
 cargo build --workspace --bins --tests --quiet
 
-stage "unit and end-to-end tests" with_brokers test nextest --workspace
+stage "unit and end-to-end tests" with_brokers test nextest --workspace -E 'not binary(fault)'
+
+# Fault tests restart brokers: their own instance, one test at a time.
+scripts/brokers.sh up chaos
+stage "fault tests" with_brokers chaos nextest -p hookline-tests --test fault --test-threads 1
+scripts/brokers.sh down chaos
 
 if ((${#failed[@]})); then
   echo "==> failed: ${failed[*]}" >&2

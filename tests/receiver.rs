@@ -36,6 +36,7 @@ struct Script {
     hang: bool,
     retry_after: Option<String>,
     body: Option<String>,
+    delay: Option<std::time::Duration>,
 }
 
 /// Requests being answered right now, and the most at once since the last reset.
@@ -94,6 +95,11 @@ impl Receiver {
     /// Changes the answer for every request from now on (after any scripted ones).
     pub fn set_status(&self, status: u16) {
         self.shared.script.lock().expect("script").default = status;
+    }
+
+    /// Answers only after `delay` from now on, so deliveries stay in flight a while.
+    pub fn set_delay(&self, delay: Option<std::time::Duration>) {
+        self.shared.script.lock().expect("script").delay = delay;
     }
 
     /// Sends `Retry-After` with every answer from now on.
@@ -155,7 +161,7 @@ impl Drop for InFlight {
 }
 
 async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (status, hang, retry_after, answer) = {
+    let (status, hang, retry_after, answer, delay) = {
         let mut script = shared.script.lock().expect("script");
         let status = script.upcoming.pop_front().unwrap_or(script.default);
         (
@@ -163,6 +169,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             script.hang,
             script.retry_after.clone(),
             script.body.clone(),
+            script.delay,
         )
     };
     let _in_flight = {
@@ -179,6 +186,9 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     shared.arrived.notify_waiters();
     if hang {
         std::future::pending::<()>().await;
+    }
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, answer.unwrap_or_default()).into_response();

@@ -1,0 +1,346 @@
+//! Faults, with the real binaries as processes: a deliverer killed with SIGKILL, RabbitMQ
+//! and Redis restarted under the services' feet. Nothing accepted may be lost.
+//!
+//! These tests restart brokers, so they run serially against their own broker instance
+//! (`make test` starts the `chaos` instance and runs this binary with one thread).
+
+use hookline_tests::{Receiver, TOKEN, answer, eventually};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the fault tests with `make test`"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// Restarts (or stops / starts) a service of the broker instance these tests own.
+async fn brokers(action: &str, service: &str) {
+    let instance = env("HOOKLINE_TEST_BROKERS_INSTANCE");
+    let status = Command::new(root().join("scripts/brokers.sh"))
+        .args([action, &instance, service])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("brokers.sh runs");
+    assert!(status.success(), "brokers.sh {action} {instance} {service}");
+}
+
+struct Process {
+    child: Child,
+    admin: u16,
+}
+
+/// Ingest and deliverers as separate processes of the real binaries.
+struct Installation {
+    prefix: String,
+    api: u16,
+    ingest: Process,
+    deliverers: Vec<Process>,
+    http: reqwest::Client,
+}
+
+impl Installation {
+    async fn start(deliverers: usize) -> Self {
+        let prefix = format!("f{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let api = free_port();
+        let mut installation = Self {
+            ingest: spawn(
+                &prefix,
+                "hookline-ingest",
+                &[("HOOKLINE__HTTP__LISTEN", format!("127.0.0.1:{api}"))],
+            ),
+            deliverers: Vec::new(),
+            prefix,
+            api,
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..deliverers {
+            installation.add_deliverer();
+        }
+        for admin in installation.admins() {
+            installation.wait_ready(admin).await;
+        }
+        installation
+    }
+
+    fn add_deliverer(&mut self) {
+        self.deliverers
+            .push(spawn(&self.prefix, "hookline-deliverer", &[]));
+    }
+
+    fn admins(&self) -> Vec<u16> {
+        std::iter::once(self.ingest.admin)
+            .chain(self.deliverers.iter().map(|d| d.admin))
+            .collect()
+    }
+
+    async fn status(&self, admin: u16, path: &str) -> Option<u16> {
+        self.http
+            .get(format!("http://127.0.0.1:{admin}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    async fn wait_ready(&self, admin: u16) {
+        eventually("service ready", || async {
+            self.status(admin, "/readyz").await == Some(200)
+        })
+        .await;
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> hookline_tests::Answer {
+        let response = self
+            .http
+            .request(method, format!("http://127.0.0.1:{}{path}", self.api))
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(15))
+            .json(&body)
+            .send()
+            .await
+            .expect("ingest answers");
+        answer(response).await
+    }
+
+    async fn create_endpoint(&self, tenant: &str, url: String) {
+        let created = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/tenants/{tenant}/endpoints"),
+                json!({"url": url, "event_types": ["#"]}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+
+    /// Posts an event, retrying (as a client would) while ingest answers 503; returns
+    /// once it was accepted.
+    async fn post_until_accepted(&self, tenant: &str, id: &str) {
+        let event = json!({"id": id, "type": "fault.test", "data": {}});
+        eventually("the event is accepted", || async {
+            let accepted = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/tenants/{tenant}/events"),
+                    event.clone(),
+                )
+                .await;
+            assert!(
+                accepted.status == 202 || accepted.status == 503,
+                "accepted or unavailable, never anything else: {} {}",
+                accepted.status,
+                accepted.body
+            );
+            accepted.status == 202
+        })
+        .await;
+    }
+
+    async fn stop(mut self) {
+        for process in self
+            .deliverers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.ingest))
+        {
+            let _ = process.child.kill().await;
+        }
+    }
+}
+
+fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
+    let admin = free_port();
+    let path = root().join("target/debug").join(binary);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`make test` does)",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    command
+        .env("HOOKLINE__PREFIX", prefix)
+        .env("HOOKLINE__AMQP__URL", env("HOOKLINE_TEST_AMQP_URL"))
+        .env("HOOKLINE__REDIS__URL", env("HOOKLINE_TEST_REDIS_URL"))
+        .env("HOOKLINE__API__TOKEN", TOKEN)
+        .env("HOOKLINE__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+        .env(
+            "HOOKLINE__DELIVERY__RETRY_SCHEDULE",
+            "200ms,200ms,500ms,1s,1s,2s,2s",
+        )
+        .env("HOOKLINE__DELIVERY__TIMEOUT", "3s")
+        .env("HOOKLINE__DELIVERY__ENDPOINT_CACHE_TTL", "100ms")
+        .env("HOOKLINE__RETRY__POLL_INTERVAL", "50ms")
+        .env("HOOKLINE__RETRY__LEASE", "5s")
+        .env("HOOKLINE__SHUTDOWN__GRACE", "5s")
+        .env("HOOKLINE__LOG__FILTER", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    Process {
+        child: command.spawn().expect("binary starts"),
+        admin,
+    }
+}
+
+/// The `hookline_deliveries_in_flight` gauge of one deliverer.
+async fn in_flight(http: &reqwest::Client, admin: u16) -> f64 {
+    let Ok(response) = http
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("hookline_deliveries_in_flight "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn delivered_ids(receiver: &Receiver) -> HashSet<String> {
+    receiver
+        .received()
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+        .collect()
+}
+
+async fn wait_for_all(receiver: &Receiver, ids: &[String]) {
+    eventually("every accepted event was delivered", || async {
+        let delivered = delivered_ids(receiver);
+        ids.iter().all(|id| delivered.contains(id))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deliverer_killed_mid_flight_loses_nothing() {
+    let mut hookline = Installation::start(2).await;
+    let receiver = Receiver::start().await;
+    // Slow answers keep deliveries in flight when the kill comes.
+    receiver.set_delay(Some(Duration::from_millis(300)));
+    hookline.create_endpoint("acme", receiver.url()).await;
+    let ids: Vec<String> = (0..60).map(|n| format!("kill-{n}")).collect();
+    for id in &ids {
+        hookline.post_until_accepted("acme", id).await;
+    }
+    eventually("deliveries are in flight", || async {
+        receiver.count() > 0
+    })
+    .await;
+    let victim = hookline.deliverers.remove(0);
+    let pid = victim.child.id().expect("pid");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success());
+    wait_for_all(&receiver, &ids).await;
+    drop(victim);
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_rabbitmq_restart_loses_nothing_and_ingest_answers_503_meanwhile() {
+    let hookline = Installation::start(1).await;
+    let receiver = Receiver::start().await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+    let mut ids = vec!["before-restart".to_owned()];
+    hookline.post_until_accepted("acme", &ids[0]).await;
+
+    brokers("stop", "rabbitmq").await;
+    let refused = hookline
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/events",
+            json!({"id": "while-down", "type": "fault.test", "data": {}}),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body["error"]["code"].is_string(), "a JSON error");
+    eventually("readiness fails while RabbitMQ is down", || async {
+        hookline.status(hookline.ingest.admin, "/readyz").await == Some(503)
+    })
+    .await;
+    assert_eq!(
+        hookline.status(hookline.ingest.admin, "/healthz").await,
+        Some(200),
+        "liveness does not depend on the broker"
+    );
+
+    brokers("start", "rabbitmq").await;
+    ids.push("after-restart".to_owned());
+    // The refused event is not accepted until it is sent again; a client does that.
+    ids.push("while-down".to_owned());
+    hookline.post_until_accepted("acme", &ids[1]).await;
+    hookline.post_until_accepted("acme", &ids[2]).await;
+    wait_for_all(&receiver, &ids).await;
+    for admin in hookline.admins() {
+        hookline.wait_ready(admin).await;
+    }
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_holds_deliveries_until_it_is_back() {
+    let hookline = Installation::start(1).await;
+    let receiver = Receiver::answering(&[500]).await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+    let first = "retry-across-restart".to_owned();
+    hookline.post_until_accepted("acme", &first).await;
+    eventually("the first attempt failed and a retry is stored", || async {
+        receiver.count() >= 1
+    })
+    .await;
+
+    brokers("stop", "redis").await;
+    // Ingest publishes without Redis for ids it generates; management calls need it.
+    let listed = hookline
+        .call(
+            reqwest::Method::GET,
+            "/v1/tenants/acme/endpoints",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(listed.status, 503, "{}", listed.body);
+    let accepted = hookline
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/events",
+            json!({"type": "fault.test", "data": {"while": "redis down"}}),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let generated = accepted.body["id"].as_str().expect("id").to_owned();
+
+    brokers("start", "redis").await;
+    wait_for_all(&receiver, &[first, generated]).await;
+    hookline.stop().await;
+}
