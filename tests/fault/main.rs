@@ -250,8 +250,9 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
     for id in &ids {
         hookline.post_until_accepted("acme", id).await;
     }
-    eventually("deliveries are in flight", || async {
-        receiver.count() > 0
+    let victim_admin = hookline.deliverers[0].admin;
+    eventually("the victim has deliveries in flight", || async {
+        in_flight(&hookline.http, victim_admin).await > 0.0
     })
     .await;
     let victim = hookline.deliverers.remove(0);
