@@ -7,7 +7,8 @@
 #   - unit and end-to-end tests (instance `test`, plus Redis Cluster and Sentinel), one
 #     build shared by every binary
 #   - fault tests with the real binaries as processes: a deliverer SIGKILLed mid-flight,
-#     RabbitMQ and Redis restarted (instance `chaos`, serially)
+#     RabbitMQ and Redis restarted, and the chaos scenario at a small size (CHAOS_EVENTS,
+#     default 1500; `make chaos` runs 20000) — instance `chaos`, serially
 #
 # Every stage runs even if an earlier one failed; the exit status says whether all passed.
 set -euo pipefail

@@ -124,7 +124,8 @@ impl Installation {
         answer(response).await
     }
 
-    async fn create_endpoint(&self, tenant: &str, url: String) {
+    /// Returns the endpoint's id.
+    async fn create_endpoint(&self, tenant: &str, url: String) -> String {
         let created = self
             .call(
                 reqwest::Method::POST,
@@ -133,6 +134,7 @@ impl Installation {
             )
             .await;
         assert_eq!(created.status, 201, "{}", created.body);
+        created.body["id"].as_str().expect("id").to_owned()
     }
 
     /// Posts an event, retrying (as a client would) while ingest answers 503; returns
@@ -344,4 +346,259 @@ async fn a_redis_restart_holds_deliveries_until_it_is_back() {
     brokers("start", "redis").await;
     wait_for_all(&receiver, &[first, generated]).await;
     hookline.stop().await;
+}
+
+/// The chaos scenario: mixed HTTP and direct AMQP load over several tenants and
+/// endpoints (one failing for a while), while a deliverer is SIGKILLed twice (and
+/// replaced), RabbitMQ restarts once and Redis restarts once. Then it reconciles every
+/// (event, endpoint) pair against what the receivers got and the dead-letter queue.
+///
+/// `CHAOS_EVENTS` sets the size (`make test` runs a small one, `make chaos` 20,000);
+/// the report is printed (run with `--nocapture` to see it).
+#[tokio::test]
+async fn chaos_loses_nothing() {
+    let events: usize = std::env::var("CHAOS_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500);
+    let started = std::time::Instant::now();
+    let mut hookline = Installation::start(3).await;
+    let tenants = ["acme", "globex", "initech"];
+    let mut receivers = Vec::new();
+    for tenant in tenants {
+        for _ in 0..2 {
+            let receiver = Receiver::start().await;
+            let endpoint = hookline.create_endpoint(tenant, receiver.url()).await;
+            receivers.push((tenant, receiver, endpoint));
+        }
+    }
+    // One endpoint fails until the load is over, then recovers.
+    receivers[1].1.set_status(503);
+    let ids: Vec<(usize, String)> = (0..events)
+        .map(|n| (n % tenants.len(), format!("chaos-{n}")))
+        .collect();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let ids = ids.clone();
+            let sent = sent.clone();
+            let http = hookline.http.clone();
+            let api = hookline.api;
+            let prefix = hookline.prefix.clone();
+            tokio::spawn(async move {
+                loop {
+                    let index = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((tenant, id)) = ids.get(index) else {
+                        return;
+                    };
+                    let tenant = ["acme", "globex", "initech"][*tenant];
+                    // One in four goes straight to the exchange, as an ATS would.
+                    loop {
+                        let accepted = if index % 4 == 3 {
+                            publish_direct(&prefix, tenant, id).await
+                        } else {
+                            post(&http, api, tenant, id).await
+                        };
+                        if accepted {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let progress = || sent.load(std::sync::atomic::Ordering::Relaxed);
+    let at = |fraction: f64| (events as f64 * fraction) as usize;
+    let mut faults = Vec::new();
+    for (threshold, fault) in [
+        (0.2, "kill"),
+        (0.4, "rabbitmq"),
+        (0.6, "kill"),
+        (0.8, "redis"),
+    ] {
+        wait_until("the load reaches the next fault", || async {
+            progress() >= at(threshold)
+        })
+        .await;
+        match fault {
+            "kill" => {
+                let victim = hookline.deliverers.remove(0);
+                let pid = victim.child.id().expect("pid");
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .await;
+                drop(victim);
+                hookline.add_deliverer();
+            }
+            service => brokers("restart", service).await,
+        }
+        faults.push(format!("{fault} at {:.0} %", threshold * 100.0));
+    }
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let sent_at = started.elapsed();
+    receivers[1].1.set_status(204);
+
+    // Every (event, endpoint) pair: delivered at least once, or dead-lettered.
+    let pairs: Vec<(&Receiver, &str, &str)> = receivers
+        .iter()
+        .flat_map(|(tenant, receiver, endpoint)| {
+            ids.iter()
+                .filter(move |(t, _)| tenants[*t] == *tenant)
+                .map(move |(_, id)| (receiver, endpoint.as_str(), id.as_str()))
+        })
+        .collect();
+    let dead_letters = std::cell::RefCell::new(HashSet::new());
+    let unsettled = |dead: &HashSet<(String, String)>| {
+        let delivered: Vec<HashSet<String>> =
+            receivers.iter().map(|(_, r, _)| delivered_ids(r)).collect();
+        pairs
+            .iter()
+            .filter(|(receiver, endpoint, id)| {
+                let index = receivers
+                    .iter()
+                    .position(|(_, r, _)| std::ptr::eq(r, *receiver))
+                    .unwrap_or(0);
+                !delivered[index].contains(*id)
+                    && !dead.contains(&((*endpoint).to_owned(), (*id).to_owned()))
+            })
+            .count()
+    };
+    let drain_started = std::time::Instant::now();
+    wait_until("every pair is delivered or dead-lettered", || async {
+        for record in take_dead_letters(&hookline.prefix).await {
+            dead_letters.borrow_mut().insert(record);
+        }
+        unsettled(&dead_letters.borrow()) == 0
+    })
+    .await;
+    let drain = drain_started.elapsed();
+    let lost = unsettled(&dead_letters.borrow());
+    let receipts: usize = receivers.iter().map(|(_, r, _)| r.count()).sum();
+    let unique: usize = receivers
+        .iter()
+        .map(|(_, r, _)| delivered_ids(r).len())
+        .sum();
+    println!(
+        "chaos: {events} events × 2 endpoints per tenant, 3 deliverers, faults: {}\n\
+         chaos: load sent in {:.1} s, drained {:.1} s after\n\
+         chaos: pairs {}, delivered {unique}, dead-lettered {}, lost = {lost}\n\
+         chaos: duplicate rate {:.2} % ({receipts} receipts for {unique} distinct deliveries)",
+        faults.join(", "),
+        sent_at.as_secs_f64(),
+        drain.as_secs_f64(),
+        pairs.len(),
+        dead_letters.borrow().len(),
+        100.0 * (receipts.saturating_sub(unique)) as f64 / unique.max(1) as f64,
+    );
+    assert_eq!(lost, 0);
+    hookline.stop().await;
+}
+
+/// Like `eventually`, with a limit sized for the chaos run rather than one test.
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> bool {
+    http.post(format!("http://127.0.0.1:{api}/v1/tenants/{tenant}/events"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(15))
+        .json(&json!({"id": id, "type": "chaos.test", "data": {}}))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 202)
+}
+
+/// Publishes with a confirm on a fresh connection (the broker may restart between
+/// calls); true once the broker confirmed it.
+async fn publish_direct(prefix: &str, tenant: &str, id: &str) -> bool {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let attempt = async {
+        let connection = lapin::Connection::connect(
+            &env("HOOKLINE_TEST_AMQP_URL"),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let body = serde_json::to_vec(
+            &json!({"tenant": tenant, "id": id, "type": "chaos.test", "data": {}}),
+        )
+        .unwrap_or_default();
+        let confirm = channel
+            .basic_publish(
+                format!("{prefix}.events").as_str().into(),
+                "chaos.test".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.into()),
+            )
+            .await?
+            .await?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok::<_, lapin::Error>(matches!(confirm, lapin::Confirmation::Ack(None)))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Takes what is on the dead-letter queue now: (endpoint id, event id) of delivery
+/// records.
+async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let mut found = Vec::new();
+    let Ok(connection) = lapin::Connection::connect(
+        &env("HOOKLINE_TEST_AMQP_URL"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    else {
+        return found;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return found;
+    };
+    let queue = format!("{prefix}.dead-letter");
+    while let Ok(Some(message)) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+        .await
+    {
+        if let Ok(record) = serde_json::from_slice::<Value>(&message.delivery.data)
+            && let (Some(endpoint), Some(id)) = (
+                record["endpoint_id"].as_str(),
+                record["event"]["id"].as_str(),
+            )
+        {
+            found.push((endpoint.to_owned(), id.to_owned()));
+        }
+        let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    found
 }
