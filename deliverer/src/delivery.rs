@@ -13,14 +13,14 @@ use bytes::Bytes;
 use futures::future::join_all;
 use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::contract::{
-    DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, PendingDelivery, RejectedMessage, SOURCE_AMQP,
-    SOURCE_HEADER, SOURCE_HTTP, StoredPayload,
+    DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery,
+    RejectedMessage, SOURCE_AMQP, SOURCE_HEADER, SOURCE_HTTP, StoredPayload,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use hookline_shared::domain::health::{Admission, HealthPolicy, HealthRecord, HealthState, admit};
-use hookline_shared::domain::payload::{self, PayloadFormat, Purpose};
+use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
     AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
 };
@@ -131,7 +131,12 @@ impl Worker {
             .inc();
 
         let tenant = self
-            .until_durable("loading endpoints", || self.endpoints.load(&event.tenant))
+            .until_durable("loading endpoints", || {
+                self.endpoints.load(
+                    &event.tenant,
+                    integer_header(delivery, ENDPOINTS_VERSION_HEADER),
+                )
+            })
             .await?;
         let matching: Vec<&Endpoint> = tenant
             .endpoints
@@ -141,29 +146,54 @@ impl Worker {
         if matching.is_empty() {
             return Ok(());
         }
-        let mut payloads: HashMap<PayloadFormat, Payload> = HashMap::new();
+        // One rendering per distinct format among the matching endpoints, shared by
+        // every attempt of every endpoint that renders alike.
+        let mut rendered: Vec<(&Endpoint, Result<Payload, RenderError>)> = Vec::new();
         for endpoint in &matching {
-            payloads
-                .entry(endpoint.spec.format)
-                .or_insert_with(|| render(&event, endpoint.spec.format));
+            let payload = rendered
+                .iter()
+                .find(|(seen, _)| seen.spec.renders_like(&endpoint.spec))
+                .map_or_else(|| render(&event, endpoint), |(_, payload)| payload.clone());
+            rendered.push((endpoint, payload));
         }
         let event_json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
-        let actions = join_all(matching.iter().map(|endpoint| async {
-            let Some(payload) = payloads.get(&endpoint.spec.format) else {
-                // Every matching endpoint's format was rendered above; this cannot
-                // happen, and refusing keeps the delivery replayable if it did.
-                let action = self.refuse(&event, endpoint, Prior::default());
-                self.note_state(&event, &event_json, &endpoint.id, &action);
-                return action;
+        let actions = join_all(rendered.iter().map(|(endpoint, payload)| async {
+            let action = match payload {
+                Ok(payload) => {
+                    self.deliver(&event, endpoint, &tenant, payload, Prior::default())
+                        .await
+                }
+                Err(error) => self.unrenderable(&event, endpoint, error, Prior::default()),
             };
-            let action = self
-                .deliver(&event, endpoint, &tenant, payload, Prior::default())
-                .await;
             self.note_state(&event, &event_json, &endpoint.id, &action);
             action
         }))
         .await;
         self.make_durable(actions).await
+    }
+
+    /// The endpoint's format cannot render this event; fixing the template and replaying
+    /// the dead letter delivers it.
+    fn unrenderable(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        error: &RenderError,
+        prior: Prior,
+    ) -> Action {
+        tracing::warn!(
+            event_id = %event.id,
+            endpoint_id = %endpoint.id,
+            %error,
+            "the endpoint's format cannot render this event"
+        );
+        Action::DeadLetter(dead_delivery(
+            event,
+            &endpoint.id,
+            DeadLetterReason::RenderFailed,
+            prior.attempts,
+            prior.last_error,
+        ))
     }
 
     fn refuse(&self, event: &Event, endpoint: &Endpoint, prior: Prior) -> Action {
@@ -337,7 +367,7 @@ impl Worker {
         endpoint: &Endpoint,
     ) -> Option<(HealthRecord, HealthState)> {
         self.endpoints.invalidate(&event.tenant);
-        let tenant = self.endpoints.load(&event.tenant).await.ok()?;
+        let tenant = self.endpoints.load(&event.tenant, None).await.ok()?;
         let current = tenant.endpoints.iter().find(|e| e.id == endpoint.id)?;
         let health = tenant.health(&endpoint.id);
         let state = health.state(current.spec.enabled, &self.health_policy);
@@ -585,7 +615,7 @@ impl Worker {
         };
         let tenant = self
             .until_durable("loading endpoints", || {
-                self.endpoints.load(&task.event.tenant)
+                self.endpoints.load(&task.event.tenant, None)
             })
             .await?;
         let event_json: Arc<str> = serde_json::to_string(&task.event)
@@ -602,19 +632,23 @@ impl Worker {
             self.dead_letter(record).await?;
             return self.complete(&id, token).await;
         };
-        let payload = match &task.payload {
-            Some(stored) => stored_payload(stored),
-            None => render(&task.event, endpoint.spec.format),
-        };
         let prior = Prior {
             attempts: task.attempts,
             deferrals: task.deferrals,
             last_error: task.last_error.clone(),
             rate_slot_ms: task.rate_slot_ms,
         };
-        let action = self
-            .deliver(&task.event, endpoint, &tenant, &payload, prior)
-            .await;
+        let rendered = match &task.payload {
+            Some(stored) => Ok(stored_payload(stored)),
+            None => render(&task.event, endpoint),
+        };
+        let action = match rendered {
+            Ok(payload) => {
+                self.deliver(&task.event, endpoint, &tenant, &payload, prior)
+                    .await
+            }
+            Err(error) => self.unrenderable(&task.event, endpoint, &error, prior),
+        };
         self.note_state(&task.event, &event_json, &endpoint.id, &action);
         match action {
             Action::Delivered { .. } => self.complete(&id, token).await,
@@ -704,12 +738,12 @@ impl Throttle {
     }
 }
 
-fn render(event: &Event, format: PayloadFormat) -> Payload {
-    let rendered = payload::render(event, format, Purpose::Live);
-    Payload {
+fn render(event: &Event, endpoint: &Endpoint) -> Result<Payload, RenderError> {
+    let rendered = endpoint.spec.render(event, Purpose::Live)?;
+    Ok(Payload {
         content_type: rendered.content_type,
         body: Bytes::from(rendered.body),
-    }
+    })
 }
 
 fn stored_payload(stored: &StoredPayload) -> Payload {
@@ -815,8 +849,13 @@ fn source(delivery: &Delivery) -> &'static str {
 }
 
 fn delivery_count(delivery: &Delivery) -> Option<u64> {
+    integer_header(delivery, DELIVERY_COUNT_HEADER)
+}
+
+/// A non-negative integer header, whichever integer type the publisher chose.
+fn integer_header(delivery: &Delivery, name: &str) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(DELIVERY_COUNT_HEADER)? {
+    match headers.inner().get(name)? {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
         AMQPValue::LongUInt(n) => Some(u64::from(*n)),

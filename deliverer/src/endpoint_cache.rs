@@ -1,6 +1,9 @@
 //! A short-lived cache of each tenant's endpoints and their health, so the success path
-//! does not read Redis for every event. Changes made through the API, and health changes
-//! recorded by other replicas, take effect within the TTL.
+//! does not read Redis for every event. An event that ingest stamped with the tenant's
+//! endpoints version reloads a list older than itself, so an endpoint created before the
+//! event was accepted always sees it; other changes (health recorded by other replicas,
+//! endpoint changes for events published straight to the exchange) take effect within
+//! the TTL.
 
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::TenantId;
@@ -18,6 +21,7 @@ const MAX_TENANTS: usize = 10_000;
 /// One tenant's endpoints and what is known about their health.
 #[derive(Debug, Default)]
 pub struct TenantEndpoints {
+    pub version: u64,
     pub endpoints: Vec<Endpoint>,
     health: HashMap<String, HealthRecord>,
 }
@@ -51,16 +55,26 @@ impl EndpointCache {
         }
     }
 
-    pub async fn load(&self, tenant: &TenantId) -> Result<Arc<TenantEndpoints>, StoreError> {
+    /// The tenant's endpoints, read at `at_least` version or later when given.
+    pub async fn load(
+        &self,
+        tenant: &TenantId,
+        at_least: Option<u64>,
+    ) -> Result<Arc<TenantEndpoints>, StoreError> {
         let now = Instant::now();
         if let Some((loaded, endpoints)) = self.lock().get(tenant)
             && now.duration_since(*loaded) < self.ttl
+            && at_least.is_none_or(|version| endpoints.version >= version)
         {
             return Ok(endpoints.clone());
         }
-        let (endpoints, health) =
-            tokio::try_join!(self.store.list(tenant), self.health.all(tenant))?;
-        let loaded = Arc::new(TenantEndpoints { endpoints, health });
+        let (listed, health) =
+            tokio::try_join!(self.store.list_versioned(tenant), self.health.all(tenant))?;
+        let loaded = Arc::new(TenantEndpoints {
+            version: listed.version,
+            endpoints: listed.endpoints,
+            health,
+        });
         let mut entries = self.lock();
         if entries.len() >= MAX_TENANTS
             && !entries.contains_key(tenant)

@@ -47,25 +47,45 @@ impl AcceptedEvents {
         }
     }
 
-    pub async fn claim(&self, tenant: &TenantId, event_id: &str) -> Result<Claim, StoreError> {
+    /// Claims the id, and reads the tenant's endpoints version in the same round trip
+    /// (both keys share the tenant's hash slot).
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        event_id: &str,
+    ) -> Result<(Claim, u64), StoreError> {
         let key = self.keys.accepted_event(tenant, event_id);
         let mut redis = self.redis.clone();
-        let claimed: Option<String> = redis::cmd("SET")
+        let (claimed, version): (Option<String>, Option<u64>) = redis::pipe()
+            .cmd("SET")
             .arg(&key)
             .arg(PENDING)
             .arg("NX")
             .arg("PX")
             .arg(millis(PENDING_TTL))
+            .get(self.keys.endpoints_version(tenant))
             .query_async(&mut redis)
             .await?;
+        let version = version.unwrap_or(0);
         if claimed.is_some() {
-            return Ok(Claim::New);
+            return Ok((Claim::New, version));
         }
         let state: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
-        Ok(match state.as_deref() {
+        let claim = match state.as_deref() {
             Some(DONE) => Claim::Duplicate,
             _ => Claim::InFlight,
-        })
+        };
+        Ok((claim, version))
+    }
+
+    /// The tenant's endpoints version, stamped on the event so deliverers never match it
+    /// against an endpoint list older than the request.
+    pub async fn endpoints_version(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+        let version: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.endpoints_version(tenant))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(version.unwrap_or(0))
     }
 
     pub async fn confirm(&self, tenant: &TenantId, event_id: &str) -> Result<(), StoreError> {

@@ -14,6 +14,11 @@ pub const JSON: &str = "application/json";
 pub const SOURCE_HEADER: &str = "x-hookline-source";
 pub const SOURCE_HTTP: &str = "http";
 pub const SOURCE_AMQP: &str = "amqp";
+/// Header that ingest sets to the tenant's endpoints version when it accepted the event:
+/// a deliverer whose cached endpoint list is older reloads it first, so an endpoint
+/// created just before the event receives it. Events without it (published straight to
+/// the exchange) see endpoint changes within the deliverer's cache TTL.
+pub const ENDPOINTS_VERSION_HEADER: &str = "x-hookline-endpoints-version";
 /// Set by quorum queues on redelivery: how often the broker handed the message out before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

@@ -482,3 +482,44 @@ async fn duplicate_ids_racing_each_other_publish_once() {
     assert_eq!(raced, 1, "published and delivered once");
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn endpoint_created_just_before_an_event_receives_it() {
+    // A long cache TTL makes the race certain: without the endpoints version stamped on
+    // the event, the deliverer would match the second event against its cached list.
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__DELIVERY__ENDPOINT_CACHE_TTL", "1h")
+        .start()
+        .await;
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": first.url(), "event_types": ["job.created"]}),
+        )
+        .await;
+    let accepted = hookline
+        .post_event("acme", json!({"type": "job.created", "data": {"n": 1}}))
+        .await;
+    assert_eq!(accepted.status, 202);
+    first.wait_for(1).await;
+
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": second.url(), "event_types": ["job.created"]}),
+        )
+        .await;
+    let accepted = hookline
+        .post_event(
+            "acme",
+            json!({"id": "evt_after_create", "type": "job.created", "data": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(accepted.status, 202);
+    let received = second.wait_for(1).await;
+    assert_eq!(received[0].header("webhook-id"), Some("evt_after_create"));
+    first.wait_for(2).await;
+    hookline.stop().await;
+}

@@ -9,10 +9,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use bytes::Bytes;
+use hookline_shared::Invalid;
 use hookline_shared::dispatch::{AttemptReport, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
-use hookline_shared::domain::payload::{self, Purpose};
+use hookline_shared::domain::payload::Purpose;
 use hookline_shared::domain::policy::AttemptOutcome;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -94,7 +95,10 @@ pub async fn test_delivery(
         },
     )
     .map_err(ApiError::invalid)?;
-    let rendered = payload::render(&event, endpoint.spec.format, Purpose::Test);
+    let rendered = endpoint
+        .spec
+        .render(&event, Purpose::Test)
+        .map_err(|e| ApiError::invalid(Invalid::new("format", e)))?;
     let payload = Payload {
         content_type: rendered.content_type,
         body: Bytes::from(rendered.body),

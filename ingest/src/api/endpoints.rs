@@ -1,11 +1,13 @@
 //! Endpoint management: `/v1/tenants/{tenant}/endpoints[/{id}]`.
 
 use super::error::ApiError;
+use super::preview::Preview;
 use super::{AppState, body, tenant};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use hookline_shared::Invalid;
 use hookline_shared::domain::endpoint::{
     ENDPOINT_ID_PREFIX, Endpoint, EndpointSpec, RetiringSecret, validate_endpoint_id,
@@ -29,8 +31,9 @@ struct EndpointInput {
     event_types: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// A preset name or `{"template": …}`; parsed in `into_spec` to name template errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    format: Option<PayloadFormat>,
+    format: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +44,10 @@ struct EndpointInput {
     filter: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate_limit_per_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    event_names: BTreeMap<String, String>,
     /// On create: send a `hookline.ping` test event first and refuse if it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify: Option<bool>,
@@ -68,15 +75,22 @@ impl EndpointInput {
             .as_deref()
             .map(SigningSecret::parse)
             .transpose()?;
+        let format = self
+            .format
+            .map(PayloadFormat::from_value)
+            .transpose()?
+            .unwrap_or_default();
         let spec = EndpointSpec {
             url,
             event_types,
             description: self.description,
-            format: self.format.unwrap_or_default(),
+            format,
             headers: self.headers,
             enabled: self.enabled.unwrap_or(true),
             filter,
             rate_limit_per_s: self.rate_limit_per_s,
+            metadata: self.metadata,
+            event_names: self.event_names,
         };
         spec.validate()?;
         Ok((spec, secret))
@@ -91,12 +105,14 @@ impl EndpointInput {
                 .map(|p| p.as_str().to_owned())
                 .collect(),
             description: spec.description.clone(),
-            format: Some(spec.format),
+            format: serde_json::to_value(&spec.format).ok(),
             headers: spec.headers.clone(),
             secret: None,
             enabled: Some(spec.enabled),
             filter: spec.filter.clone().map(Into::into),
             rate_limit_per_s: spec.rate_limit_per_s,
+            metadata: spec.metadata.clone(),
+            event_names: spec.event_names.clone(),
             verify: None,
         }
     }
@@ -123,6 +139,9 @@ pub struct EndpointView {
     previous_secret_expires_at: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+    /// On create and update: what the receiver gets for the catalog's example event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample: Option<Preview>,
 }
 
 impl EndpointView {
@@ -143,8 +162,28 @@ impl EndpointView {
                 .map(|r| r.until)
                 .filter(|until| *until > now),
             secret: None,
+            sample: None,
         }
     }
+}
+
+/// What `POST …/endpoints?dry_run=true` answers: the endpoint as it would be stored, and
+/// the sample rendering, with nothing stored or sent.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    endpoint: EndpointSpec,
+    sample: Preview,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateOptions {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn sample(state: &AppState, endpoint: &Endpoint) -> Result<Preview, ApiError> {
+    let message = super::preview::sample_message(state, endpoint).await;
+    super::preview::preview_message(endpoint, message)
 }
 
 #[derive(Debug, Serialize)]
@@ -178,8 +217,9 @@ fn check_reachable(state: &AppState, spec: &EndpointSpec) -> Result<(), ApiError
 pub async fn create(
     State(state): State<AppState>,
     Path(raw_tenant): Path<String>,
+    Query(options): Query<CreateOptions>,
     request_body: Body,
-) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = tenant(raw_tenant)?;
     let input: EndpointInput =
         body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
@@ -196,6 +236,14 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
+    let sample = sample(&state, &endpoint).await?;
+    if options.dry_run {
+        return Ok(Json(DryRun {
+            endpoint: endpoint.spec,
+            sample,
+        })
+        .into_response());
+    }
     if verify {
         let check = super::checks::test_delivery(
             &state,
@@ -233,7 +281,8 @@ pub async fn create(
     }
     let mut view = EndpointView::of(&state, &endpoint, &HealthRecord::default());
     view.secret = Some(endpoint.secret.expose());
-    Ok((StatusCode::CREATED, Json(view)))
+    view.sample = Some(sample);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 pub async fn list(
@@ -341,12 +390,20 @@ pub async fn update(
     }
     let mut merged = serde_json::to_value(EndpointInput::from_spec(&endpoint.spec))
         .map_err(|e| ApiError::invalid(Invalid::new("", e)))?;
+    // A format is replaced whole: merging two templates' bodies key by key would keep
+    // fields of the old one that the new one does not mention.
+    if patch.contains_key("format")
+        && let Value::Object(fields) = &mut merged
+    {
+        fields.remove("format");
+    }
     merge_patch(&mut merged, Value::Object(patch));
     let input: EndpointInput = body::parse_json_bytes(merged.to_string().as_bytes())?;
     let (spec, _) = input.into_spec().map_err(ApiError::invalid)?;
     check_reachable(&state, &spec)?;
     endpoint.spec = spec;
     endpoint.updated_at = OffsetDateTime::now_utc();
+    let sample = sample(&state, &endpoint).await?;
     if !state.endpoints.replace(&endpoint).await? {
         return Err(ApiError::not_found("endpoint"));
     }
@@ -357,7 +414,9 @@ pub async fn update(
     } else {
         state.health.get(&endpoint.tenant, &endpoint.id).await?
     };
-    Ok(Json(EndpointView::of(&state, &endpoint, &health)))
+    let mut view = EndpointView::of(&state, &endpoint, &health);
+    view.sample = Some(sample);
+    Ok(Json(view))
 }
 
 pub async fn delete(

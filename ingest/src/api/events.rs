@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use hookline_shared::contract::{JSON, SOURCE_HEADER, SOURCE_HTTP};
+use hookline_shared::contract::{ENDPOINTS_VERSION_HEADER, JSON, SOURCE_HEADER, SOURCE_HTTP};
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -54,9 +54,10 @@ pub async fn ingest(
     }
 
     // Only an id the caller chose can repeat; a generated UUIDv7 cannot, so it skips
-    // the dedup round trips.
-    if caller_chose_id {
-        match state.accepted.claim(&event.tenant, &event.id).await? {
+    // the dedup claim and reads only the endpoints version.
+    let endpoints_version = if caller_chose_id {
+        let (claim, version) = state.accepted.claim(&event.tenant, &event.id).await?;
+        match claim {
             Claim::New => {}
             Claim::Duplicate => {
                 state.metrics.duplicates.inc();
@@ -71,9 +72,12 @@ pub async fn ingest(
                 .with_field("id"));
             }
         }
-    }
+        version
+    } else {
+        state.accepted.endpoints_version(&event.tenant).await?
+    };
 
-    let published = publish(&state, &event).await;
+    let published = publish(&state, &event, endpoints_version).await;
     if caller_chose_id {
         match &published {
             Ok(()) => state.accepted.confirm(&event.tenant, &event.id).await?,
@@ -95,7 +99,7 @@ fn accepted(id: String, duplicate: bool) -> (StatusCode, Json<Accepted>) {
     (StatusCode::ACCEPTED, Json(Accepted { id, duplicate }))
 }
 
-async fn publish(state: &AppState, event: &Event) -> Result<(), ApiError> {
+async fn publish(state: &AppState, event: &Event, endpoints_version: u64) -> Result<(), ApiError> {
     // An `Event` serializes to exactly the public message body (see
     // `Event::to_message`), so it is written without an intermediate copy. Serializing
     // strings, numbers and JSON values cannot fail.
@@ -104,6 +108,10 @@ async fn publish(state: &AppState, event: &Event) -> Result<(), ApiError> {
     headers.insert(
         SOURCE_HEADER.into(),
         AMQPValue::LongString(SOURCE_HTTP.into()),
+    );
+    headers.insert(
+        ENDPOINTS_VERSION_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(endpoints_version).unwrap_or(i64::MAX)),
     );
     let properties = BasicProperties::default()
         .with_content_type(JSON.into())

@@ -143,8 +143,8 @@ pub fn api() -> Documented<AppState> {
             "/tenants/{tenant}/endpoints",
             endpoints::create,
             Doc::new(
-                "Register an endpoint",
-                (201, "The endpoint, with its secret"),
+                "Register an endpoint (?dry_run=true: validate and render a sample, store nothing)",
+                (201, "The endpoint, with its secret and a sample rendering"),
             )
             .body("Endpoint"),
         )

@@ -186,13 +186,19 @@ fn schemas() -> Value {
                 "url": {"type": "string", "format": "uri"},
                 "event_types": {"type": "array", "items": {"type": "string"}, "description": "AMQP topic patterns: * one word, # zero or more"},
                 "description": {"type": "string"},
-                "format": {"description": "json, form, a preset name, or a template object"},
+                "format": {"description": "docs/formats.md", "oneOf": [
+                    {"type": "string", "enum": ["json", "form", "event_data", "company", "resource_event", "candidate_form"]},
+                    {"type": "object", "required": ["template"], "properties": {"template": {
+                        "type": "object", "required": ["body"], "properties": {
+                            "content_type": {"type": "string", "enum": ["json", "form"]},
+                            "body": {"description": "JSON whose strings may hold {{ placeholders }}"}}}}}]},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"}},
                 "secret": {"type": "string", "description": "whsec_ + base64; generated when absent"},
                 "enabled": {"type": "boolean"},
                 "filter": {"type": "object", "description": "dotted path into data → value or list of values"},
                 "rate_limit_per_s": {"type": "integer", "minimum": 1},
-                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}, "description": "values formats may print, e.g. export_key"},
+                "event_names": {"type": "object", "additionalProperties": {"type": "string"}, "description": "event type → name printed by {{event_name}} and event_data"},
                 "verify": {"type": "boolean", "description": "send a hookline.ping first; refuse if it fails"},
             },
         },

@@ -7,10 +7,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use bytes::Bytes;
+use hookline_shared::Invalid;
 use hookline_shared::dispatch::{Payload, request_headers};
 use hookline_shared::domain::endpoint::Endpoint;
-use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
-use hookline_shared::domain::payload::{self, Purpose};
+use hookline_shared::domain::event::{Actor, Event, EventMessage, Fallbacks};
+use hookline_shared::domain::payload::Purpose;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -44,6 +45,11 @@ pub async fn preview(
         Some(message) => message,
         None => sample_message(&state, &endpoint).await,
     };
+    Ok(Json(preview_message(&endpoint, message)?))
+}
+
+/// Validates `message` as an event of the endpoint's tenant and renders it.
+pub fn preview_message(endpoint: &Endpoint, message: EventMessage) -> Result<Preview, ApiError> {
     let event = Event::from_message(
         message,
         Fallbacks {
@@ -53,11 +59,11 @@ pub async fn preview(
         },
     )
     .map_err(|invalid| ApiError::invalid(invalid.within("event")))?;
-    Ok(Json(render_preview(&endpoint, &event)))
+    render_preview(endpoint, &event)
 }
 
 /// The catalog example of the endpoint's first concrete subscribed type.
-async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessage {
+pub async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessage {
     let concrete = endpoint
         .spec
         .event_types
@@ -78,12 +84,19 @@ async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessage {
         version: None,
         data: example.map_or_else(|| json!({"sample": true}), |entry| entry.example),
         changes: None,
-        actor: None,
+        actor: Some(Actor {
+            id: Some(json!(1)),
+            name: Some("Sample User".into()),
+            email: Some("sample.user@example.com".into()),
+        }),
     }
 }
 
-pub fn render_preview(endpoint: &Endpoint, event: &Event) -> Preview {
-    let rendered = payload::render(event, endpoint.spec.format, Purpose::Live);
+pub fn render_preview(endpoint: &Endpoint, event: &Event) -> Result<Preview, ApiError> {
+    let rendered = endpoint
+        .spec
+        .render(event, Purpose::Live)
+        .map_err(|e| ApiError::invalid(Invalid::new("format", e)))?;
     let payload = Payload {
         content_type: rendered.content_type,
         body: Bytes::from(rendered.body),
@@ -108,9 +121,9 @@ pub fn render_preview(endpoint: &Endpoint, event: &Event) -> Preview {
     } else {
         Value::String(text)
     };
-    Preview {
+    Ok(Preview {
         headers,
         content_type: payload.content_type.to_owned(),
         body,
-    }
+    })
 }

@@ -1,10 +1,12 @@
 //! Endpoints: where a tenant wants its events, and how they must look when they arrive.
 
+use super::event::Event;
 use super::event::TenantId;
 use super::filter::PayloadFilter;
 use super::pattern::{EventPattern, EventType};
-use super::payload::PayloadFormat;
+use super::payload::{self, PayloadFormat, Purpose, RenderError, RenderedPayload};
 use super::signing::SigningSecret;
+use super::template::RenderContext;
 use super::{Invalid, check_identifier};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -18,6 +20,10 @@ pub const MAX_HEADERS: usize = 32;
 pub const MAX_HEADER_VALUE_LEN: usize = 1024;
 pub const MAX_RATE_LIMIT_PER_S: u32 = 10_000;
 pub const ENDPOINT_ID_PREFIX: &str = "ep_";
+pub const MAX_METADATA: usize = 32;
+pub const MAX_METADATA_VALUE_LEN: usize = 256;
+pub const MAX_EVENT_NAMES: usize = 256;
+pub const MAX_EVENT_NAME_LEN: usize = 64;
 
 /// Headers the subscriber must be able to trust as Hookline's own, or that the HTTP
 /// layer owns; an endpoint cannot override them.
@@ -53,6 +59,13 @@ pub struct EndpointSpec {
     pub filter: Option<PayloadFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_s: Option<u32>,
+    /// Values shared with the receiver that formats may print (`export_key`, …). Not
+    /// secret: they appear in every body that references them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Event type → the name a format prints for it (`{{event_name}}`, `event_data`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub event_names: BTreeMap<String, String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -80,8 +93,77 @@ impl EndpointSpec {
                 format_args!("must be 1 to {MAX_RATE_LIMIT_PER_S}"),
             ));
         }
+        validate_metadata(&self.metadata)?;
+        validate_event_names(&self.event_names)?;
+        for key in self.format.metadata_keys() {
+            if !self.metadata.contains_key(key) {
+                return Err(Invalid::new(
+                    format!("metadata.{key}"),
+                    "is required by the endpoint's format",
+                ));
+            }
+        }
         Ok(())
     }
+
+    pub fn render_context(&self) -> RenderContext<'_> {
+        RenderContext {
+            metadata: &self.metadata,
+            event_names: &self.event_names,
+        }
+    }
+
+    /// The body this endpoint's receiver gets for `event`.
+    pub fn render(&self, event: &Event, purpose: Purpose) -> Result<RenderedPayload, RenderError> {
+        payload::render(event, &self.format, self.render_context(), purpose)
+    }
+
+    /// Whether two endpoints get the same bytes for any event, so one rendering serves
+    /// both.
+    pub fn renders_like(&self, other: &Self) -> bool {
+        self.format == other.format
+            && self.metadata == other.metadata
+            && self.event_names == other.event_names
+    }
+}
+
+fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if metadata.len() > MAX_METADATA {
+        return Err(Invalid::new(
+            "metadata",
+            format_args!("must have at most {MAX_METADATA} entries"),
+        ));
+    }
+    for (key, value) in metadata {
+        check_identifier(&format!("metadata.{key}"), key, 64)?;
+        if value.len() > MAX_METADATA_VALUE_LEN {
+            return Err(Invalid::new(
+                format!("metadata.{key}"),
+                format_args!("must be at most {MAX_METADATA_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_event_names(names: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if names.len() > MAX_EVENT_NAMES {
+        return Err(Invalid::new(
+            "event_names",
+            format_args!("must have at most {MAX_EVENT_NAMES} entries"),
+        ));
+    }
+    for (event_type, name) in names {
+        let field = format!("event_names.{event_type}");
+        EventType::parse(event_type.clone()).map_err(|e| Invalid::new(&field, e.message))?;
+        if name.is_empty() || name.chars().count() > MAX_EVENT_NAME_LEN {
+            return Err(Invalid::new(
+                field,
+                format_args!("must be 1 to {MAX_EVENT_NAME_LEN} characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn validate_url(url: &Url) -> Result<(), Invalid> {

@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod payload;
 pub mod policy;
 pub mod signing;
+pub mod template;
 
 use std::fmt;
 

@@ -3,13 +3,18 @@
 //! Rendering is pure and happens once per (event, format), never once per attempt: the
 //! deliverer signs the same bytes on every retry of a delivery.
 
+use super::Invalid;
 use super::event::Event;
+use super::template::{self, MAX_RENDERED_BYTES, RenderContext, Template};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::{Arc, LazyLock};
 use time::format_description::well_known::Rfc3339;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How an endpoint's deliveries look. Presets serialize as their name (`"json"`), a
+/// template as `{"template": {"content_type", "body"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PayloadFormat {
     /// Hookline's envelope: `{"id","type","tenant","timestamp","version"?,"data","changes"?}`.
     #[default]
@@ -17,12 +22,169 @@ pub enum PayloadFormat {
     /// `application/x-www-form-urlencoded`: `type`, `id`, `timestamp`, then each top-level
     /// key of `data`, objects and arrays as compact JSON.
     Form,
+    /// `{"event": "REQUESTED", "data": {…}}`: an upper-case event code and the data.
+    EventData,
+    /// `{"time", "user_*", "company_id", "export_key", "event", "data", "changes"}`.
+    Company,
+    /// `{"id", "type", "version", "dateOccurred", "data"}`.
+    ResourceEvent,
+    /// A candidate's interested/declined form: every field present, `null` when the
+    /// form did not ask for it.
+    CandidateForm,
+    Template(TemplateFormat),
+}
+
+/// A template as the endpoint owner wrote it, with its compiled form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "TemplateSource", into = "TemplateSource")]
+pub struct TemplateFormat {
+    source: TemplateSource,
+    compiled: Arc<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSource {
+    #[serde(default)]
+    pub content_type: TemplateContentType,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateContentType {
+    #[default]
+    Json,
+    /// The body must be an object; each key becomes a form field.
+    Form,
+}
+
+impl PartialEq for TemplateFormat {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl TryFrom<TemplateSource> for TemplateFormat {
+    type Error = Invalid;
+    fn try_from(source: TemplateSource) -> Result<Self, Invalid> {
+        let compiled = Template::compile(&source.body)?;
+        if source.content_type == TemplateContentType::Form && !compiled.is_object() {
+            return Err(Invalid::new(
+                "body",
+                "must be an object when content_type is form: each key is a field",
+            ));
+        }
+        Ok(Self {
+            source,
+            compiled: Arc::new(compiled),
+        })
+    }
+}
+
+impl From<TemplateFormat> for TemplateSource {
+    fn from(format: TemplateFormat) -> Self {
+        format.source
+    }
+}
+
+macro_rules! preset {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            let body: Value = serde_json::from_str(include_str!(concat!("presets/", $file)))
+                .expect(concat!("preset ", $file, " is JSON"));
+            Template::compile(&body).expect(concat!("preset ", $file, " compiles"))
+        })
+    };
+}
+
+static EVENT_DATA: LazyLock<Template> = preset!("event_data.json");
+static COMPANY: LazyLock<Template> = preset!("company.json");
+static RESOURCE_EVENT: LazyLock<Template> = preset!("resource_event.json");
+static CANDIDATE_FORM: LazyLock<Template> = preset!("candidate_form.json");
+
+impl PayloadFormat {
+    pub const PRESETS: [&'static str; 6] = [
+        "json",
+        "form",
+        "event_data",
+        "company",
+        "resource_event",
+        "candidate_form",
+    ];
+
+    /// Reads a format as the API takes it, naming the broken rule's place in `format…`.
+    pub fn from_value(value: Value) -> Result<Self, Invalid> {
+        match value {
+            Value::String(name) => serde_json::from_value(Value::String(name.clone()))
+                .ok()
+                .filter(|format: &Self| !matches!(format, Self::Template(_)))
+                .ok_or_else(|| {
+                    Invalid::new(
+                        "format",
+                        format_args!(
+                            "unknown preset `{name}`; presets are {}, or use {{\"template\": …}}",
+                            Self::PRESETS.join(", ")
+                        ),
+                    )
+                }),
+            Value::Object(mut map) if map.len() == 1 && map.contains_key("template") => {
+                let source: TemplateSource =
+                    serde_json::from_value(map.remove("template").unwrap_or_default()).map_err(
+                        |e| Invalid::new("format.template", format_args!("is not a template: {e}")),
+                    )?;
+                TemplateFormat::try_from(source)
+                    .map(Self::Template)
+                    .map_err(|e| e.within("format.template"))
+            }
+            _ => Err(Invalid::new(
+                "format",
+                "must be a preset name or {\"template\": {\"body\": …}}",
+            )),
+        }
+    }
+
+    fn renderer(&self) -> Renderer<'_> {
+        match self {
+            Self::Json => Renderer::Envelope,
+            Self::Form => Renderer::Fields,
+            Self::EventData => Renderer::Json(&EVENT_DATA),
+            Self::Company => Renderer::Json(&COMPANY),
+            Self::ResourceEvent => Renderer::Json(&RESOURCE_EVENT),
+            Self::CandidateForm => Renderer::Json(&CANDIDATE_FORM),
+            Self::Template(format) => match format.source.content_type {
+                TemplateContentType::Json => Renderer::Json(&format.compiled),
+                TemplateContentType::Form => Renderer::Form(&format.compiled),
+            },
+        }
+    }
+
+    /// Endpoint metadata keys this format reads; the endpoint must define each.
+    pub fn metadata_keys(&self) -> &[String] {
+        match self.renderer() {
+            Renderer::Json(template) | Renderer::Form(template) => template.metadata_keys(),
+            Renderer::Envelope | Renderer::Fields => &[],
+        }
+    }
+}
+
+enum Renderer<'a> {
+    Envelope,
+    Fields,
+    Json(&'a Template),
+    Form(&'a Template),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedPayload {
     pub content_type: &'static str,
     pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("rendered {bytes} bytes; at most {MAX_RENDERED_BYTES}")]
+    TooLarge { bytes: usize },
 }
 
 /// Marks a delivery made by the "send test event" button rather than by the pipeline.
@@ -54,9 +216,19 @@ pub fn rfc3339(event: &Event) -> String {
     event.occurred_at.format(&Rfc3339).unwrap_or_default()
 }
 
-pub fn render(event: &Event, format: PayloadFormat, purpose: Purpose) -> RenderedPayload {
-    match format {
-        PayloadFormat::Json => {
+const JSON: &str = "application/json";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The body a receiver gets. Test deliveries carry `"test": true` in Hookline's own
+/// envelope only: preset and template bodies keep the exact shape their receivers parse.
+pub fn render(
+    event: &Event,
+    format: &PayloadFormat,
+    context: RenderContext<'_>,
+    purpose: Purpose,
+) -> Result<RenderedPayload, RenderError> {
+    let rendered = match format.renderer() {
+        Renderer::Envelope => {
             let envelope = JsonEnvelope {
                 id: &event.id,
                 event_type: event.event_type.as_str(),
@@ -68,12 +240,12 @@ pub fn render(event: &Event, format: PayloadFormat, purpose: Purpose) -> Rendere
                 test: purpose == Purpose::Test,
             };
             RenderedPayload {
-                content_type: "application/json",
+                content_type: JSON,
                 // Serializing a tree of serde_json values and strings cannot fail.
                 body: serde_json::to_vec(&envelope).unwrap_or_default(),
             }
         }
-        PayloadFormat::Form => {
+        Renderer::Fields => {
             let mut fields: Vec<(String, String)> = vec![
                 ("type".into(), event.event_type.as_str().into()),
                 ("id".into(), event.id.clone()),
@@ -85,26 +257,33 @@ pub fn render(event: &Event, format: PayloadFormat, purpose: Purpose) -> Rendere
             match &event.data {
                 Value::Object(map) => fields.extend(
                     map.iter()
-                        .map(|(key, value)| (key.clone(), form_value(value))),
+                        .map(|(key, value)| (key.clone(), template::form_value(value))),
                 ),
                 Value::Null => {}
-                other => fields.push(("data".into(), form_value(other))),
+                other => fields.push(("data".into(), template::form_value(other))),
             }
-            RenderedPayload {
-                content_type: "application/x-www-form-urlencoded",
-                body: serde_urlencoded::to_string(&fields)
-                    .unwrap_or_default()
-                    .into_bytes(),
-            }
+            form(&fields)
         }
+        Renderer::Form(template) => form(&template.render_form(event, context)),
+        Renderer::Json(template) => RenderedPayload {
+            content_type: JSON,
+            body: serde_json::to_vec(&template.render(event, context)).unwrap_or_default(),
+        },
+    };
+    if rendered.body.len() > MAX_RENDERED_BYTES {
+        return Err(RenderError::TooLarge {
+            bytes: rendered.body.len(),
+        });
     }
+    Ok(rendered)
 }
 
-fn form_value(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+fn form(fields: &[(String, String)]) -> RenderedPayload {
+    RenderedPayload {
+        content_type: FORM,
+        body: serde_urlencoded::to_string(fields)
+            .unwrap_or_default()
+            .into_bytes(),
     }
 }
 
@@ -113,6 +292,7 @@ mod tests {
     use super::*;
     use crate::domain::event::{EventMessage, Fallbacks, TenantId};
     use serde_json::json;
+    use std::collections::BTreeMap;
     use time::macros::datetime;
 
     fn event(value: Value) -> Event {
@@ -126,6 +306,14 @@ mod tests {
             },
         )
         .expect("event")
+    }
+
+    fn no_context() -> RenderContext<'static> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        RenderContext {
+            metadata: &EMPTY,
+            event_names: &EMPTY,
+        }
     }
 
     #[test]
@@ -153,7 +341,8 @@ mod tests {
             ),
         ];
         for (input, purpose, expected) in cases {
-            let rendered = render(&event(input), PayloadFormat::Json, purpose);
+            let rendered = render(&event(input), &PayloadFormat::Json, no_context(), purpose)
+                .expect("renders");
             assert_eq!(rendered.content_type, "application/json");
             let body: Value = serde_json::from_slice(&rendered.body).expect("json body");
             assert_eq!(body, expected);
@@ -166,9 +355,11 @@ mod tests {
             &event(json!({"type": "profile.parsing.success", "data": {
                 "origin": "api", "message": "done", "profile": {"key": "k 1", "tags": [1]}
             }})),
-            PayloadFormat::Form,
+            &PayloadFormat::Form,
+            no_context(),
             Purpose::Live,
-        );
+        )
+        .expect("renders");
         assert_eq!(rendered.content_type, "application/x-www-form-urlencoded");
         // Keys keep the order the ATS sent them in (serde_json's preserve_order).
         assert_eq!(
@@ -176,5 +367,155 @@ mod tests {
             "type=profile.parsing.success&id=evt_1&timestamp=2026-05-04T10%3A20%3A30Z\
              &origin=api&message=done&profile=%7B%22key%22%3A%22k+1%22%2C%22tags%22%3A%5B1%5D%7D"
         );
+    }
+
+    #[test]
+    fn formats_read_from_the_api_name_their_problem() {
+        for name in PayloadFormat::PRESETS {
+            let format = PayloadFormat::from_value(json!(name)).expect(name);
+            assert_eq!(
+                serde_json::to_value(&format).expect("serialize"),
+                json!(name)
+            );
+        }
+        let template = json!({"template": {"body": {"e": "{{type}}"}}});
+        let format = PayloadFormat::from_value(template.clone()).expect("template");
+        assert_eq!(
+            serde_json::to_value(&format).expect("serialize"),
+            json!({"template": {"content_type": "json", "body": {"e": "{{type}}"}}})
+        );
+        let cases = [
+            (json!("xml"), "format", "unknown preset"),
+            (
+                json!({"template": "{{id}}"}),
+                "format.template",
+                "not a template",
+            ),
+            (
+                json!({"template": {"body": {"a": "{{nope}}"}}}),
+                "format.template.body.a",
+                "unknown field",
+            ),
+            (
+                json!({"template": {"content_type": "form", "body": ["{{id}}"]}}),
+                "format.template.body",
+                "must be an object",
+            ),
+            (json!({"other": {}}), "format", "preset name"),
+        ];
+        for (value, field, message) in cases {
+            let error = PayloadFormat::from_value(value.clone()).expect_err(&value.to_string());
+            assert_eq!(error.field, field, "{value}");
+            assert!(error.message.contains(message), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn stored_templates_round_trip() {
+        let format = PayloadFormat::from_value(
+            json!({"template": {"content_type": "form", "body": {"a": "{{id}}"}}}),
+        )
+        .expect("template");
+        let stored = serde_json::to_string(&format).expect("serialize");
+        let back: PayloadFormat = serde_json::from_str(&stored).expect("deserialize");
+        assert_eq!(back, format);
+        assert!(
+            serde_json::from_str::<PayloadFormat>(r#"{"template": {"body": "{{secret}}"}}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn form_templates_keep_template_order_and_print_nulls_empty() {
+        let format =
+            PayloadFormat::from_value(json!({"template": {"content_type": "form", "body": {
+                "z": "{{type}}", "a": "{{data.missing}}", "obj": "{{data}}"
+            }}}))
+            .expect("template");
+        let rendered = render(
+            &event(json!({"type": "a.b", "data": {"k": [1]}})),
+            &format,
+            no_context(),
+            Purpose::Live,
+        )
+        .expect("renders");
+        assert_eq!(rendered.content_type, "application/x-www-form-urlencoded");
+        assert_eq!(
+            String::from_utf8(rendered.body).expect("utf-8"),
+            "z=a.b&a=&obj=%7B%22k%22%3A%5B1%5D%7D"
+        );
+    }
+
+    #[test]
+    fn output_beyond_the_bound_is_refused() {
+        let format = PayloadFormat::from_value(json!({"template": {"body": [
+            "{{data}}", "{{data}}", "{{data}}", "{{data}}", "{{data}}"
+        ]}}))
+        .expect("template");
+        let big = "x".repeat(MAX_RENDERED_BYTES / 4);
+        let result = render(
+            &event(json!({"type": "a.b", "data": big})),
+            &format,
+            no_context(),
+            Purpose::Live,
+        );
+        assert!(
+            matches!(result, Err(RenderError::TooLarge { bytes }) if bytes > MAX_RENDERED_BYTES)
+        );
+    }
+
+    /// The documented examples in docs/formats: each preset reproduces its example.
+    const VECTORS: [&str; 8] = [
+        include_str!("../../../docs/formats/json.json"),
+        include_str!("../../../docs/formats/form.json"),
+        include_str!("../../../docs/formats/form_template.json"),
+        include_str!("../../../docs/formats/event_data.json"),
+        include_str!("../../../docs/formats/company.json"),
+        include_str!("../../../docs/formats/resource_event.json"),
+        include_str!("../../../docs/formats/candidate_form.json"),
+        include_str!("../../../docs/formats/candidate_form_declined.json"),
+    ];
+
+    #[test]
+    fn presets_reproduce_their_documented_examples() {
+        for vector in VECTORS {
+            let vector: Value = serde_json::from_str(vector).expect("vector is JSON");
+            let format =
+                PayloadFormat::from_value(vector["endpoint"]["format"].clone()).expect("format");
+            let metadata: BTreeMap<String, String> =
+                serde_json::from_value(vector["endpoint"]["metadata"].clone()).unwrap_or_default();
+            let message: EventMessage =
+                serde_json::from_value(vector["event"].clone()).expect("event");
+            let event = Event::from_message(
+                message,
+                Fallbacks {
+                    tenant: Some(
+                        TenantId::parse(vector["tenant"].as_str().expect("tenant"))
+                            .expect("tenant"),
+                    ),
+                    id: "unused".into(),
+                    occurred_at: datetime!(2026-01-01 00:00:00 UTC),
+                },
+            )
+            .expect("valid event");
+            let empty = BTreeMap::new();
+            let context = RenderContext {
+                metadata: &metadata,
+                event_names: &empty,
+            };
+            let rendered = render(&event, &format, context, Purpose::Live).expect("renders");
+            match vector["expected_form"].as_str() {
+                Some(form) => assert_eq!(
+                    String::from_utf8(rendered.body).expect("utf-8"),
+                    form,
+                    "{}",
+                    vector["description"]
+                ),
+                None => {
+                    let body: Value = serde_json::from_slice(&rendered.body).expect("json body");
+                    assert_eq!(body, vector["expected"], "{}", vector["description"]);
+                }
+            }
+        }
     }
 }

@@ -152,16 +152,20 @@ pub enum DeadLetterReason {
     /// The broker redelivered the message more times than allowed: it keeps crashing or
     /// stalling workers.
     DeliveryLimit,
+    /// The endpoint's format produced more than it may for this event; fix the format,
+    /// then replay.
+    RenderFailed,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::RetriesExhausted,
         Self::EndpointGone,
         Self::EndpointDisabled,
         Self::EndpointDeleted,
         Self::InvalidMessage,
         Self::DeliveryLimit,
+        Self::RenderFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +176,7 @@ impl DeadLetterReason {
             Self::EndpointDeleted => "endpoint_deleted",
             Self::InvalidMessage => "invalid_message",
             Self::DeliveryLimit => "delivery_limit",
+            Self::RenderFailed => "render_failed",
         }
     }
 }

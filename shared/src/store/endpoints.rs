@@ -20,7 +20,9 @@ pub struct EndpointStore {
 /// creates cannot overshoot the limit.
 const CREATE: &str = r"
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
-return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+local created = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if created == 1 then redis.call('INCR', KEYS[2]) end
+return created
 ";
 
 /// Replaces only an endpoint that still exists, so an update racing a delete cannot
@@ -28,8 +30,23 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 const REPLACE: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
 return 1
 ";
+
+const DELETE: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('INCR', KEYS[2]) end
+return removed
+";
+
+/// A tenant's endpoints with the version they were read at (see
+/// [`Keyspace::endpoints_version`]).
+#[derive(Debug, Clone, Default)]
+pub struct VersionedEndpoints {
+    pub version: u64,
+    pub endpoints: Vec<Endpoint>,
+}
 
 impl EndpointStore {
     pub fn new(redis: RedisConnection, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
@@ -51,6 +68,29 @@ impl EndpointStore {
         Ok(endpoints)
     }
 
+    /// The list and the version, in one round trip. The version is read first, so it is
+    /// never newer than the list: a change in between only makes a later event reload.
+    pub async fn list_versioned(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<VersionedEndpoints, StoreError> {
+        let key = self.keys.endpoints(tenant);
+        let (version, values): (Option<u64>, Vec<String>) = redis::pipe()
+            .get(self.keys.endpoints_version(tenant))
+            .hvals(&key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut endpoints = values
+            .iter()
+            .map(|json| self.decode(&key, json))
+            .collect::<Result<Vec<_>, _>>()?;
+        endpoints.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(VersionedEndpoints {
+            version: version.unwrap_or(0),
+            endpoints,
+        })
+    }
+
     pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<Endpoint>, StoreError> {
         let key = self.keys.endpoints(tenant);
         let value: Option<String> = self.redis.clone().hget(&key, id).await?;
@@ -65,6 +105,7 @@ impl EndpointStore {
     ) -> Result<bool, StoreError> {
         let created: i64 = redis::Script::new(CREATE)
             .key(self.keys.endpoints(&endpoint.tenant))
+            .key(self.keys.endpoints_version(&endpoint.tenant))
             .arg(&endpoint.id)
             .arg(self.encode(endpoint))
             .arg(max_per_tenant)
@@ -93,6 +134,7 @@ impl EndpointStore {
     pub async fn replace(&self, endpoint: &Endpoint) -> Result<bool, StoreError> {
         let replaced: i64 = redis::Script::new(REPLACE)
             .key(self.keys.endpoints(&endpoint.tenant))
+            .key(self.keys.endpoints_version(&endpoint.tenant))
             .arg(&endpoint.id)
             .arg(self.encode(endpoint))
             .invoke_async(&mut self.redis.clone())
@@ -113,10 +155,11 @@ impl EndpointStore {
     }
 
     pub async fn delete(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let removed: i64 = self
-            .redis
-            .clone()
-            .hdel(self.keys.endpoints(tenant), id)
+        let removed: i64 = redis::Script::new(DELETE)
+            .key(self.keys.endpoints(tenant))
+            .key(self.keys.endpoints_version(tenant))
+            .arg(id)
+            .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(removed == 1)
     }

@@ -32,6 +32,13 @@ impl Keyspace {
         self.tenant_key(tenant, "endpoints")
     }
 
+    /// Counter bumped by every change to the tenant's endpoints. Ingest stamps it on the
+    /// events it publishes, so a deliverer knows when its cached list is older than the
+    /// event.
+    pub fn endpoints_version(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "endpoints-version")
+    }
+
     /// Hash: endpoint id → health record JSON, read together with `endpoints`.
     pub fn health(&self, tenant: &TenantId) -> String {
         self.tenant_key(tenant, "health")
