@@ -230,6 +230,25 @@ impl Hookline {
         answer(request.send().await.expect("API reachable")).await
     }
 
+    /// GETs `path` until its JSON body satisfies `done`; returns that body. Fails the
+    /// test with the last body after `PATIENCE`.
+    pub async fn get_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let answer = self.get(path).await;
+            if answer.status == 200 && done(&answer.body) {
+                return answer.body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} never reached the expected state; last: {} {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn post_event(&self, tenant: &str, event: Value) -> Answer {
         self.call(
             reqwest::Method::POST,

@@ -24,7 +24,9 @@ use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
     AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
 };
-use hookline_shared::store::activity::{Activity, AttemptRecord, DeliveryState, DeliveryStatus};
+use hookline_shared::store::activity::{
+    Activity, AttemptRecord, DeliveryState, DeliveryStatus, SUCCESS,
+};
 use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
@@ -521,7 +523,7 @@ impl Worker {
             AttemptOutcome::Delivered { .. } => {
                 let lag = OffsetDateTime::now_utc() - event.occurred_at;
                 self.metrics.lag.observe(lag.as_seconds_f64().max(0.0));
-                "success"
+                SUCCESS
             }
             AttemptOutcome::Failed(failure) => failure.class.as_str(),
         };

@@ -10,6 +10,7 @@
 //! - [`activity`]: the batched writer of the attempt log and per-event state.
 //! - [`dead_letter_index`]: indexes dead letters in Redis for the API.
 //! - [`health_gauge`]: counts endpoints by health state for the metrics.
+//! - [`heartbeat`]: announces the replica in Redis for the operator overview.
 //! - [`settings`], [`metrics`].
 
 pub mod acks;
@@ -20,6 +21,7 @@ pub mod dead_letter_index;
 pub mod delivery;
 pub mod endpoint_cache;
 pub mod health_gauge;
+pub mod heartbeat;
 pub mod metrics;
 pub mod retries;
 pub mod settings;
@@ -37,6 +39,7 @@ use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::rate::RateLimiter;
+use hookline_shared::store::replicas::ReplicaRegistry;
 use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
 use std::net::SocketAddr;
@@ -182,6 +185,14 @@ impl Deliverer {
             }
             .run(shutdown.clone()),
         );
+        let heartbeat = tokio::spawn(
+            heartbeat::Heartbeat {
+                registry: ReplicaRegistry::new(redis.clone(), keys.clone()),
+                replica: heartbeat::replica_name(),
+                connected: worker.metrics.consumer_connected.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let indexer = consumer::ConsumerLoop {
             settings: settings.amqp.clone(),
             queue: topology.dead_letter_index_queue.clone(),
@@ -211,6 +222,7 @@ impl Deliverer {
         let stopped = consumer.run(shutdown.clone()).await;
         let _ = promoting.await;
         let _ = gauge.await;
+        let _ = heartbeat.await;
         let index_stopped = indexing.await.ok().flatten();
 
         tracing::info!(grace = ?settings.shutdown.grace, "draining in-flight deliveries");

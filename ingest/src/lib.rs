@@ -12,6 +12,7 @@
 
 pub mod accepted;
 pub mod api;
+pub mod console;
 pub mod metrics;
 pub mod settings;
 
@@ -139,6 +140,10 @@ impl Ingest {
             activity: ActivityStore::new(redis.clone(), keys.clone()),
             dead_letters: DeadLetterStore::new(redis.clone(), keys.clone()),
             retries: RetryStore::new(redis.clone(), keys.clone()),
+            replicas: hookline_shared::store::replicas::ReplicaRegistry::new(
+                redis.clone(),
+                keys.clone(),
+            ),
             catalog: CatalogStore::new(redis.clone(), keys.clone()),
             known_types: api::KnownTypes::default(),
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())

@@ -525,3 +525,105 @@ async fn preview_renders_signed_headers_and_body_without_sending() {
     assert_eq!(receiver.count(), 0, "a preview sends nothing");
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn operator_overview_reads_the_same_state_as_the_api() {
+    let hookline = Hookline::builder()
+        .retry_schedule("20ms,20ms")
+        .setting("HOOKLINE__API__PORTAL_KEY", "portal-signing-key")
+        .start()
+        .await;
+    let up = Receiver::start().await;
+    let down = Receiver::start().await;
+    down.set_status(500);
+    hookline
+        .create_endpoint("acme", json!({"url": up.url(), "event_types": ["job.#"]}))
+        .await;
+    hookline
+        .create_endpoint("acme", json!({"url": down.url(), "event_types": ["job.#"]}))
+        .await;
+    hookline
+        .create_endpoint(
+            "globex",
+            json!({"url": up.url(), "event_types": ["invoice.#"]}),
+        )
+        .await;
+    for n in 0..3 {
+        let accepted = hookline
+            .post_event("acme", json!({"type": "job.created", "data": {"n": n}}))
+            .await;
+        assert_eq!(accepted.status, 202);
+    }
+    down.wait_for(9).await;
+
+    let overview = hookline
+        .get_until("/v1/operator/overview", |o| {
+            o["tenants"][0]["dead_letters"]["retries_exhausted"] == 3
+                && o["deliverers"]["connected"] == 1
+        })
+        .await;
+    let acme = &overview["tenants"][0];
+    assert_eq!(acme["tenant"], "acme");
+    assert_eq!(acme["delivered"], 3, "{overview}");
+    assert_eq!(
+        acme["failed"], 9,
+        "three attempts per event at the failing endpoint"
+    );
+    assert_eq!(acme["failure_ratio"], 0.75);
+    assert_eq!(
+        acme["endpoints"],
+        json!({"healthy": 1, "failing": 1, "disabled": 0})
+    );
+    let globex = &overview["tenants"][1];
+    assert_eq!(globex["tenant"], "globex");
+    assert_eq!(globex["delivered"], 0);
+    assert!(globex["failure_ratio"].is_null(), "no attempts, no ratio");
+    assert_eq!(overview["totals"]["endpoints"]["healthy"], 2);
+    assert_eq!(overview["totals"]["dead_letters"]["retries_exhausted"], 3);
+    assert_eq!(overview["retry_backlog"], json!({"due": 0, "scheduled": 0}));
+
+    // The API's dead-letter list and the overview's counts move together.
+    let listed = hookline.get("/v1/tenants/acme/dead-letters").await;
+    assert_eq!(listed.body["data"].as_array().map(Vec::len), Some(3));
+    let id = listed.body["data"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    down.set_status(204);
+    let replayed = hookline
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/acme/dead-letters/{id}/replay"),
+            None,
+        )
+        .await;
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    hookline
+        .get_until("/v1/operator/overview", |o| {
+            o["tenants"][0]["dead_letters"]["retries_exhausted"] == 2
+                && o["tenants"][0]["delivered"] == 4
+        })
+        .await;
+
+    // Tenants see neither the overview nor each other; the session says who they are.
+    let link = hookline
+        .call(Method::POST, "/v1/tenants/acme/portal-links", None)
+        .await;
+    let token = link.body["token"].as_str().expect("token").to_owned();
+    let session = hookline
+        .call_as(Some(&token), Method::GET, "/v1/session", None)
+        .await;
+    assert_eq!(session.body, json!({"scope": "tenant", "tenant": "acme"}));
+    let denied = hookline
+        .call_as(Some(&token), Method::GET, "/v1/operator/overview", None)
+        .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(
+        hookline.get("/v1/session").await.body,
+        json!({"scope": "operator"})
+    );
+    let bad_window = hookline.get("/v1/operator/overview?window_minutes=0").await;
+    assert_eq!(bad_window.status, 422);
+    assert_eq!(bad_window.body["error"]["field"], "window_minutes");
+    hookline.stop().await;
+}

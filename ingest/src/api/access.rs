@@ -6,7 +6,8 @@
 
 use super::AppState;
 use super::error::ApiError;
-use axum::extract::{Request, State};
+use axum::Json;
+use axum::extract::{Extension, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
@@ -15,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -102,6 +104,7 @@ pub fn permits(scope: &Scope, method: &Method, path: &str) -> bool {
         (Some("tenants"), Some(t)) => t == tenant,
         (Some("event-types"), _) => method == Method::GET,
         (Some("openapi.json"), None) => true,
+        (Some("session"), None) => true,
         _ => false,
     }
 }
@@ -137,6 +140,22 @@ pub async fn authenticate(
     }
     request.extensions_mut().insert(scope);
     next.run(request).await
+}
+
+/// What `GET /v1/session` answers: who the presented token is, so the console knows
+/// which view to open.
+#[derive(Debug, Serialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum SessionView {
+    Operator,
+    Tenant { tenant: String },
+}
+
+pub async fn session(Extension(scope): Extension<Scope>) -> Json<SessionView> {
+    Json(match scope {
+        Scope::All => SessionView::Operator,
+        Scope::Tenant(tenant) => SessionView::Tenant { tenant },
+    })
 }
 
 #[cfg(test)]
@@ -175,6 +194,7 @@ mod tests {
             (&acme, Method::PUT, "/event-types/a.b", false),
             (&acme, Method::GET, "/openapi.json", true),
             (&acme, Method::GET, "/operator/overview", false),
+            (&acme, Method::GET, "/session", true),
             (&Scope::All, Method::GET, "/operator/overview", true),
         ];
         for (scope, method, path, expected) in cases {

@@ -11,6 +11,7 @@ pub mod error;
 mod events;
 mod history;
 pub mod openapi;
+mod operator;
 mod portal;
 mod preview;
 
@@ -33,6 +34,7 @@ use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::replicas::ReplicaRegistry;
 use hookline_shared::store::retries::RetryStore;
 use openapi::{Doc, Documented};
 use secrecy::SecretString;
@@ -56,6 +58,7 @@ pub struct Inner {
     pub activity: ActivityStore,
     pub dead_letters: DeadLetterStore,
     pub retries: RetryStore,
+    pub replicas: ReplicaRegistry,
     pub catalog: CatalogStore,
     pub known_types: KnownTypes,
     pub dispatcher: Dispatcher,
@@ -267,6 +270,15 @@ pub fn api() -> Documented<AppState> {
         )
         .op(
             M::GET,
+            "/operator/overview",
+            operator::overview,
+            Doc::new(
+                "Operators: per-tenant endpoint health, delivery rates and failure ratios, dead letters by reason, retry backlog, connected deliverers",
+                (200, "The overview"),
+            ),
+        )
+        .op(
+            M::GET,
             "/event-types",
             catalog::list,
             Doc::new("The event-type catalog", (200, "The catalog")),
@@ -282,6 +294,15 @@ pub fn api() -> Documented<AppState> {
             "/event-types/{event_type}",
             catalog::delete,
             Doc::new("Remove an event type from the catalog", (204, "Removed")),
+        )
+        .op(
+            M::GET,
+            "/session",
+            access::session,
+            Doc::new(
+                "Who the presented token is: {\"scope\": \"operator\"} or {\"scope\": \"tenant\", \"tenant\"}",
+                (200, "The session"),
+            ),
         )
         .op(
             M::GET,
@@ -304,6 +325,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .nest("/v1", v1)
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

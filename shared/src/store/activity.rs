@@ -111,6 +111,19 @@ return #doomed
     )
 });
 
+/// `AttemptRecord::outcome` of a 2xx answer.
+pub const SUCCESS: &str = "success";
+/// Per-minute attempt counts are kept long enough for the overview's largest window.
+const STATS_TTL_MS: i64 = 2 * 60 * 60 * 1000;
+pub const MAX_STATS_WINDOW_MINUTES: i64 = 60;
+
+/// Attempts of one tenant over a window of whole minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AttemptCounts {
+    pub delivered: u64,
+    pub failed: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ActivityStore {
     redis: RedisConnection,
@@ -157,6 +170,8 @@ impl ActivityStore {
         let mut pipe = redis::pipe();
         let mut attempt_keys = BTreeSet::new();
         let mut event_keys = BTreeSet::new();
+        // (unix minute, delivered?) → attempts, for the operator overview's rates.
+        let mut stats: BTreeMap<(i64, bool), i64> = BTreeMap::new();
         for activity in batch {
             match activity {
                 Activity::Attempt {
@@ -169,6 +184,10 @@ impl ActivityStore {
                     pipe.zadd(&key, json, super::health::to_ms(record.at))
                         .ignore();
                     attempt_keys.insert(key);
+                    let minute = record.at.unix_timestamp().div_euclid(60);
+                    *stats
+                        .entry((minute, record.outcome == SUCCESS))
+                        .or_default() += 1;
                 }
                 Activity::State {
                     event_id,
@@ -204,6 +223,12 @@ impl ActivityStore {
         for key in &event_keys {
             pipe.pexpire(key, max_age_ms).ignore();
         }
+        for ((minute, delivered), count) in stats {
+            let key = self.keys.attempt_stats(tenant, minute);
+            let field = if delivered { "delivered" } else { "failed" };
+            pipe.hincr(&key, field, count).ignore();
+            pipe.pexpire(&key, STATS_TTL_MS).ignore();
+        }
         let mut redis = self.redis.clone();
         let () = pipe.query_async(&mut redis).await?;
         if !event_keys.is_empty() {
@@ -216,6 +241,34 @@ impl ActivityStore {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Attempts in the last `minutes` whole minutes up to `now` (the current minute
+    /// included).
+    pub async fn attempt_counts(
+        &self,
+        tenant: &TenantId,
+        now: OffsetDateTime,
+        minutes: i64,
+    ) -> Result<AttemptCounts, StoreError> {
+        let current = now.unix_timestamp().div_euclid(60);
+        let mut pipe = redis::pipe();
+        for minute in (current - minutes.clamp(1, MAX_STATS_WINDOW_MINUTES) + 1)..=current {
+            pipe.cmd("HMGET")
+                .arg(self.keys.attempt_stats(tenant, minute))
+                .arg("delivered")
+                .arg("failed");
+        }
+        let buckets: Vec<(Option<u64>, Option<u64>)> =
+            pipe.query_async(&mut self.redis.clone()).await?;
+        Ok(buckets
+            .into_iter()
+            .fold(AttemptCounts::default(), |total, (delivered, failed)| {
+                AttemptCounts {
+                    delivered: total.delivered + delivered.unwrap_or(0),
+                    failed: total.failed + failed.unwrap_or(0),
+                }
+            }))
     }
 
     /// Newest first; `before` (exclusive, ms) pages back.

@@ -10,26 +10,47 @@ use super::{Keyspace, StoreError};
 use crate::contract::DeadDelivery;
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// Removes one record and its reason count. KEYS: records, time index, reason counts,
+/// reason by id. Used inside the scripts below (Lua has no imports).
+const FORGET: &str = r"
+local function forget(id)
+  local removed = redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  local reason = redis.call('HGET', KEYS[4], id)
+  if reason then
+    redis.call('HDEL', KEYS[4], id)
+    if redis.call('HINCRBY', KEYS[3], reason, -1) <= 0 then redis.call('HDEL', KEYS[3], reason) end
+  end
+  return removed
+end
+";
+
 /// Stores one record and drops expired ones.
-/// KEYS: records hash, time index. ARGV: id, json, score (ms), cutoff (ms).
+/// KEYS: records, time index, reason counts, reason by id.
+/// ARGV: id, json, score (ms), cutoff (ms), reason.
 static INDEX: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    redis::Script::new(&format!(
+        r"{FORGET}
+if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+  redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
-for _, id in ipairs(expired) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
+for _, id in ipairs(expired) do forget(id) end
 return #expired
-",
-    )
+"
+    ))
 });
+
+/// KEYS as for INDEX; ARGV: id. Returns 1 if the record was there.
+static REMOVE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&format!("{FORGET}\nreturn forget(ARGV[1])")));
 
 /// Which dead letters a listing or a bulk replay covers.
 #[derive(Debug, Clone, Default)]
@@ -68,10 +89,13 @@ impl DeadLetterStore {
         let _: i64 = INDEX
             .key(self.keys.dead_letters(tenant))
             .key(self.keys.dead_letter_index(tenant))
+            .key(self.keys.dead_letter_reasons(tenant))
+            .key(self.keys.dead_letter_reason_of(tenant))
             .arg(&record.id)
             .arg(serde_json::to_string(record).unwrap_or_default())
             .arg(to_ms(record.dead_lettered_at))
             .arg(cutoff)
+            .arg(record.reason.as_str())
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
@@ -155,11 +179,35 @@ impl DeadLetterStore {
 
     /// Removes a record after its replay was queued; false if it was already gone.
     pub async fn remove(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.hdel(self.keys.dead_letters(tenant), id)
-            .zrem(self.keys.dead_letter_index(tenant), id);
-        let (removed, _): (i64, i64) = pipe.query_async(&mut self.redis.clone()).await?;
+        let removed: i64 = REMOVE
+            .key(self.keys.dead_letters(tenant))
+            .key(self.keys.dead_letter_index(tenant))
+            .key(self.keys.dead_letter_reasons(tenant))
+            .key(self.keys.dead_letter_reason_of(tenant))
+            .arg(id)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
         Ok(removed == 1)
+    }
+
+    /// How many of the tenant's indexed dead letters have each reason.
+    pub async fn count_by_reason(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let counts: BTreeMap<String, i64> = redis::cmd("HGETALL")
+            .arg(self.keys.dead_letter_reasons(tenant))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(counts
+            .into_iter()
+            .filter_map(|(reason, n)| {
+                u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(|n| (reason, n))
+            })
+            .collect())
     }
 }
 

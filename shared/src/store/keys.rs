@@ -92,6 +92,28 @@ impl Keyspace {
     }
 
     /// Set: every tenant that has had an endpoint, for the operator view and gauges.
+    /// Hash: dead-letter reason → how many of the tenant's dead letters are indexed with
+    /// it; kept by the same scripts that index and remove records.
+    pub fn dead_letter_reasons(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "dead-letters:reasons")
+    }
+
+    /// Hash: dead-letter id → its reason, so removal and expiry can decrement the count
+    /// without decoding records.
+    pub fn dead_letter_reason_of(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "dead-letters:reason-of")
+    }
+
+    /// Hash with TTL: `delivered` / `failed` attempt counts in one minute (unix minute).
+    pub fn attempt_stats(&self, tenant: &TenantId, minute: i64) -> String {
+        self.tenant_key(tenant, &format!("stats:{minute}"))
+    }
+
+    /// Sorted set: deliverer replica → last heartbeat (ms).
+    pub fn deliverers(&self) -> String {
+        format!("{}:deliverers", self.prefix)
+    }
+
     pub fn tenants(&self) -> String {
         format!("{}:tenants", self.prefix)
     }

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod health;
 pub mod keys;
 pub mod rate;
+pub mod replicas;
 pub mod retries;
 pub mod sealing;
 

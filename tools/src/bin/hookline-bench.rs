@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             endpoints: 1,
             events: args.events,
             second: Second::None,
+            formats: Formats::Json,
         },
     )
     .await?;
@@ -158,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             endpoints: 10,
             events: args.fanout_events,
             second: Second::None,
+            formats: Formats::Json,
         },
     )
     .await?;
@@ -175,6 +177,48 @@ async fn main() -> anyhow::Result<()> {
         Some((ceiling, "ceiling")),
         None,
     ));
+
+    for (process, us) in &fanout.cpu_per_event {
+        report.push(line(
+            &format!("fanout_cpu_per_event_{process}"),
+            *us,
+            "µs",
+            None,
+            Some("CPU per event (10 deliveries, 1 rendering)"),
+        ));
+    }
+
+    eprintln!(
+        "[3b/7] fan-out to 10 endpoints in 8 formats (6 presets, 2 templates): {} events",
+        args.fanout_events
+    );
+    let mixed = throughput(
+        &brokers,
+        &args,
+        Scenario::Http {
+            endpoints: 10,
+            events: args.fanout_events,
+            second: Second::None,
+            formats: Formats::Mixed,
+        },
+    )
+    .await?;
+    report.push(line(
+        "fanout_10_mixed_formats_deliveries",
+        mixed.deliveries_per_s,
+        "deliveries/s",
+        Some((fanout.deliveries_per_s, "fanout_10_deliveries")),
+        None,
+    ));
+    for (process, us) in &mixed.cpu_per_event {
+        report.push(line(
+            &format!("fanout_mixed_cpu_per_event_{process}"),
+            *us,
+            "µs",
+            None,
+            Some("CPU per event (10 deliveries, 8 renderings)"),
+        ));
+    }
 
     eprintln!(
         "[4/7] direct AMQP ingest: {} events published to the exchange",
@@ -223,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             endpoints: 1,
             events: args.events,
             second: Second::Hanging,
+            formats: Formats::Json,
         },
     )
     .await?;
@@ -233,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
             endpoints: 1,
             events: args.events,
             second: Second::Answering,
+            formats: Formats::Json,
         },
     )
     .await?;
@@ -564,11 +610,25 @@ async fn start_services(
 
 impl Services {
     async fn create_endpoint(&self, tenant: &str, url: String) -> anyhow::Result<()> {
+        self.create_endpoint_with(tenant, url, json!({})).await
+    }
+
+    /// Creates an endpoint with `extra` fields (format, metadata) beside url and types.
+    async fn create_endpoint_with(
+        &self,
+        tenant: &str,
+        url: String,
+        extra: Value,
+    ) -> anyhow::Result<()> {
+        let mut body = json!({"url": url, "event_types": ["profile.#"]});
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
         let response = self
             .http
             .post(format!("http://{API}/v1/tenants/{tenant}/endpoints"))
             .bearer_auth(TOKEN)
-            .json(&json!({"url": url, "event_types": ["profile.#"]}))
+            .json(&body)
             .send()
             .await?;
         if response.status() != StatusCode::CREATED {
@@ -659,10 +719,39 @@ enum Scenario {
         endpoints: usize,
         events: usize,
         second: Second,
+        formats: Formats,
     },
     Amqp {
         events: usize,
     },
+}
+
+/// What the healthy tenant's endpoints ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Formats {
+    /// Hookline's envelope everywhere: one rendering per event.
+    Json,
+    /// Every preset plus two templates across the endpoints: one rendering per distinct
+    /// format per event.
+    Mixed,
+}
+
+/// Formats cycled over the endpoints of the mixed fan-out, with what each needs.
+fn mixed_format(index: usize) -> Value {
+    let formats = [
+        json!({"format": "json"}),
+        json!({"format": "form"}),
+        json!({"format": "event_data"}),
+        json!({"format": "company", "metadata": {"export_key": "bench"}}),
+        json!({"format": "resource_event"}),
+        json!({"format": "candidate_form"}),
+        json!({"format": {"template": {"body": {
+            "event": "{{event_name}}", "at": "{{occurred_at | time: unix}}",
+            "profile": "{{data.profile}}", "tenant": "{{tenant}}"}}}}),
+        json!({"format": {"template": {"content_type": "form", "body": {
+            "type": "{{type}}", "message": "{{data.message}}", "profile": "{{data.profile}}"}}}}),
+    ];
+    formats[index % formats.len()].clone()
 }
 
 struct Throughput {
@@ -753,23 +842,32 @@ async fn throughput(
             second: Second::Answering,
             ..
         } => "isolation-control",
+        Scenario::Http {
+            formats: Formats::Mixed,
+            ..
+        } => "fanout-mixed",
         Scenario::Http { .. } => "fanout",
         Scenario::Amqp { .. } => "amqp",
     };
     let services = start_services(brokers, args, name).await?;
     let counter = Arc::new(Counter::default());
     let base = start_receiver(counter.clone()).await?;
-    let (endpoints, events, second) = match scenario {
+    let (endpoints, events, second, formats) = match scenario {
         Scenario::Http {
             endpoints,
             events,
             second,
-        } => (endpoints, events, second),
-        Scenario::Amqp { events } => (1, events, Second::None),
+            formats,
+        } => (endpoints, events, second, formats),
+        Scenario::Amqp { events } => (1, events, Second::None, Formats::Json),
     };
-    for _ in 0..endpoints {
+    for index in 0..endpoints {
+        let format = match formats {
+            Formats::Json => json!({}),
+            Formats::Mixed => mixed_format(index),
+        };
         services
-            .create_endpoint("healthy", format!("{base}/ok"))
+            .create_endpoint_with("healthy", format!("{base}/ok"), format)
             .await?;
     }
     match second {

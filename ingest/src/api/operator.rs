@@ -1,0 +1,173 @@
+//! `GET /v1/operator/overview`: the whole system at a glance, for operators only.
+//!
+//! Everything here is read from the state the rest of the API serves — endpoints and
+//! their health, the per-minute attempt counts the deliverers write with the attempt
+//! log, the dead-letter index, the retry pool, the replicas' heartbeats — so the console
+//! and the API can never disagree.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::Json;
+use axum::extract::{Query, State};
+use hookline_shared::Invalid;
+use hookline_shared::domain::event::TenantId;
+use hookline_shared::domain::health::HealthState;
+use hookline_shared::store::activity::MAX_STATS_WINDOW_MINUTES;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// A replica whose last heartbeat is older than this is not counted as connected.
+const REPLICA_FRESH_MS: i64 = 3 * hookline_shared::store::replicas::HEARTBEAT_MS;
+
+#[derive(Debug, Deserialize)]
+pub struct OverviewQuery {
+    /// Minutes of attempts the rates cover (1 to 60, default 15).
+    window_minutes: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    #[serde(with = "time::serde::rfc3339")]
+    generated_at: OffsetDateTime,
+    window_minutes: i64,
+    deliverers: Deliverers,
+    retry_backlog: RetryBacklog,
+    totals: TenantOverview,
+    tenants: Vec<TenantOverview>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Deliverers {
+    connected: usize,
+    replicas: Vec<Replica>,
+}
+
+#[derive(Debug, Serialize)]
+struct Replica {
+    name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    last_seen: OffsetDateTime,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RetryBacklog {
+    due: u64,
+    scheduled: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct TenantOverview {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tenant: String,
+    endpoints: BTreeMap<&'static str, u64>,
+    delivered: u64,
+    failed: u64,
+    /// Failed attempts over all attempts in the window; absent without attempts.
+    failure_ratio: Option<f64>,
+    deliveries_per_minute: f64,
+    dead_letters: BTreeMap<String, u64>,
+}
+
+impl TenantOverview {
+    fn finish(&mut self, window_minutes: i64) {
+        let attempts = self.delivered + self.failed;
+        self.failure_ratio = (attempts > 0).then(|| self.failed as f64 / attempts as f64);
+        self.deliveries_per_minute = self.delivered as f64 / window_minutes as f64;
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (state, count) in &other.endpoints {
+            *self.endpoints.entry(state).or_default() += count;
+        }
+        self.delivered += other.delivered;
+        self.failed += other.failed;
+        for (reason, count) in &other.dead_letters {
+            *self.dead_letters.entry(reason.clone()).or_default() += count;
+        }
+    }
+}
+
+pub async fn overview(
+    State(state): State<AppState>,
+    Query(query): Query<OverviewQuery>,
+) -> Result<Json<Overview>, ApiError> {
+    let window_minutes = query.window_minutes.unwrap_or(15);
+    if !(1..=MAX_STATS_WINDOW_MINUTES).contains(&window_minutes) {
+        return Err(ApiError::invalid(Invalid::new(
+            "window_minutes",
+            format_args!("must be 1 to {MAX_STATS_WINDOW_MINUTES}"),
+        )));
+    }
+    let now = OffsetDateTime::now_utc();
+    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let (replicas, (due, scheduled), tenants) = tokio::try_join!(
+        state.replicas.seen_since(now_ms - REPLICA_FRESH_MS),
+        state.retries.backlog(now_ms),
+        state.endpoints.tenants(),
+    )?;
+    let mut overview = Overview {
+        generated_at: now,
+        window_minutes,
+        deliverers: Deliverers {
+            connected: replicas.len(),
+            replicas: replicas
+                .into_iter()
+                .map(|(name, seen_ms)| Replica {
+                    name,
+                    last_seen: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(seen_ms) * 1_000_000,
+                    )
+                    .unwrap_or(now),
+                })
+                .collect(),
+        },
+        retry_backlog: RetryBacklog { due, scheduled },
+        totals: TenantOverview::default(),
+        tenants: Vec::new(),
+    };
+    let mut tenants = tenants;
+    tenants.sort();
+    for tenant in tenants {
+        let mut summary = tenant_overview(&state, &tenant, now, window_minutes).await?;
+        summary.finish(window_minutes);
+        overview.totals.add(&summary);
+        overview.tenants.push(summary);
+    }
+    overview.totals.finish(window_minutes);
+    Ok(Json(overview))
+}
+
+async fn tenant_overview(
+    state: &AppState,
+    tenant: &TenantId,
+    now: OffsetDateTime,
+    window_minutes: i64,
+) -> Result<TenantOverview, ApiError> {
+    let (endpoints, health, attempts, dead_letters) = tokio::try_join!(
+        state.endpoints.list(tenant),
+        state.health.all(tenant),
+        state.activity.attempt_counts(tenant, now, window_minutes),
+        state.dead_letters.count_by_reason(tenant),
+    )?;
+    let mut by_state: BTreeMap<&'static str, u64> =
+        HealthState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for endpoint in &endpoints {
+        let record = health.get(&endpoint.id).cloned().unwrap_or_default();
+        *by_state
+            .entry(
+                record
+                    .state(endpoint.spec.enabled, &state.health_policy)
+                    .as_str(),
+            )
+            .or_default() += 1;
+    }
+    Ok(TenantOverview {
+        tenant: tenant.to_string(),
+        endpoints: by_state,
+        delivered: attempts.delivered,
+        failed: attempts.failed,
+        dead_letters,
+        ..TenantOverview::default()
+    })
+}
