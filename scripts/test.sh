@@ -5,7 +5,8 @@
 #   - deploy lint: kustomize overlays, manifest schemas, alert rules and their tests,
 #     dashboard queries (also prepares the Python the metric-name check uses)
 #   - unit and end-to-end tests (instance `test`, plus Redis Cluster and Sentinel), one
-#     build shared by every binary
+#     build shared by every binary; among them the console's browser tests (Playwright
+#     driving Debian's Chromium, installed by scripts/console-tools.sh)
 #   - fault tests with the real binaries as processes: a deliverer SIGKILLed mid-flight,
 #     RabbitMQ and Redis restarted, and the chaos scenario at a small size (CHAOS_EVENTS,
 #     default 1500; `make chaos` runs 20000) — instance `chaos`, serially
@@ -41,6 +42,10 @@ nextest() {
   cargo nextest run --no-fail-fast --failure-output final "$@"
 }
 
+# The console's browser tests leave their screenshots here (`make screenshots` keeps
+# them in docs/console instead).
+export HOOKLINE_SCREENSHOTS="${HOOKLINE_SCREENSHOTS:-$PWD/target/console-screenshots}"
+
 with_brokers() { # instance, command...
   local instance=$1
   shift
@@ -63,6 +68,9 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+
+# The console's browser tests: Chromium, Node.js and the pinned playwright-core.
+scripts/console-tools.sh
 
 scripts/brokers.sh up test
 scripts/redis-topologies.sh up

@@ -31,14 +31,29 @@ function h(tag, attrs, ...children) {
   return node;
 }
 
+function present(nodes) {
+  return nodes.flat().filter((node) => node !== null && node !== undefined && node !== false);
+}
+
+/** Replaces a page's content and moves focus there, so keyboard and screen-reader users
+ * start at the new page rather than at the link they followed. */
 function render(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...present(nodes));
   main.focus({ preventScroll: true });
 }
+
+function fill(node, ...children) {
+  node.replaceChildren(...present(children));
+}
+
+// A message survives the one navigation that follows it (create → endpoint page), and
+// is cleared by the next.
+let flashKept = false;
 
 function flash(message, isError) {
   flashBox.className = isError ? "error" : "";
   flashBox.textContent = message || "";
+  flashKept = Boolean(message);
 }
 
 function badge(state) {
@@ -214,15 +229,15 @@ async function endpointsPage(tenant) {
     h("div", { class: "row spread" },
       h("h1", {}, "Endpoints"),
       h("a", { class: "button", href: `#/tenants/${enc(tenant)}/endpoints/new` }, "New endpoint")),
-    table(["Endpoint", "Events", "Format", "Health"],
+    table(["Health", "Endpoint", "Events", "Format"],
       list.data.map((e) => h("tr", { "data-endpoint": e.id },
+        h("td", {}, badge(e.health.state),
+          e.health.disabled_reason ? h("div", { class: "muted" }, e.health.disabled_reason) : null),
         h("td", {},
           h("a", { href: `#/tenants/${enc(tenant)}/endpoints/${enc(e.id)}` }, e.url),
           e.description ? h("div", { class: "muted" }, e.description) : null),
         h("td", {}, e.event_types.join(", ")),
-        h("td", {}, typeof e.format === "string" ? e.format : "template"),
-        h("td", {}, badge(e.health.state),
-          e.health.disabled_reason ? h("div", { class: "muted" }, e.health.disabled_reason) : null))),
+        h("td", {}, typeof e.format === "string" ? e.format : "template"))),
       "No endpoints yet: create one to receive webhooks."),
   );
 }
@@ -358,14 +373,14 @@ async function endpointPage(tenant, id) {
     testResult.textContent = "Sending…";
     try {
       const result = await api("POST", `${base}/test`, {});
-      testResult.replaceChildren(
+      fill(testResult,
         h("p", { class: result.delivered ? "ok" : "error", "data-testid": "test-outcome" },
           result.delivered ? "Delivered" : "Not delivered",
           result.status ? ` · status ${result.status}` : "", ` · ${result.duration_ms} ms`),
         result.error ? h("p", {}, result.error) : null,
         result.response_excerpt ? h("pre", {}, result.response_excerpt) : null);
     } catch (error) {
-      testResult.replaceChildren(h("p", { class: "error" }, error.message));
+      fill(testResult, h("p", { class: "error" }, error.message));
     }
   };
   const reveal = async () => {
@@ -451,15 +466,15 @@ async function deadLettersPage(tenant, endpoint) {
       h("h1", {}, endpoint ? `Dead letters of ${endpoint}` : "Dead letters"),
       h("button", { type: "button", onclick: replayAll, disabled: page.data.length === 0 }, "Replay all")),
     h("p", { class: "muted" }, "Deliveries that will not be attempted again until replayed. Replaying sends them with the endpoint's current format."),
-    table(["When", "Event", "Endpoint", "Reason", { text: "Attempts", num: true }, "Last error", ""],
+    table(["", "When", "Reason", "Event", "Endpoint", { text: "Attempts", num: true }, "Last error"],
       page.data.map((d) => h("tr", { "data-dead-letter": d.id },
+        h("td", {}, h("button", { type: "button", class: "secondary", onclick: replayOne(d.id) }, "Replay")),
         h("td", {}, when(d.dead_lettered_at)),
-        h("td", {}, d.event.type, h("div", { class: "muted" }, d.event.id)),
-        h("td", {}, h("a", { href: `#/tenants/${enc(tenant)}/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
         h("td", {}, d.reason),
+        h("td", {}, d.event.type, h("div", { class: "muted id" }, d.event.id)),
+        h("td", {}, h("a", { class: "id", href: `#/tenants/${enc(tenant)}/endpoints/${enc(d.endpoint_id)}` }, d.endpoint_id)),
         h("td", { class: "num" }, d.attempts),
-        h("td", {}, d.last_error ? `${d.last_error.class}${d.last_error.status ? ` ${d.last_error.status}` : ""}: ${d.last_error.message}` : "—"),
-        h("td", {}, h("button", { type: "button", class: "secondary", onclick: replayOne(d.id) }, "Replay")))),
+        h("td", {}, d.last_error ? `${d.last_error.class}${d.last_error.status ? ` ${d.last_error.status}` : ""}: ${d.last_error.message}` : "—"))),
       "No dead letters."),
   );
 }
@@ -467,6 +482,8 @@ async function deadLettersPage(tenant, endpoint) {
 // ---- routing -----------------------------------------------------------------------
 
 async function route() {
+  if (!flashKept) flash("");
+  flashKept = false;
   const hash = location.hash || "#/";
   const tokenInLink = hash.match(/^#token=(.+)$/);
   if (tokenInLink) {

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, against the RabbitMQ and Redis that `make test` starts.
 
 mod api;
+mod console;
 mod formats;
 mod lifecycle;
 mod metrics;

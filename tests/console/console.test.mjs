@@ -1,0 +1,245 @@
+// Browser tests of the console, in Debian's Chromium driven by playwright-core.
+//
+// Started by the Rust test `it::console`, which runs ingest and a deliverer against the
+// test brokers and passes HOOKLINE_URL and HOOKLINE_TOKEN. The receivers are plain Node
+// HTTP servers on loopback, so the test decides what they answer.
+//
+// Every wait is for a condition (an element, a text, a count), never a fixed delay.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import http from "node:http";
+import { mkdirSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const BASE = required("HOOKLINE_URL");
+const TOKEN = required("HOOKLINE_TOKEN");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = process.env.HOOKLINE_SCREENSHOTS || "";
+const PATIENCE = 30_000;
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run through \`make test\` (the Rust test it::console)`);
+  return value;
+}
+
+// ---- receivers -----------------------------------------------------------------------
+
+function receiver(status) {
+  const server = http.createServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => { body += chunk; });
+    request.on("end", () => {
+      server.received.push({ headers: request.headers, body });
+      response.writeHead(server.status, { "content-type": "text/plain" });
+      response.end(server.status >= 300 ? "receiver is down for maintenance" : "");
+    });
+  });
+  server.received = [];
+  server.status = status;
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
+    server.url = `http://127.0.0.1:${server.address().port}/hooks`;
+    resolve(server);
+  }));
+}
+
+async function until(what, condition) {
+  const deadline = Date.now() + PATIENCE;
+  for (;;) {
+    const value = await condition();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function api(method, path, body, token = TOKEN) {
+  const response = await fetch(`${BASE}/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+// ---- browser -----------------------------------------------------------------------
+
+let browser;
+let healthy;
+let failing;
+
+before(async () => {
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  healthy = await receiver(204);
+  failing = await receiver(500);
+  if (SHOTS) mkdirSync(SHOTS, { recursive: true });
+  const catalog = {
+    "candidate.interested": { candidate: { email: "ada@example.com" }, job: { id: 42 } },
+    "candidate.declined": { candidate: { email: "alan@example.com" }, reason: "Accepted another offer" },
+    "application.status.updated": { application: { id: 7 }, status: "interview" },
+    "profile.parsing.success": { profile: { key: "prof_8f2c" } },
+  };
+  for (const [type, example] of Object.entries(catalog)) {
+    const answer = await api("PUT", `/event-types/${type}`, { description: `${type} (test catalog)`, example });
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+  }
+});
+
+after(async () => {
+  await browser?.close();
+  healthy?.close();
+  failing?.close();
+});
+
+async function shot(page, name) {
+  if (SHOTS) await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+async function operatorPage(width = 1280) {
+  const context = await browser.newContext({ viewport: { width, height: 900 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (error) => problems.push(error.message));
+  page.on("console", (message) => { if (message.type() === "error" && !/status of 4\d\d/.test(message.text())) problems.push(message.text()); });
+  page.problems = problems;
+  await page.goto(`${BASE}/console/`);
+  // Sign in with the keyboard only: the token field, typing, Enter.
+  await page.getByLabel("API token").focus();
+  await page.keyboard.type(TOKEN);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  return page;
+}
+
+test("an operator creates an endpoint through the page and sends it a test event", async () => {
+  const page = await operatorPage();
+  await page.locator("[data-testid=deliverers]", { hasText: "1" }).waitFor({ timeout: PATIENCE });
+
+  await page.getByLabel("Tenant").fill("acme");
+  await page.getByRole("button", { name: "Open" }).click();
+  await page.getByText("No endpoints yet").waitFor();
+  await page.getByRole("link", { name: "New endpoint" }).click();
+
+  await page.getByLabel("URL").fill(healthy.url);
+  await page.getByLabel("Description").fill("Careers site");
+  // Event types come from the catalog, or as patterns with wildcards.
+  await page.getByRole("checkbox", { name: "candidate.interested" }).check();
+  await page.getByLabel("More patterns").fill("application.#");
+  await page.locator("#format").selectOption("event_data");
+  // The live preview renders the catalog's example in the chosen format.
+  await page.locator("#preview", { hasText: '"event": "INTERESTED"' }).waitFor();
+  assert.match(await page.locator("#preview").textContent(), /ada@example\.com/);
+  await shot(page, "endpoint-form");
+  await page.getByRole("button", { name: "Create endpoint" }).click();
+
+  await page.getByRole("heading", { name: "Careers site" }).waitFor();
+  assert.match(await page.locator("#flash").textContent(), /signing secret: whsec_/);
+  await page.getByRole("button", { name: "Send test event" }).click();
+  const outcome = page.getByTestId("test-outcome");
+  await outcome.waitFor();
+  assert.match(await outcome.textContent(), /^Delivered · status 204/);
+  assert.equal(healthy.received.length, 1, "the test event reached the receiver");
+  assert.match(healthy.received[0].headers["webhook-id"], /^test_/);
+  await shot(page, "endpoint");
+
+  const listed = await api("GET", "/tenants/acme/endpoints");
+  assert.equal(listed.body.data.length, 1);
+  assert.equal(listed.body.data[0].format, "event_data");
+  assert.deepEqual(listed.body.data[0].event_types, ["candidate.interested", "application.#"]);
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
+
+test("a failing receiver turns the badge to failing, and a dead letter is replayed from the page", async () => {
+  const created = await api("POST", "/tenants/acme/endpoints",
+    { url: failing.url, event_types: ["candidate.#"], description: "Legacy HR system" });
+  assert.equal(created.status, 201);
+  const id = created.body.id;
+  for (let n = 0; n < 3; n += 1) {
+    const accepted = await api("POST", "/tenants/acme/events", { type: "candidate.interested", data: { n } });
+    assert.equal(accepted.status, 202);
+  }
+
+  const page = await operatorPage();
+  await page.goto(`${BASE}/console/#/tenants/acme`);
+  const row = page.locator(`tr[data-endpoint="${id}"]`);
+  await until("the failing badge", async () => {
+    await page.reload();
+    await row.waitFor();
+    return (await row.getByTestId("health-badge").textContent()) === "failing";
+  });
+  assert.equal(await page.locator("tr", { hasText: "Careers site" }).getByTestId("health-badge").textContent(), "healthy");
+  await shot(page, "endpoints");
+
+  await page.getByRole("link", { name: "Dead letters" }).click();
+  const rows = page.locator("tr[data-dead-letter]");
+  await until("three dead letters", async () => {
+    await page.reload();
+    await page.getByRole("heading", { name: "Dead letters" }).waitFor();
+    return (await rows.count()) === 3;
+  });
+  assert.match(await rows.first().textContent(), /retries_exhausted/);
+  await shot(page, "dead-letters");
+
+  failing.status = 204;
+  const before = failing.received.length;
+  await rows.first().getByRole("button", { name: "Replay" }).click();
+  await page.locator("#flash", { hasText: "Queued for delivery" }).waitFor();
+  await until("two dead letters left", async () => (await rows.count()) === 2);
+  await until("the replayed delivery", async () => failing.received.length === before + 1);
+
+  // The operator overview shows the same: acme's failing endpoint and dead letters.
+  await page.getByRole("link", { name: "Overview" }).click();
+  const acme = page.locator('tr[data-tenant="acme"]');
+  await acme.waitFor();
+  assert.match(await acme.textContent(), /retries_exhausted 2/);
+  await shot(page, "overview");
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
+
+test("the console is usable at phone width", async () => {
+  const page = await operatorPage(390);
+  await page.goto(`${BASE}/console/#/tenants/acme`);
+  await page.locator("tr[data-endpoint]").first().waitFor();
+  // Nothing but the table scrolls sideways: the page itself fits the screen.
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than the screen`);
+  await shot(page, "endpoints-phone");
+  await page.context().close();
+});
+
+test("a portal link for one tenant cannot see another tenant, on the page or the API", async () => {
+  const other = await api("POST", "/tenants/globex/endpoints",
+    { url: `${healthy.url}/globex-secret-path`, event_types: ["#"], description: "Globex payroll" });
+  assert.equal(other.status, 201);
+  const link = await api("POST", "/tenants/acme/portal-links");
+  assert.equal(link.status, 201);
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${BASE}${link.body.url}`);
+  await page.getByRole("heading", { name: "Endpoints" }).waitFor();
+  assert.equal(await page.locator("tr[data-endpoint]").count(), 2, "acme's two endpoints");
+  assert.equal(await page.getByRole("link", { name: "Overview" }).count(), 0, "no operator view");
+  assert.ok(!page.url().includes("token="), "the token leaves the address bar");
+  assert.ok(!(await page.content()).includes("Globex payroll"));
+
+  await page.goto(`${BASE}/console/#/tenants/globex`);
+  const error = page.getByTestId("page-error");
+  await error.waitFor();
+  assert.match(await error.textContent(), /only on its own tenant/);
+  assert.ok(!(await page.content()).includes("Globex payroll"));
+  await page.goto(`${BASE}/console/#/`);
+  await page.getByRole("heading", { name: "Endpoints" }).waitFor();
+  assert.ok(page.url().endsWith("#/tenants/acme"), "the root sends a tenant to its own endpoints");
+
+  for (const path of ["/tenants/globex/endpoints", "/tenants/globex/dead-letters", "/operator/overview"]) {
+    const answer = await api("GET", path, undefined, link.body.token);
+    assert.equal(answer.status, 403, path);
+  }
+  assert.equal((await api("GET", "/tenants/acme/endpoints", undefined, link.body.token)).status, 200);
+  await context.close();
+});
