@@ -14,6 +14,8 @@ const PENDING: &str = "pending";
 const DONE: &str = "done";
 /// Longer than any publish may take (the confirm timeout is seconds).
 const PENDING_TTL: Duration = Duration::from_secs(60);
+/// How long an unstamped publish is preferred over waiting for Redis.
+const VERSION_READ_LIMIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -79,13 +81,23 @@ impl AcceptedEvents {
     }
 
     /// The tenant's endpoints version, stamped on the event so deliverers never match it
-    /// against an endpoint list older than the request.
-    pub async fn endpoints_version(&self, tenant: &TenantId) -> Result<u64, StoreError> {
-        let version: Option<u64> = redis::cmd("GET")
+    /// against an endpoint list older than the request. Best effort: events with ids
+    /// Hookline generates are accepted while Redis is down, and then travel unstamped
+    /// (deliverers see endpoint changes within their cache TTL, as for direct AMQP).
+    pub async fn endpoints_version(&self, tenant: &TenantId) -> Option<u64> {
+        let mut redis = self.redis.clone();
+        let command = redis::cmd("GET")
             .arg(self.keys.endpoints_version(tenant))
-            .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(version.unwrap_or(0))
+            .to_owned();
+        let read = command.query_async::<Option<u64>>(&mut redis);
+        match tokio::time::timeout(VERSION_READ_LIMIT, read).await {
+            Ok(Ok(version)) => Some(version.unwrap_or(0)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "endpoints version unavailable; publishing unstamped");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     pub async fn confirm(&self, tenant: &TenantId, event_id: &str) -> Result<(), StoreError> {

@@ -72,9 +72,9 @@ pub async fn ingest(
                 .with_field("id"));
             }
         }
-        version
+        Some(version)
     } else {
-        state.accepted.endpoints_version(&event.tenant).await?
+        state.accepted.endpoints_version(&event.tenant).await
     };
 
     let published = publish(&state, &event, endpoints_version).await;
@@ -99,7 +99,11 @@ fn accepted(id: String, duplicate: bool) -> (StatusCode, Json<Accepted>) {
     (StatusCode::ACCEPTED, Json(Accepted { id, duplicate }))
 }
 
-async fn publish(state: &AppState, event: &Event, endpoints_version: u64) -> Result<(), ApiError> {
+async fn publish(
+    state: &AppState,
+    event: &Event,
+    endpoints_version: Option<u64>,
+) -> Result<(), ApiError> {
     // An `Event` serializes to exactly the public message body (see
     // `Event::to_message`), so it is written without an intermediate copy. Serializing
     // strings, numbers and JSON values cannot fail.
@@ -109,10 +113,12 @@ async fn publish(state: &AppState, event: &Event, endpoints_version: u64) -> Res
         SOURCE_HEADER.into(),
         AMQPValue::LongString(SOURCE_HTTP.into()),
     );
-    headers.insert(
-        ENDPOINTS_VERSION_HEADER.into(),
-        AMQPValue::LongLongInt(i64::try_from(endpoints_version).unwrap_or(i64::MAX)),
-    );
+    if let Some(version) = endpoints_version {
+        headers.insert(
+            ENDPOINTS_VERSION_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(version).unwrap_or(i64::MAX)),
+        );
+    }
     let properties = BasicProperties::default()
         .with_content_type(JSON.into())
         .with_message_id(event.id.as_str().into())
