@@ -52,22 +52,27 @@ struct Installation {
     ingest: Process,
     deliverers: Vec<Process>,
     http: reqwest::Client,
+    environment: Vec<(&'static str, String)>,
 }
 
 impl Installation {
     async fn start(deliverers: usize) -> Self {
+        Self::start_with(deliverers, Vec::new()).await
+    }
+
+    /// Both binaries get `environment` on top of the defaults (other broker URLs, …).
+    async fn start_with(deliverers: usize, environment: Vec<(&'static str, String)>) -> Self {
         let prefix = format!("f{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let api = free_port();
+        let mut ingest_environment = environment.clone();
+        ingest_environment.push(("HOOKLINE__HTTP__LISTEN", format!("127.0.0.1:{api}")));
         let mut installation = Self {
-            ingest: spawn(
-                &prefix,
-                "hookline-ingest",
-                &[("HOOKLINE__HTTP__LISTEN", format!("127.0.0.1:{api}"))],
-            ),
+            ingest: spawn(&prefix, "hookline-ingest", &ingest_environment),
             deliverers: Vec::new(),
             prefix,
             api,
             http: reqwest::Client::new(),
+            environment,
         };
         for _ in 0..deliverers {
             installation.add_deliverer();
@@ -80,7 +85,7 @@ impl Installation {
 
     fn add_deliverer(&mut self) {
         self.deliverers
-            .push(spawn(&self.prefix, "hookline-deliverer", &[]));
+            .push(spawn(&self.prefix, "hookline-deliverer", &self.environment));
     }
 
     fn admins(&self) -> Vec<u16> {
@@ -601,4 +606,64 @@ async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
     }
     let _ = connection.close(200, "done".into()).await;
     found
+}
+
+/// `amqps://` and `rediss://`: both binaries connect over TLS to listeners that speak
+/// nothing else, trusting the test CA through `SSL_CERT_FILE` (how a private CA is
+/// configured in production too), and the pipeline works end to end. Without the CA they
+/// refuse the servers' certificate and never turn ready.
+#[tokio::test]
+async fn tls_broker_urls_carry_the_whole_pipeline() {
+    let amqps = env("HOOKLINE_TEST_AMQPS_URL");
+    let rediss = env("HOOKLINE_TEST_REDISS_URL");
+    assert!(amqps.starts_with("amqps://") && rediss.starts_with("rediss://"));
+    let tls = vec![
+        ("HOOKLINE__AMQP__URL", amqps.clone()),
+        ("HOOKLINE__REDIS__URL", rediss.clone()),
+        ("SSL_CERT_FILE", env("HOOKLINE_TEST_TLS_CA")),
+    ];
+    let hookline = Installation::start_with(1, tls).await;
+    let receiver = Receiver::start().await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+    hookline.post_until_accepted("acme", "over-tls-1").await;
+    wait_for_all(&receiver, &["over-tls-1".to_owned()]).await;
+    hookline.stop().await;
+
+    // The same URLs with only the system's roots: the certificate is refused.
+    let empty_bundle = tempfile::NamedTempFile::new().expect("temp file");
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let admin = free_port();
+    let path = root().join("target/debug/hookline-deliverer");
+    let mut untrusting = Command::new(path)
+        .env("HOOKLINE__PREFIX", "untrusting")
+        .env("HOOKLINE__AMQP__URL", &amqps)
+        .env("HOOKLINE__REDIS__URL", &rediss)
+        .env("HOOKLINE__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("HOOKLINE__LOG__FILTER", "warn")
+        .env("SSL_CERT_FILE", empty_bundle.path())
+        .stdout(log.reopen().expect("log file"))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("deliverer starts");
+    // Both clients, RabbitMQ's and Redis's, refuse it.
+    eventually(
+        "the deliverer reports the untrusted certificate",
+        || async {
+            std::fs::read_to_string(log.path()).is_ok_and(|text| {
+                let refused = |client: &str| {
+                    text.lines()
+                        .any(|line| line.contains(client) && line.contains("UnknownIssuer"))
+                };
+                refused("RabbitMQ connection failed") && refused("connecting to Redis failed")
+            })
+        },
+    )
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .ok();
+    assert_ne!(ready, Some(200), "not ready without a trusted connection");
+    let _ = untrusting.kill().await;
 }
