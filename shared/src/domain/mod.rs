@@ -69,6 +69,29 @@ pub(crate) fn check_identifier(field: &str, value: &str, max_len: usize) -> Resu
     Ok(())
 }
 
+/// What the domain's table tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::event::{Event, EventMessage, Fallbacks, TenantId};
+    use serde_json::Value;
+    use time::OffsetDateTime;
+
+    /// `message` as the edge would accept it for `tenant`, with id `evt_1` and
+    /// `occurred_at` filled in where the message leaves them out.
+    pub fn event(message: Value, tenant: &str, occurred_at: OffsetDateTime) -> Event {
+        let message: EventMessage = serde_json::from_value(message).expect("message");
+        Event::from_message(
+            message,
+            Fallbacks {
+                tenant: Some(TenantId::parse(tenant).expect("tenant")),
+                id: "evt_1".into(),
+                occurred_at,
+            },
+        )
+        .expect("event")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -290,22 +290,13 @@ fn form(fields: &[(String, String)]) -> RenderedPayload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::{EventMessage, Fallbacks, TenantId};
+    use crate::domain::testing;
     use serde_json::json;
     use std::collections::BTreeMap;
     use time::macros::datetime;
 
     fn event(value: Value) -> Event {
-        let message: EventMessage = serde_json::from_value(value).expect("message");
-        Event::from_message(
-            message,
-            Fallbacks {
-                tenant: Some(TenantId::parse("acme").expect("tenant")),
-                id: "evt_1".into(),
-                occurred_at: datetime!(2026-05-04 10:20:30 UTC),
-            },
-        )
-        .expect("event")
+        testing::event(value, "acme", datetime!(2026-05-04 10:20:30 UTC))
     }
 
     fn no_context() -> RenderContext<'static> {
@@ -484,20 +475,11 @@ mod tests {
                 PayloadFormat::from_value(vector["endpoint"]["format"].clone()).expect("format");
             let metadata: BTreeMap<String, String> =
                 serde_json::from_value(vector["endpoint"]["metadata"].clone()).unwrap_or_default();
-            let message: EventMessage =
-                serde_json::from_value(vector["event"].clone()).expect("event");
-            let event = Event::from_message(
-                message,
-                Fallbacks {
-                    tenant: Some(
-                        TenantId::parse(vector["tenant"].as_str().expect("tenant"))
-                            .expect("tenant"),
-                    ),
-                    id: "unused".into(),
-                    occurred_at: datetime!(2026-01-01 00:00:00 UTC),
-                },
-            )
-            .expect("valid event");
+            let event = testing::event(
+                vector["event"].clone(),
+                vector["tenant"].as_str().expect("tenant"),
+                datetime!(2026-01-01 00:00:00 UTC),
+            );
             let empty = BTreeMap::new();
             let context = RenderContext {
                 metadata: &metadata,

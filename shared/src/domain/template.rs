@@ -498,21 +498,12 @@ pub fn event_name(event_type: &str, context: RenderContext<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::event::{EventMessage, Fallbacks, TenantId};
+    use crate::domain::testing;
     use serde_json::json;
     use time::macros::datetime;
 
     fn event(value: Value) -> Event {
-        let message: EventMessage = serde_json::from_value(value).expect("message");
-        Event::from_message(
-            message,
-            Fallbacks {
-                tenant: Some(TenantId::parse("42").expect("tenant")),
-                id: "evt_1".into(),
-                occurred_at: datetime!(2022-03-29 07:50:42.123 UTC),
-            },
-        )
-        .expect("event")
+        testing::event(value, "42", datetime!(2022-03-29 07:50:42.123 UTC))
     }
 
     fn render(template: Value, event: &Event) -> Value {
