@@ -257,6 +257,21 @@ function mapToLines(map, separator) {
   return Object.entries(map || {}).map(([k, v]) => `${k}${separator} ${v}`).join("\n");
 }
 
+/** The form's endpoint as a JSON merge patch (RFC 7396) over `existing`: what the form
+ * cleared must be sent as null, or the merge would keep it. */
+function mergePatch(existing, body) {
+  const patch = { ...body };
+  for (const field of ["headers", "metadata"]) {
+    for (const key of Object.keys(existing[field] || {})) {
+      if (!(key in patch[field])) patch[field][key] = null;
+    }
+  }
+  for (const field of ["description", "rate_limit_per_s", "filter"]) {
+    if (!(field in patch) && existing[field] !== undefined) patch[field] = null;
+  }
+  return patch;
+}
+
 async function endpointForm(tenant, existing) {
   const catalog = await api("GET", "/event-types").catch(() => ({ data: [] }));
   const known = (catalog.data || []).map((entry) => entry.type);
@@ -321,7 +336,7 @@ async function endpointForm(tenant, existing) {
       try { body = read(); } catch (error) { problem.textContent = error.message; return; }
       try {
         if (existing) {
-          await api("PATCH", `/tenants/${enc(tenant)}/endpoints/${enc(existing.id)}`, body);
+          await api("PATCH", `/tenants/${enc(tenant)}/endpoints/${enc(existing.id)}`, mergePatch(existing, body));
           flash("Endpoint saved.");
           location.hash = `#/tenants/${enc(tenant)}/endpoints/${enc(existing.id)}`;
         } else {

@@ -148,6 +148,21 @@ test("an operator creates an endpoint through the page and sends it a test event
   assert.equal(listed.body.data.length, 1);
   assert.equal(listed.body.data[0].format, "event_data");
   assert.deepEqual(listed.body.data[0].event_types, ["candidate.interested", "application.#"]);
+
+  // Edit: a custom header added, then removed again, through the form.
+  const id = listed.body.data[0].id;
+  const edit = async (headers) => {
+    await page.getByRole("link", { name: "Edit" }).click();
+    await page.getByLabel("Custom headers").fill(headers);
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.locator("#flash", { hasText: "Endpoint saved" }).waitFor();
+    return (await api("GET", `/tenants/acme/endpoints/${id}`)).body;
+  };
+  assert.deepEqual((await edit("X-Env: prod")).headers, { "X-Env": "prod" });
+  const cleared = await edit("");
+  assert.equal(cleared.headers, undefined, "the removed header is gone");
+  assert.equal(cleared.format, "event_data", "the rest is kept");
+  assert.equal(cleared.description, "Careers site");
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });
