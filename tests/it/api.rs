@@ -627,3 +627,58 @@ async fn operator_overview_reads_the_same_state_as_the_api() {
     assert_eq!(bad_window.body["error"]["field"], "window_minutes");
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn query_parameters_are_checked_and_named() {
+    let hookline = Hookline::start().await;
+    let endpoint = hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": "https://hooks.example.com/in", "event_types": ["#"]}),
+        )
+        .await;
+    let id = endpoint["id"].as_str().expect("id");
+    let cases = [
+        (
+            Method::GET,
+            format!("/v1/tenants/acme/endpoints/{id}/attempts?limit=abc"),
+            "limit",
+        ),
+        (
+            Method::GET,
+            format!("/v1/tenants/acme/endpoints/{id}/attempts?limit=0"),
+            "limit",
+        ),
+        (
+            Method::GET,
+            "/v1/tenants/acme/dead-letters?cursor=yesterday".to_owned(),
+            "cursor",
+        ),
+        (
+            Method::GET,
+            "/v1/operator/overview?window_minutes=x".to_owned(),
+            "window_minutes",
+        ),
+        (
+            Method::POST,
+            "/v1/tenants/acme/endpoints?dry_run=maybe".to_owned(),
+            "dry_run",
+        ),
+    ];
+    for (method, path, field) in cases {
+        let answer = hookline
+            .call(
+                method,
+                &path,
+                Some(json!({"url": "https://hooks.example.com/in", "event_types": ["#"]})),
+            )
+            .await;
+        assert_eq!(answer.status, 422, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.body["error"]["field"], field,
+            "{path}: {}",
+            answer.body
+        );
+    }
+    hookline.stop().await;
+}

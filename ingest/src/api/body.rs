@@ -1,9 +1,38 @@
-//! JSON bodies with errors that name the field, and a size limit answered as JSON 413.
+//! JSON bodies and query strings with errors that name the field, and a size limit
+//! answered as JSON 413.
 
 use super::error::ApiError;
 use axum::body::Body;
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+
+/// Query parameters, refused as JSON 422 naming the parameter (`?limit=abc` → field
+/// `limit`) rather than with axum's plain-text rejection.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                let message = error.into_inner().to_string();
+                let field = missing_field(&message)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| if field == "." { String::new() } else { field });
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message)
+                    .with_field(field)
+            })
+    }
+}
 
 /// Reads at most `limit` bytes, then parses. Syntax errors (including invalid UTF-8)
 /// are 400; a well-formed document of the wrong shape is 422 naming the field.

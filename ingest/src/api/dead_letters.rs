@@ -2,12 +2,13 @@
 //! in the retry pool with a fresh schedule, due now, then removes it from the index; the
 //! record in RabbitMQ's `{prefix}.dead-letter` queue is left for ops.
 
+use super::body::ApiQuery;
 use super::error::ApiError;
 use super::history::page_limit;
 use super::{AppState, body, tenant};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use hookline_shared::Invalid;
 use hookline_shared::contract::{DeadDelivery, PendingDelivery};
 use hookline_shared::domain::endpoint::validate_endpoint_id;
@@ -37,7 +38,7 @@ pub struct DeadLetterPage {
 pub async fn list(
     State(state): State<AppState>,
     Path(raw_tenant): Path<String>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     let tenant = tenant(raw_tenant)?;
     if let Some(endpoint) = &query.endpoint {

@@ -1,11 +1,12 @@
 //! Endpoint management: `/v1/tenants/{tenant}/endpoints[/{id}]`.
 
+use super::body::ApiQuery;
 use super::error::ApiError;
 use super::preview::Preview;
 use super::{AppState, body, tenant};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hookline_shared::Invalid;
@@ -217,7 +218,7 @@ fn check_reachable(state: &AppState, spec: &EndpointSpec) -> Result<(), ApiError
 pub async fn create(
     State(state): State<AppState>,
     Path(raw_tenant): Path<String>,
-    Query(options): Query<CreateOptions>,
+    ApiQuery(options): ApiQuery<CreateOptions>,
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(raw_tenant)?;

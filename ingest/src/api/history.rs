@@ -1,9 +1,10 @@
 //! Delivery history: the attempt log per endpoint and the delivery state of one event.
 
+use super::body::ApiQuery;
 use super::error::ApiError;
 use super::{AppState, endpoints::load, tenant};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use hookline_shared::Invalid;
 use hookline_shared::store::activity::{AttemptRecord, DeliveryState};
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,7 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 pub async fn attempts(
     State(state): State<AppState>,
     Path((raw_tenant, id)): Path<(String, String)>,
-    Query(query): Query<AttemptsQuery>,
+    ApiQuery(query): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<AttemptPage>, ApiError> {
     let limit = page_limit(query.limit)?;
     let endpoint = load(&state, raw_tenant, &id).await?;

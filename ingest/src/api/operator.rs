@@ -6,9 +6,10 @@
 //! and the API can never disagree.
 
 use super::AppState;
+use super::body::ApiQuery;
 use super::error::ApiError;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use hookline_shared::Invalid;
 use hookline_shared::domain::event::TenantId;
 use hookline_shared::domain::health::HealthState;
@@ -90,7 +91,7 @@ impl TenantOverview {
 
 pub async fn overview(
     State(state): State<AppState>,
-    Query(query): Query<OverviewQuery>,
+    ApiQuery(query): ApiQuery<OverviewQuery>,
 ) -> Result<Json<Overview>, ApiError> {
     let window_minutes = query.window_minutes.unwrap_or(15);
     if !(1..=MAX_STATS_WINDOW_MINUTES).contains(&window_minutes) {
