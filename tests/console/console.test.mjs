@@ -215,6 +215,59 @@ test("a failing receiver turns the badge to failing, and a dead letter is replay
   await page.context().close();
 });
 
+test("a gone endpoint is re-enabled from its page, its dead letters replayed all at once, its secret rotated", async () => {
+  const gone = await receiver(410);
+  try {
+    const created = await api("POST", "/tenants/initech/endpoints",
+      { url: gone.url, event_types: ["invoice.#"], description: "Old billing" });
+    assert.equal(created.status, 201);
+    const id = created.body.id;
+    for (let n = 0; n < 2; n += 1) {
+      assert.equal((await api("POST", "/tenants/initech/events", { type: "invoice.paid", data: { n } })).status, 202);
+    }
+    const page = await operatorPage();
+    await page.goto(`${BASE}/console/#/tenants/initech/endpoints/${id}`);
+    await until("the disabled badge", async () => {
+      await page.reload();
+      await page.getByRole("heading", { name: "Old billing" }).waitFor();
+      return (await page.getByTestId("health-badge").textContent()) === "disabled";
+    });
+    assert.match(await page.locator("dl.facts").textContent(), /disabled: gone/);
+
+    gone.status = 204;
+    await page.getByRole("button", { name: "Re-enable endpoint" }).click();
+    await page.locator("#flash", { hasText: "re-enabled" }).waitFor();
+    assert.equal(await page.getByTestId("health-badge").textContent(), "healthy");
+
+    await page.getByRole("link", { name: "Dead letters of this endpoint" }).click();
+    const rows = page.locator("tr[data-dead-letter]");
+    await until("both dead letters listed", async () => {
+      await page.reload();
+      await page.getByRole("heading", { name: /Dead letters/ }).waitFor();
+      return (await rows.count()) === 2;
+    });
+    assert.match(await rows.first().textContent(), /endpoint_gone|endpoint_disabled/);
+    const before = gone.received.length;
+    await page.getByRole("button", { name: "Replay all" }).click();
+    await page.locator("#flash", { hasText: "2 queued" }).waitFor();
+    await until("both replayed deliveries", async () => gone.received.length === before + 2);
+
+    // Rotation: the page shows the new secret, and it signs from now on.
+    await page.goto(`${BASE}/console/#/tenants/initech/endpoints/${id}`);
+    await page.getByRole("button", { name: "Rotate secret" }).waitFor();
+    page.once("dialog", (dialog) => dialog.accept());
+    await page.getByRole("button", { name: "Rotate secret" }).click();
+    const secretBox = page.locator("#secret", { hasText: "whsec_" });
+    await secretBox.waitFor();
+    const shown = (await secretBox.textContent()).split(" ")[0];
+    assert.notEqual(shown, created.body.secret);
+    assert.equal((await api("GET", `/tenants/initech/endpoints/${id}/secret`)).body.secret, shown);
+    await page.context().close();
+  } finally {
+    gone.close();
+  }
+});
+
 test("the console is usable at phone width", async () => {
   const page = await operatorPage(390);
   await page.goto(`${BASE}/console/#/tenants/acme`);

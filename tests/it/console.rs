@@ -42,8 +42,8 @@ async fn console_in_a_real_browser() {
     );
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
-        report.contains("# pass 4"),
-        "all four browser tests ran:\n{report}"
+        report.contains("# pass 5"),
+        "all five browser tests ran:\n{report}"
     );
     hookline.stop().await;
 }
