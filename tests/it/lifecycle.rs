@@ -665,3 +665,52 @@ async fn catalog_lists_types_and_can_require_them() {
     assert_eq!(bad.status, 400);
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn event_states_beyond_the_tenant_cap_are_trimmed_oldest_first() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__RETENTION__EVENTS_PER_TENANT", "3")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["job.#"]}),
+        )
+        .await;
+    let state = |n: usize| {
+        let hookline = &hookline;
+        async move {
+            hookline
+                .get(&format!("/v1/tenants/acme/events/capped-{n}"))
+                .await
+                .status
+        }
+    };
+    // One at a time, each recorded before the next, so "oldest" is well defined.
+    for n in 1..=6 {
+        let accepted = hookline
+            .post_event(
+                "acme",
+                json!({"id": format!("capped-{n}"), "type": "job.created", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(accepted.status, 202);
+        eventually("the event's state is recorded", || async {
+            state(n).await == 200
+        })
+        .await;
+    }
+    eventually("only the three newest states remain", || async {
+        let mut kept = Vec::new();
+        for n in 1..=6 {
+            if state(n).await == 200 {
+                kept.push(n);
+            }
+        }
+        kept == [4, 5, 6]
+    })
+    .await;
+    hookline.stop().await;
+}

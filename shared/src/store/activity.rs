@@ -102,9 +102,14 @@ if excess > 0 then
   local oldest = redis.call('ZRANGE', KEYS[1], #doomed, #doomed + excess - 1)
   for _, id in ipairs(oldest) do doomed[#doomed + 1] = id end
 end
-for _, id in ipairs(doomed) do
-  redis.call('DEL', ARGV[3] .. id)
-  redis.call('ZREM', KEYS[1], id)
+if #doomed == 0 then return 0 end
+-- The doomed are ranks 0..n-1 of the index: one range removal, and the state hashes
+-- deleted a few hundred per call (each redis.call costs as much as a small DEL).
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #doomed - 1)
+local states = {}
+for i, id in ipairs(doomed) do states[i] = ARGV[3] .. id end
+for first = 1, #states, 256 do
+  redis.call('DEL', unpack(states, first, math.min(first + 255, #states)))
 end
 return #doomed
 ",
