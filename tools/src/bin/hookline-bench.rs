@@ -152,17 +152,13 @@ async fn main() -> anyhow::Result<()> {
         "[3/7] fan-out to 10 endpoints: {} events over HTTP",
         args.fanout_events
     );
-    let fanout = throughput(
-        &brokers,
-        &args,
-        Scenario::Http {
-            endpoints: 10,
-            events: args.fanout_events,
-            second: Second::None,
-            formats: Formats::Json,
-        },
-    )
-    .await?;
+    let fanout_in = |formats| Scenario::Http {
+        endpoints: 10,
+        events: args.fanout_events,
+        second: Second::None,
+        formats,
+    };
+    let fanout = throughput(&brokers, &args, fanout_in(Formats::Json)).await?;
     report.push(line(
         "fanout_10_deliveries",
         fanout.deliveries_per_s,
@@ -192,17 +188,7 @@ async fn main() -> anyhow::Result<()> {
         "[3b/7] fan-out to 10 endpoints in 8 formats (6 presets, 2 templates): {} events",
         args.fanout_events
     );
-    let mixed = throughput(
-        &brokers,
-        &args,
-        Scenario::Http {
-            endpoints: 10,
-            events: args.fanout_events,
-            second: Second::None,
-            formats: Formats::Mixed,
-        },
-    )
-    .await?;
+    let mixed = throughput(&brokers, &args, fanout_in(Formats::Mixed)).await?;
     report.push(line(
         "fanout_10_mixed_formats_deliveries",
         mixed.deliveries_per_s,
