@@ -113,9 +113,8 @@ const enc = encodeURIComponent;
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   session = null;
-  location.hash = "#/";
   flash(message || "", Boolean(message));
-  route();
+  go("#/");
 }
 
 async function loadSession() {
@@ -146,8 +145,7 @@ function signInPage() {
           return;
         }
         flash("");
-        location.hash = "#/";
-        route();
+        go("#/");
       },
     },
     h("label", { for: "token" }, "API token", input),
@@ -496,7 +494,25 @@ async function deadLettersPage(tenant, endpoint) {
 
 // ---- routing -----------------------------------------------------------------------
 
-async function route() {
+/** Shows `hash`: a new address routes through `hashchange`; the current one is shown
+ * again directly. Exactly one navigation either way, so a page is never rendered twice
+ * under a user's hands. */
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+// Navigations run one after another: a page still loading when the address changes
+// finishes first, and the newer page then replaces it, so the page shown is always the
+// one the address names.
+let routing = Promise.resolve();
+
+function route() {
+  routing = routing.then(showRoute, showRoute);
+  return routing;
+}
+
+async function showRoute() {
   if (!flashKept) flash("");
   flashKept = false;
   const hash = location.hash || "#/";

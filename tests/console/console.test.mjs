@@ -38,6 +38,12 @@ function receiver(status) {
   });
   server.received = [];
   server.status = status;
+  // The deliverer keeps idle connections open for a while; a receiver that is done
+  // drops them, or they would keep this process alive after the tests.
+  server.stop = () => {
+    server.close();
+    server.closeAllConnections();
+  };
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
     server.url = `http://127.0.0.1:${server.address().port}/hooks`;
     resolve(server);
@@ -70,6 +76,11 @@ let browser;
 let healthy;
 let failing;
 
+// Printed last: a gap between the last test and the exit means something (a socket, a
+// server) kept the process alive.
+const started = Date.now();
+process.on("exit", () => console.log(`# exiting after ${Date.now() - started} ms`));
+
 before(async () => {
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   healthy = await receiver(204);
@@ -89,12 +100,24 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  healthy?.close();
-  failing?.close();
+  healthy?.stop();
+  failing?.stop();
 });
 
 async function shot(page, name) {
   if (SHOTS) await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+/** Runs `body`; if it fails, says what the page showed and which requests were open. */
+async function explained(page, body) {
+  try {
+    await body();
+  } catch (error) {
+    const shown = await page.locator("main").innerText().catch(() => "?");
+    const open = [...(page.pending?.values() ?? [])];
+    error.message += `\npage at ${page.url()} shows: ${shown.slice(0, 400)}\nopen requests: ${open.join("; ") || "none"}`;
+    throw error;
+  }
 }
 
 async function operatorPage(width = 1280) {
@@ -104,6 +127,11 @@ async function operatorPage(width = 1280) {
   page.on("pageerror", (error) => problems.push(error.message));
   page.on("console", (message) => { if (message.type() === "error" && !/status of 4\d\d/.test(message.text())) problems.push(message.text()); });
   page.problems = problems;
+  // What the page was waiting for, printed when a test fails (see `explain`).
+  page.pending = new Map();
+  page.on("request", (request) => page.pending.set(request, `${request.method()} ${request.url()}`));
+  page.on("requestfinished", (request) => page.pending.delete(request));
+  page.on("requestfailed", (request) => page.pending.set(request, `FAILED ${request.url()} ${request.failure()?.errorText}`));
   await page.goto(`${BASE}/console/`);
   // Sign in with the keyboard only: the token field, typing, Enter.
   await page.getByLabel("API token").focus();
@@ -115,55 +143,57 @@ async function operatorPage(width = 1280) {
 
 test("an operator creates an endpoint through the page and sends it a test event", async () => {
   const page = await operatorPage();
-  await page.locator("[data-testid=deliverers]", { hasText: "1" }).waitFor({ timeout: PATIENCE });
+  await explained(page, async () => {
+    await page.locator("[data-testid=deliverers]", { hasText: "1" }).waitFor({ timeout: PATIENCE });
 
-  await page.getByLabel("Tenant").fill("acme");
-  await page.getByRole("button", { name: "Open" }).click();
-  await page.getByText("No endpoints yet").waitFor();
-  await page.getByRole("link", { name: "New endpoint" }).click();
+    await page.getByLabel("Tenant").fill("acme");
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.getByText("No endpoints yet").waitFor();
+    await page.getByRole("link", { name: "New endpoint" }).click();
 
-  await page.getByLabel("URL").fill(healthy.url);
-  await page.getByLabel("Description").fill("Careers site");
-  // Event types come from the catalog, or as patterns with wildcards.
-  await page.getByRole("checkbox", { name: "candidate.interested" }).check();
-  await page.getByLabel("More patterns").fill("application.#");
-  await page.locator("#format").selectOption("event_data");
-  // The live preview renders the catalog's example in the chosen format.
-  await page.locator("#preview", { hasText: '"event": "INTERESTED"' }).waitFor();
-  assert.match(await page.locator("#preview").textContent(), /ada@example\.com/);
-  await shot(page, "endpoint-form");
-  await page.getByRole("button", { name: "Create endpoint" }).click();
+    await page.getByLabel("URL").fill(healthy.url);
+    await page.getByLabel("Description").fill("Careers site");
+    // Event types come from the catalog, or as patterns with wildcards.
+    await page.getByRole("checkbox", { name: "candidate.interested" }).check();
+    await page.getByLabel("More patterns").fill("application.#");
+    await page.locator("#format").selectOption("event_data");
+    // The live preview renders the catalog's example in the chosen format.
+    await page.locator("#preview", { hasText: '"event": "INTERESTED"' }).waitFor();
+    assert.match(await page.locator("#preview").textContent(), /ada@example\.com/);
+    await shot(page, "endpoint-form");
+    await page.getByRole("button", { name: "Create endpoint" }).click();
 
-  await page.getByRole("heading", { name: "Careers site" }).waitFor();
-  assert.match(await page.locator("#flash").textContent(), /signing secret: whsec_/);
-  await page.getByRole("button", { name: "Send test event" }).click();
-  const outcome = page.getByTestId("test-outcome");
-  await outcome.waitFor();
-  assert.match(await outcome.textContent(), /^Delivered · status 204/);
-  assert.equal(healthy.received.length, 1, "the test event reached the receiver");
-  assert.match(healthy.received[0].headers["webhook-id"], /^test_/);
-  await shot(page, "endpoint");
+    await page.getByRole("heading", { name: "Careers site" }).waitFor();
+    assert.match(await page.locator("#flash").textContent(), /signing secret: whsec_/);
+    await page.getByRole("button", { name: "Send test event" }).click();
+    const outcome = page.getByTestId("test-outcome");
+    await outcome.waitFor();
+    assert.match(await outcome.textContent(), /^Delivered · status 204/);
+    assert.equal(healthy.received.length, 1, "the test event reached the receiver");
+    assert.match(healthy.received[0].headers["webhook-id"], /^test_/);
+    await shot(page, "endpoint");
 
-  const listed = await api("GET", "/tenants/acme/endpoints");
-  assert.equal(listed.body.data.length, 1);
-  assert.equal(listed.body.data[0].format, "event_data");
-  assert.deepEqual(listed.body.data[0].event_types, ["candidate.interested", "application.#"]);
+    const listed = await api("GET", "/tenants/acme/endpoints");
+    assert.equal(listed.body.data.length, 1);
+    assert.equal(listed.body.data[0].format, "event_data");
+    assert.deepEqual(listed.body.data[0].event_types, ["candidate.interested", "application.#"]);
 
-  // Edit: a custom header added, then removed again, through the form.
-  const id = listed.body.data[0].id;
-  const edit = async (headers) => {
-    await page.getByRole("link", { name: "Edit" }).click();
-    await page.getByLabel("Custom headers").fill(headers);
-    await page.getByRole("button", { name: "Save" }).click();
-    await page.locator("#flash", { hasText: "Endpoint saved" }).waitFor();
-    return (await api("GET", `/tenants/acme/endpoints/${id}`)).body;
-  };
-  assert.deepEqual((await edit("X-Env: prod")).headers, { "X-Env": "prod" });
-  const cleared = await edit("");
-  assert.equal(cleared.headers, undefined, "the removed header is gone");
-  assert.equal(cleared.format, "event_data", "the rest is kept");
-  assert.equal(cleared.description, "Careers site");
-  assert.deepEqual(page.problems, []);
+    // Edit: a custom header added, then removed again, through the form.
+    const id = listed.body.data[0].id;
+    const edit = async (headers) => {
+      await page.getByRole("link", { name: "Edit" }).click();
+      await page.getByLabel("Custom headers").fill(headers);
+      await page.getByRole("button", { name: "Save" }).click();
+      await page.locator("#flash", { hasText: "Endpoint saved" }).waitFor();
+      return (await api("GET", `/tenants/acme/endpoints/${id}`)).body;
+    };
+    assert.deepEqual((await edit("X-Env: prod")).headers, { "X-Env": "prod" });
+    const cleared = await edit("");
+    assert.equal(cleared.headers, undefined, "the removed header is gone");
+    assert.equal(cleared.format, "event_data", "the rest is kept");
+    assert.equal(cleared.description, "Careers site");
+    assert.deepEqual(page.problems, []);
+  });
   await page.context().close();
 });
 
@@ -237,7 +267,7 @@ test("a gone endpoint is re-enabled from its page, its dead letters replayed all
     gone.status = 204;
     await page.getByRole("button", { name: "Re-enable endpoint" }).click();
     await page.locator("#flash", { hasText: "re-enabled" }).waitFor();
-    assert.equal(await page.getByTestId("health-badge").textContent(), "healthy");
+    await page.getByTestId("health-badge").filter({ hasText: "healthy" }).waitFor();
 
     await page.getByRole("link", { name: "Dead letters of this endpoint" }).click();
     const rows = page.locator("tr[data-dead-letter]");
@@ -264,18 +294,20 @@ test("a gone endpoint is re-enabled from its page, its dead letters replayed all
     assert.equal((await api("GET", `/tenants/initech/endpoints/${id}/secret`)).body.secret, shown);
     await page.context().close();
   } finally {
-    gone.close();
+    gone.stop();
   }
 });
 
 test("the console is usable at phone width", async () => {
   const page = await operatorPage(390);
-  await page.goto(`${BASE}/console/#/tenants/acme`);
-  await page.locator("tr[data-endpoint]").first().waitFor();
-  // Nothing but the table scrolls sideways: the page itself fits the screen.
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  assert.ok(overflow <= 0, `page is ${overflow}px wider than the screen`);
-  await shot(page, "endpoints-phone");
+  await explained(page, async () => {
+    await page.goto(`${BASE}/console/#/tenants/acme`);
+    await page.locator("tr[data-endpoint]").first().waitFor();
+    // Nothing but the table scrolls sideways: the page itself fits the screen.
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `page is ${overflow}px wider than the screen`);
+    await shot(page, "endpoints-phone");
+  });
   await page.context().close();
 });
 

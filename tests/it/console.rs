@@ -10,6 +10,9 @@ use std::process::Stdio;
 async fn console_in_a_real_browser() {
     let hookline = Hookline::builder()
         .retry_schedule("20ms,20ms")
+        // Deliveries held behind an open circuit wait this long, doubling up to 64×: kept
+        // short so the failing endpoint's retries run out within the page's patience.
+        .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10ms")
         .setting("HOOKLINE__API__PORTAL_KEY", "console-test-portal-key")
         .start()
         .await;
@@ -40,6 +43,8 @@ async fn console_in_a_real_browser() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // The TAP report, with each browser test's duration (shown with --success-output).
+    println!("{report}");
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
         report.contains("# pass 5"),
