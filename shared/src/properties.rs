@@ -66,3 +66,73 @@ fn reference_match(pattern: &[&str], words: &[&str]) -> bool {
         (Some((word, rest)), Some((first, tail))) => word == first && reference_match(rest, tail),
     }
 }
+
+/// `template JSON\nevent data JSON`: compiling any template returns a template or an
+/// error naming a place, never panics; a compiled template renders any event without
+/// panicking, to valid JSON (or a form), the same bytes every time (signatures depend
+/// on it), and within the output bound or as `TooLarge`.
+pub fn template_rendering(data: &[u8]) {
+    use crate::domain::payload::{PayloadFormat, Purpose, RenderError, render};
+    use crate::domain::template::{MAX_RENDERED_BYTES, RenderContext};
+    use std::collections::BTreeMap;
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (template, event_data) = text.split_once('\n').unwrap_or((text, "{}"));
+    let Ok(template) = serde_json::from_str::<serde_json::Value>(template) else {
+        return;
+    };
+    let format = match PayloadFormat::from_value(serde_json::json!({"template": template})) {
+        Ok(format) => format,
+        Err(invalid) => {
+            assert!(!invalid.message.is_empty(), "errors explain themselves");
+            assert!(
+                invalid.field.starts_with("format"),
+                "errors name a place: {invalid}"
+            );
+            return;
+        }
+    };
+    let data = serde_json::from_str(event_data).unwrap_or(serde_json::Value::Null);
+    let message = EventMessage {
+        event_type: "fuzz.event".into(),
+        data,
+        ..EventMessage::default()
+    };
+    let Ok(event) = Event::from_message(
+        message,
+        Fallbacks {
+            tenant: crate::domain::event::TenantId::parse("fuzz").ok(),
+            id: "fuzz".into(),
+            occurred_at: time::OffsetDateTime::UNIX_EPOCH,
+        },
+    ) else {
+        return;
+    };
+    let metadata: BTreeMap<String, String> = format
+        .metadata_keys()
+        .iter()
+        .map(|key| (key.clone(), format!("value of {key}")))
+        .collect();
+    let event_names = BTreeMap::new();
+    let context = RenderContext {
+        metadata: &metadata,
+        event_names: &event_names,
+    };
+    let first = render(&event, &format, context, Purpose::Live);
+    let second = render(&event, &format, context, Purpose::Live);
+    assert_eq!(first, second, "rendering is deterministic");
+    match first {
+        Ok(rendered) => {
+            assert!(rendered.body.len() <= MAX_RENDERED_BYTES);
+            if rendered.content_type == "application/json" {
+                assert!(
+                    serde_json::from_slice::<serde::de::IgnoredAny>(&rendered.body).is_ok(),
+                    "a JSON template renders JSON"
+                );
+            }
+        }
+        Err(RenderError::TooLarge { bytes }) => assert!(bytes > MAX_RENDERED_BYTES),
+    }
+}

@@ -27,3 +27,8 @@ fn event_parsing_corpus() {
 fn pattern_matching_corpus() {
     replay("pattern", hookline_shared::properties::pattern_matching);
 }
+
+#[test]
+fn template_rendering_corpus() {
+    replay("template", hookline_shared::properties::template_rendering);
+}
