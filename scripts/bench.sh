@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet --bin hookline-ingest --bin hookline-deliverer --bin hookline-bench
+# Every run on an empty broker: queues left by earlier runs cost RabbitMQ CPU.
+scripts/brokers.sh wipe bench
 scripts/brokers.sh up bench
 trap 'scripts/brokers.sh down bench' EXIT
 # shellcheck disable=SC1091

@@ -4,7 +4,7 @@
 # systemd. Used by `make run`, `make test`, `make bench` and the chaos tests.
 #
 #   scripts/brokers.sh install
-#   scripts/brokers.sh up|down|status|env <instance>
+#   scripts/brokers.sh up|down|wipe|status|env <instance>
 #   scripts/brokers.sh start|stop|restart|kill <instance> rabbitmq|redis
 #   scripts/brokers.sh ctl <instance> <rabbitmqctl args...>   (rabbitmqctl with the right env)
 #
@@ -39,6 +39,7 @@ usage: scripts/brokers.sh <command> [instance] [service]
   install                      install rabbitmq-server and redis-server (apt) if missing
   up <instance>                start RabbitMQ + Redis (reuse if running), write <state>/env
   down <instance>              stop both (graceful, SIGKILL fallback) and their epmd
+  wipe <instance>              down, then delete the instance's queues and keys
   start|stop|restart <instance> rabbitmq|redis   one service, data kept
   kill <instance> rabbitmq|redis                 SIGKILL the server process (fault tests)
   status <instance>            running/stopped for each service
@@ -775,6 +776,14 @@ cmd_down() {
   epmd_stop
 }
 
+# Stops the instance and deletes its broker data (queues, keys), keeping certificates
+# and logs: test instances start every run from nothing, as on a fresh machine.
+cmd_wipe() {
+  cmd_down
+  rm -rf "$RMQ_MNESIA" "$REDIS_DATA"
+  log "data wiped"
+}
+
 cmd_start() {
   ensure_installed
   case $1 in
@@ -845,11 +854,12 @@ main() {
   setup_instance "$1"
   shift
   case $cmd in
-    up | down | status | env)
+    up | down | wipe | status | env)
       [ $# -eq 0 ] || usage
       case $cmd in
         up) take_lock; cmd_up ;;
         down) take_lock; cmd_down ;;
+        wipe) take_lock; cmd_wipe ;;
         status) cmd_status ;;
         env) cmd_env ;;
       esac

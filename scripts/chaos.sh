@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 export CHAOS_EVENTS="${CHAOS_EVENTS:-20000}"
 cargo build --quiet --bin hookline-ingest --bin hookline-deliverer
+scripts/brokers.sh wipe chaos
 scripts/brokers.sh up chaos
 trap 'scripts/brokers.sh down chaos' EXIT
 # shellcheck disable=SC1091

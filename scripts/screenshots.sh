@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/console-tools.sh
+scripts/brokers.sh wipe test
 scripts/brokers.sh up test
 trap 'scripts/brokers.sh down test' EXIT
 # shellcheck disable=SC1091

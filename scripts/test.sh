@@ -75,6 +75,9 @@ fi
 # The console's browser tests: Chromium, Node.js and the pinned playwright-core.
 scripts/console-tools.sh
 
+# Test instances start empty every run: queues and keys left by earlier runs would slow
+# broker restarts (every quorum queue recovers) and make runs differ from a fresh machine.
+scripts/brokers.sh wipe test
 scripts/brokers.sh up test
 scripts/redis-topologies.sh up
 eval "$(scripts/redis-topologies.sh env)"
@@ -84,6 +87,7 @@ cargo build --workspace --bins --tests --quiet
 stage "unit and end-to-end tests" with_brokers test nextest --workspace -E 'not binary(fault)'
 
 # Fault tests restart brokers: their own instance, one test at a time.
+scripts/brokers.sh wipe chaos
 scripts/brokers.sh up chaos
 stage "fault tests" with_brokers chaos nextest -p hookline-tests --test fault --test-threads 1
 scripts/brokers.sh down chaos
