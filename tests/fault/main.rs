@@ -440,7 +440,11 @@ async fn chaos_loses_nothing() {
             }
             service => brokers("restart", service).await,
         }
-        faults.push(format!("{fault} at {:.0} %", threshold * 100.0));
+        faults.push(format!(
+            "{fault} at {:.0} % ({:.1} s)",
+            threshold * 100.0,
+            started.elapsed().as_secs_f64()
+        ));
     }
     for sender in senders {
         sender.await.expect("sender");
