@@ -27,7 +27,7 @@ use hookline_shared::domain::policy::{
 use hookline_shared::store::activity::{
     Activity, AttemptRecord, DeliveryState, DeliveryStatus, SUCCESS,
 };
-use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::health::{HealthStore, to_ms};
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
 use lapin::message::Delivery;
@@ -420,7 +420,7 @@ impl Worker {
     ) -> Option<Duration> {
         let per_second = endpoint.spec.rate_limit_per_s?;
         let now = OffsetDateTime::now_utc();
-        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let now_ms = to_ms(now);
         let slack_ms = i64::try_from(RATE_SLACK.as_millis()).unwrap_or(0);
         if prior
             .rate_slot_ms
@@ -799,8 +799,7 @@ fn dead_delivery(
 }
 
 fn due_in(delay: Duration) -> i64 {
-    let due = OffsetDateTime::now_utc() + delay;
-    i64::try_from(due.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    to_ms(OffsetDateTime::now_utc() + delay)
 }
 
 /// Parses the public AMQP contract. An absent `id` falls back to the `message_id`

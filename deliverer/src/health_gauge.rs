@@ -1,12 +1,11 @@
 //! Counts endpoints by health state for `hookline_endpoints{state}`, from the same
 //! records the API shows. Every replica reports the same totals; dashboards take `max`.
 
-use hookline_shared::domain::health::{HealthPolicy, HealthState};
+use hookline_shared::domain::health::{HealthPolicy, HealthState, count_states};
 use hookline_shared::store::StoreError;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
 use prometheus::IntGaugeVec;
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +24,10 @@ impl HealthGauge {
         loop {
             match self.count().await {
                 Ok(counts) => {
-                    for state in HealthState::ALL {
-                        let count = counts.get(&state).copied().unwrap_or(0);
-                        self.gauge.with_label_values(&[state.as_str()]).set(count);
+                    for (state, count) in counts {
+                        self.gauge
+                            .with_label_values(&[state.as_str()])
+                            .set(i64::try_from(count).unwrap_or(i64::MAX));
                     }
                 }
                 Err(error) => tracing::debug!(
@@ -42,16 +42,17 @@ impl HealthGauge {
         }
     }
 
-    async fn count(&self) -> Result<HashMap<HealthState, i64>, StoreError> {
-        let mut counts = HashMap::new();
+    async fn count(&self) -> Result<[(HealthState, u64); 3], StoreError> {
+        let mut counts = HealthState::ALL.map(|state| (state, 0));
         for tenant in self.endpoints.tenants().await? {
             let (endpoints, health) =
                 tokio::try_join!(self.endpoints.list(&tenant), self.health.all(&tenant))?;
-            for endpoint in endpoints {
-                let record = health.get(&endpoint.id).cloned().unwrap_or_default();
-                *counts
-                    .entry(record.state(endpoint.spec.enabled, &self.policy))
-                    .or_insert(0) += 1;
+            for (total, (_, count)) in
+                counts
+                    .iter_mut()
+                    .zip(count_states(&endpoints, &health, &self.policy))
+            {
+                total.1 += count;
             }
         }
         Ok(counts)

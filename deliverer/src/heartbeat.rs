@@ -1,6 +1,7 @@
 //! Announces this replica in Redis while its consumer is connected, so the operator
 //! overview can count the deliverers that are actually taking work.
 
+use hookline_shared::store::health::to_ms;
 use hookline_shared::store::replicas::{HEARTBEAT_MS, ReplicaRegistry};
 use prometheus::IntGauge;
 use std::time::Duration;
@@ -21,7 +22,7 @@ impl Heartbeat {
         // written every HEARTBEAT_MS after that.
         let mut last_written: Option<i64> = None;
         loop {
-            let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+            let now_ms = to_ms(OffsetDateTime::now_utc());
             let connected = self.connected.get() == 1;
             let due = last_written.is_none_or(|at| now_ms - at >= HEARTBEAT_MS);
             if !connected {

@@ -4,6 +4,7 @@
 //! replica claims the delivery.
 
 use crate::delivery::Worker;
+use hookline_shared::store::health::to_ms;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -86,5 +87,5 @@ impl Promoter {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    to_ms(OffsetDateTime::now_utc())
 }

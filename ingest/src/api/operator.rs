@@ -12,8 +12,9 @@ use axum::Json;
 use axum::extract::State;
 use hookline_shared::Invalid;
 use hookline_shared::domain::event::TenantId;
-use hookline_shared::domain::health::HealthState;
+use hookline_shared::domain::health::count_states;
 use hookline_shared::store::activity::MAX_STATS_WINDOW_MINUTES;
+use hookline_shared::store::health::to_ms;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -101,7 +102,7 @@ pub async fn overview(
         )));
     }
     let now = OffsetDateTime::now_utc();
-    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let now_ms = to_ms(now);
     let (replicas, (due, scheduled), tenants) = tokio::try_join!(
         state.replicas.seen_since(now_ms - REPLICA_FRESH_MS),
         state.retries.backlog(now_ms),
@@ -151,21 +152,12 @@ async fn tenant_overview(
         state.activity.attempt_counts(tenant, now, window_minutes),
         state.dead_letters.count_by_reason(tenant),
     )?;
-    let mut by_state: BTreeMap<&'static str, u64> =
-        HealthState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    for endpoint in &endpoints {
-        let record = health.get(&endpoint.id).cloned().unwrap_or_default();
-        *by_state
-            .entry(
-                record
-                    .state(endpoint.spec.enabled, &state.health_policy)
-                    .as_str(),
-            )
-            .or_default() += 1;
-    }
     Ok(TenantOverview {
         tenant: tenant.to_string(),
-        endpoints: by_state,
+        endpoints: count_states(&endpoints, &health, &state.health_policy)
+            .into_iter()
+            .map(|(health_state, count)| (health_state.as_str(), count))
+            .collect(),
         delivered: attempts.delivered,
         failed: attempts.failed,
         dead_letters,

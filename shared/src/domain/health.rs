@@ -4,7 +4,9 @@
 //! The record is a handful of counters and times kept in Redis; every decision made from
 //! it lives here, so the state machine is one pure function per transition.
 
+use super::endpoint::Endpoint;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -170,6 +172,26 @@ pub enum Admission {
 
 /// The breaker's decision. `probe_taken`: this delivery holds the open circuit's probe
 /// lease (callers take it only for a failing endpoint).
+/// How many of `endpoints` are in each state, every state listed (zero included), as the
+/// metrics gauge and the operator overview report them.
+pub fn count_states<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    health: &HashMap<String, HealthRecord>,
+    policy: &HealthPolicy,
+) -> [(HealthState, u64); 3] {
+    let mut counts = HealthState::ALL.map(|state| (state, 0));
+    for endpoint in endpoints {
+        let state = health
+            .get(&endpoint.id)
+            .unwrap_or(&HealthRecord::default())
+            .state(endpoint.spec.enabled, policy);
+        if let Some((_, count)) = counts.iter_mut().find(|(s, _)| *s == state) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
 pub fn admit(state: HealthState, probe_taken: bool) -> Admission {
     match state {
         HealthState::Healthy => Admission::Attempt,
