@@ -158,7 +158,7 @@ impl Worker {
                 .map_or_else(|| render(&event, endpoint), |(_, payload)| payload.clone());
             rendered.push((endpoint, payload));
         }
-        let event_json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
+        let event_json = event_as_stored(&event, delivery);
         let actions = join_all(rendered.iter().map(|(endpoint, payload)| async {
             let action = match payload {
                 Ok(payload) => {
@@ -833,6 +833,18 @@ pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The event as the history stores it. Ingest publishes exactly the serialized `Event`,
+/// so its bodies are stored as they came; anything else is serialized from the parsed
+/// event, with the defaults it was given.
+fn event_as_stored(event: &Event, delivery: &Delivery) -> Arc<str> {
+    if source(delivery) == SOURCE_HTTP
+        && let Ok(body) = std::str::from_utf8(&delivery.data)
+    {
+        return body.into();
+    }
+    serde_json::to_string(event).unwrap_or_default().into()
 }
 
 fn source(delivery: &Delivery) -> &'static str {

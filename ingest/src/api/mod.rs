@@ -324,7 +324,7 @@ pub fn router(state: AppState) -> Router {
             access::authenticate,
         ));
     Router::new()
-        .nest("/v1", v1)
+        .merge(v1)
         .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(
@@ -335,24 +335,27 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    let class = format!("{}xx", response.status().as_u16() / 100);
+    let class = match response.status().as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
     state
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), class.as_str()])
+        .with_label_values(&[route, method.as_str(), class])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
 }

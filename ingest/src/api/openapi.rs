@@ -84,11 +84,13 @@ impl<S: Clone + Send + Sync + 'static> Documented<S> {
         &self.operations
     }
 
+    /// The operations' routes under `/v1`. Written out in full rather than nested: a
+    /// nested router rebuilds every request's URI without the prefix.
     pub fn into_router(self) -> Router<S> {
         self.routes
             .into_iter()
             .fold(Router::new(), |router, (path, route)| {
-                router.route(path, route)
+                router.route(&format!("/v1{path}"), route)
             })
     }
 
