@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             "[1/7] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
             args.ceiling_messages
         );
-        Some(ceiling(&brokers, &args).await?)
+        Some(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?)
     } else {
         None
     };
@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
 
     let ceiling_after = if ceiling_before.is_some() && single.is_some() {
         eprintln!("[1/7] ceiling again, after (2)");
-        Some(ceiling(&brokers, &args).await?)
+        Some(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?)
     } else {
         None
     };
@@ -174,6 +174,37 @@ async fn main() -> anyhow::Result<()> {
         (None, _) => None,
     };
     let against_ceiling = ceiling.map(|c| (c, "ceiling"));
+    if let (Some(ceiling), Some(single)) = (ceiling, &single) {
+        // Not a denominator, an explanation: ingest answers each request after its
+        // confirm, so it can never have more confirms outstanding than there are
+        // clients, and RabbitMQ spends more per message when they come in smaller
+        // batches. This is the broker alone at that depth.
+        eprintln!("[1/7] ceiling with {} confirms outstanding", args.clients);
+        let (shallow, cpu) = self::ceiling(&brokers, &args, args.clients).await?;
+        report.push(line(
+            "ceiling_at_client_depth",
+            shallow,
+            "msgs/s",
+            Some((ceiling, "ceiling")),
+            Some("the ceiling with as many confirms outstanding as the load generator has clients"),
+        ));
+        if let Some((_, us)) = cpu.iter().find(|(process, _)| *process == "rabbitmq") {
+            report.push(line(
+                "ceiling_at_client_depth_cpu_per_message_rabbitmq",
+                *us,
+                "µs",
+                None,
+                None,
+            ));
+        }
+        report.push(line(
+            "throughput_1_endpoint_vs_client_depth",
+            single.events_per_s,
+            "events/s",
+            Some((shallow, "ceiling_at_client_depth")),
+            None,
+        ));
+    }
 
     let single = single.map(|single| {
         report.push(line(
@@ -459,11 +490,16 @@ fn queue_arguments(queue_type: &str) -> FieldTable {
     arguments
 }
 
+/// Confirms the ceiling's publisher keeps outstanding, as the reference figures were
+/// measured.
+const CEILING_IN_FLIGHT: usize = 1000;
+
 /// Raw broker ceiling: publish with pipelined confirms and consume with one manual ack per
 /// message, together, on the queue type and prefetch Hookline uses.
 async fn ceiling(
     brokers: &Brokers,
     args: &Args,
+    in_flight_limit: usize,
 ) -> anyhow::Result<(f64, Vec<(&'static str, f64)>)> {
     let queue = format!("bench-ceiling-{}", std::process::id());
     let consumer_connection =
@@ -517,7 +553,7 @@ async fn ceiling(
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     for _ in 0..total {
-        if in_flight.len() >= 1000 {
+        if in_flight.len() >= in_flight_limit {
             in_flight.next().await.transpose()?;
         }
         let confirm = channel
