@@ -7,11 +7,9 @@
 use super::AppState;
 use super::error::ApiError;
 use axum::Json;
-use axum::extract::{Extension, Request, State};
+use axum::extract::{Extension, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -118,28 +116,22 @@ pub fn bearer(request: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Authenticates and authorizes every `/v1` request; the granted [`Scope`] is left in
-/// the request's extensions.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(scope) = bearer(&request).and_then(|token| scope_of(&state, token)) else {
-        return ApiError::unauthorized().into_response();
+/// Who may make this `/v1` request: the scope its bearer token grants, or the answer
+/// refusing it (401 without a valid token, 403 outside the token's tenant).
+pub fn authorize(state: &AppState, request: &Request) -> Result<Scope, ApiError> {
+    let Some(scope) = bearer(request).and_then(|token| scope_of(state, token)) else {
+        return Err(ApiError::unauthorized());
     };
     let path = request.uri().path();
     let path = path.strip_prefix("/v1").unwrap_or(path);
     if !permits(&scope, request.method(), path) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this token may act only on its own tenant",
-        )
-        .into_response();
+        ));
     }
-    request.extensions_mut().insert(scope);
-    next.run(request).await
+    Ok(scope)
 }
 
 /// What `GET /v1/session` answers: who the presented token is, so the console knows

@@ -10,6 +10,7 @@ mod endpoints;
 pub mod error;
 mod events;
 mod history;
+mod layers;
 pub mod openapi;
 mod operator;
 mod portal;
@@ -19,10 +20,7 @@ use crate::accepted::AcceptedEvents;
 use crate::metrics::IngestMetrics;
 use crate::settings::ApiSettings;
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
-use axum::middleware::{self, Next};
-use axum::response::Response;
 use error::ApiError;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
@@ -319,45 +317,13 @@ async fn openapi_json() -> axum::Json<serde_json::Value> {
 pub fn router(state: AppState) -> Router {
     let v1 = api()
         .into_router()
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            access::authenticate,
-        ));
+        .route_layer(layers::Authenticate::new(state.clone()));
     Router::new()
         .merge(v1)
         .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(layers::RecordMetrics::new(state.metrics.clone()))
         .with_state(state)
-}
-
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let class = match response.status().as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
-    state
-        .metrics
-        .http_requests
-        .with_label_values(&[route, method.as_str(), class])
-        .inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&[route, method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 fn tenant(raw: String) -> Result<TenantId, ApiError> {

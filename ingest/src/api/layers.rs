@@ -1,0 +1,173 @@
+//! The middleware every API request passes — metrics for all routes, authentication for
+//! `/v1` — as plain tower services. `axum::middleware::from_fn` clones the route's boxed
+//! service and boxes a future for every request; at thousands of events a second that
+//! was a measurable share of ingest's CPU, and neither middleware needs it: the checks
+//! are synchronous and the metrics are recorded when the response is ready.
+
+use super::AppState;
+use super::access;
+use crate::metrics::IngestMetrics;
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use futures::future::{Either, Ready, ready};
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+use tower::{Layer, Service};
+
+/// Counts requests and times them by route, method and status class.
+#[derive(Debug, Clone)]
+pub struct RecordMetrics {
+    metrics: Arc<IngestMetrics>,
+}
+
+impl RecordMetrics {
+    pub fn new(metrics: Arc<IngestMetrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RecordMetrics {
+    type Service = Recorded<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Recorded {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded<S> {
+    inner: S,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl<S> Service<Request> for Recorded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Recording<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // Layers on a router wrap each route, so the matched path is known here.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        Recording {
+            response: self.inner.call(request),
+            route,
+            method,
+            started: Instant::now(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    pub struct Recording<F> {
+        #[pin]
+        response: F,
+        route: Option<MatchedPath>,
+        method: Method,
+        started: Instant,
+        metrics: Arc<IngestMetrics>,
+    }
+}
+
+impl<F> Future for Recording<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.response.poll(cx));
+        let response = match &result {
+            Ok(response) => response,
+            Err(never) => match *never {},
+        };
+        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let class = match response.status().as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        this.metrics
+            .http_requests
+            .with_label_values(&[route, this.method.as_str(), class])
+            .inc();
+        this.metrics
+            .http_duration
+            .with_label_values(&[route, this.method.as_str()])
+            .observe(this.started.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}
+
+/// Authenticates and authorizes each `/v1` request (see [`access::authorize`]) and
+/// leaves the granted scope in its extensions; refuses the others at once.
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    state: AppState,
+}
+
+impl Authenticate {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for Authenticate {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticated {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Authenticated<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        match access::authorize(&self.state, &request) {
+            Ok(scope) => {
+                request.extensions_mut().insert(scope);
+                Either::Right(self.inner.call(request))
+            }
+            Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
+        }
+    }
+}
