@@ -62,6 +62,9 @@ struct Args {
     /// latency, isolation); all by default. Ratios to a scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Runs of (2), each between two ceiling runs; the median ratio is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 impl Args {
@@ -102,79 +105,140 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Vec::<Line>::new();
     let started = Instant::now();
 
-    // The ceiling is measured before and after (2) and their mean is the denominator:
-    // this machine's speed drifts by ±15 % over minutes, and bracketing the scenario
-    // keeps that drift out of its ratio.
-    let ceiling_before = if args.wants("ceiling") {
+    // The ceiling and (2) alternate — C S C S … C — and each run of (2) is divided by the
+    // mean of the ceilings either side of it; the report takes the median of those
+    // ratios. This machine's speed drifts by ±15 % within minutes, and one ceiling
+    // measured long before or after a scenario lets that drift into the ratio.
+    let mut ceilings = Vec::new();
+    let mut singles = Vec::new();
+    if args.wants("ceiling") {
         eprintln!(
             "[1/7] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
             args.ceiling_messages
         );
-        Some(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?)
-    } else {
-        None
-    };
-
-    let single = if args.wants("single") {
-        eprintln!(
-            "[2/7] throughput to 1 endpoint: {} events over HTTP",
-            args.events
-        );
-        Some(
-            throughput(
-                &brokers,
-                &args,
-                Scenario::Http {
-                    endpoints: 1,
-                    events: args.events,
-                    second: Second::None,
-                    formats: Formats::Json,
-                },
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-
-    let ceiling_after = if ceiling_before.is_some() && single.is_some() {
-        eprintln!("[1/7] ceiling again, after (2)");
-        Some(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?)
-    } else {
-        None
-    };
-
-    let ceiling = match (&ceiling_before, &ceiling_after) {
-        (Some((before, cpu)), after) => {
-            let rate = after
-                .as_ref()
-                .map_or(*before, |(after, _)| (before + after) / 2.0);
-            report.push(line(
-                "ceiling",
-                rate,
-                "msgs/s",
-                None,
-                Some("mean of the runs before and after (2)"),
-            ));
-            report.push(line("ceiling_before", *before, "msgs/s", None, None));
-            if let Some((after, _)) = after {
-                report.push(line("ceiling_after", *after, "msgs/s", None, None));
+        ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
+    }
+    if args.wants("single") {
+        for round in 1..=args.repeat {
+            eprintln!(
+                "[2/7] throughput to 1 endpoint: {} events over HTTP (run {round} of {})",
+                args.events, args.repeat
+            );
+            singles.push(
+                throughput(
+                    &brokers,
+                    &args,
+                    Scenario::Http {
+                        endpoints: 1,
+                        events: args.events,
+                        second: Second::None,
+                        formats: Formats::Json,
+                    },
+                )
+                .await?,
+            );
+            if !ceilings.is_empty() {
+                eprintln!("[1/7] ceiling again");
+                ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
             }
-            for (process, us) in cpu {
-                report.push(line(
-                    &format!("ceiling_cpu_per_message_{process}"),
-                    *us,
-                    "µs",
-                    None,
-                    Some("during the first ceiling run"),
+        }
+    }
+
+    let ceiling = (!ceilings.is_empty()).then(|| {
+        let rates: Vec<f64> = ceilings.iter().map(|(rate, _)| *rate).collect();
+        let median_rate = median(&rates);
+        report.push(line(
+            "ceiling",
+            median_rate,
+            "msgs/s",
+            None,
+            Some("median of the runs around (2)"),
+        ));
+        report.push(line(
+            "ceiling_runs",
+            rates.len() as f64,
+            "runs",
+            None,
+            Some(&format!("{rates:.0?}")),
+        ));
+        for (process, us) in &ceilings[0].1 {
+            report.push(line(
+                &format!("ceiling_cpu_per_message_{process}"),
+                *us,
+                "µs",
+                None,
+                Some("during the first ceiling run"),
+            ));
+        }
+        median_rate
+    });
+    let against_ceiling = ceiling.map(|c| (c, "ceiling"));
+
+    // Each run of (2) against the ceilings either side of it.
+    let ratios: Vec<f64> = singles
+        .iter()
+        .zip(ceilings.windows(2))
+        .map(|(single, pair)| single.events_per_s / ((pair[0].0 + pair[1].0) / 2.0))
+        .collect();
+    // The run whose ratio is the median stands for (2): its figures are reported.
+    let representative = if ratios.is_empty() {
+        singles.len().checked_sub(1)
+    } else {
+        let wanted = median(&ratios);
+        ratios.iter().position(|ratio| *ratio == wanted)
+    };
+    let single = representative
+        .and_then(|index| singles.get(index))
+        .map(|single| {
+            let mut throughput = line(
+                "throughput_1_endpoint",
+                single.events_per_s,
+                "events/s",
+                against_ceiling,
+                None,
+            );
+            if !ratios.is_empty() {
+                throughput.ratio = Some(median(&ratios));
+                throughput.ratio_to = Some("ceiling".into());
+                throughput.note = Some(format!(
+                    "median run; each run over the ceilings either side: {ratios:.2?}"
                 ));
             }
-            Some(rate)
-        }
-        (None, _) => None,
-    };
-    let against_ceiling = ceiling.map(|c| (c, "ceiling"));
-    if let (Some(ceiling), Some(single)) = (ceiling, &single) {
+            report.push(throughput);
+            report.push(line(
+                "throughput_1_endpoint_runs",
+                singles.len() as f64,
+                "runs",
+                None,
+                Some(&format!(
+                    "{:.0?} events/s, {ratios:.2?} of the ceilings either side",
+                    singles.iter().map(|s| s.events_per_s).collect::<Vec<_>>()
+                )),
+            ));
+            report_cpu(
+                &mut report,
+                "cpu_per_event",
+                single,
+                "during throughput_1_endpoint",
+            );
+            report.push(line(
+                "ingest_peak_rss",
+                mib(single.ingest_rss),
+                "MiB",
+                None,
+                Some("during throughput_1_endpoint"),
+            ));
+            report.push(line(
+                "deliverer_peak_rss",
+                mib(single.deliverer_rss),
+                "MiB",
+                None,
+                Some("during throughput_1_endpoint"),
+            ));
+            single.events_per_s
+        });
+
+    if let (Some(ceiling), Some(single)) = (ceiling, single) {
         // Not a denominator, an explanation: ingest answers each request after its
         // confirm, so it can never have more confirms outstanding than there are
         // clients, and RabbitMQ spends more per message when they come in smaller
@@ -199,43 +263,12 @@ async fn main() -> anyhow::Result<()> {
         }
         report.push(line(
             "throughput_1_endpoint_vs_client_depth",
-            single.events_per_s,
+            single,
             "events/s",
             Some((shallow, "ceiling_at_client_depth")),
             None,
         ));
     }
-
-    let single = single.map(|single| {
-        report.push(line(
-            "throughput_1_endpoint",
-            single.events_per_s,
-            "events/s",
-            against_ceiling,
-            None,
-        ));
-        report_cpu(
-            &mut report,
-            "cpu_per_event",
-            &single,
-            "during throughput_1_endpoint",
-        );
-        report.push(line(
-            "ingest_peak_rss",
-            mib(single.ingest_rss),
-            "MiB",
-            None,
-            Some("during throughput_1_endpoint"),
-        ));
-        report.push(line(
-            "deliverer_peak_rss",
-            mib(single.deliverer_rss),
-            "MiB",
-            None,
-            Some("during throughput_1_endpoint"),
-        ));
-        single.events_per_s
-    });
 
     let fanout_in = |formats| Scenario::Http {
         endpoints: 10,
@@ -413,7 +446,15 @@ async fn main() -> anyhow::Result<()> {
             (Some(ratio), Some(to)) => format!(" ({ratio:.2} of {to})"),
             _ => String::new(),
         };
-        println!("{}: {:.1} {}{}", entry.name, entry.value, entry.unit, ratio);
+        // Repeated runs show what each gave, so the spread is on the page.
+        let runs = match (&entry.note, entry.unit == "runs") {
+            (Some(note), true) => format!(": {note}"),
+            _ => String::new(),
+        };
+        println!(
+            "{}: {:.1} {}{}{}",
+            entry.name, entry.value, entry.unit, ratio, runs
+        );
     }
     write_json(&report, &args)?;
     Ok(())
@@ -446,6 +487,16 @@ fn report_cpu(report: &mut Vec<Line>, prefix: &str, run: &Throughput, note: &str
             Some(note),
         ));
     }
+}
+
+/// The middle value (the lower of the two middle ones for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get((sorted.len().saturating_sub(1)) / 2)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn mib(bytes: u64) -> f64 {
