@@ -60,6 +60,8 @@ pub struct Worker {
     pub activity: ActivityLog,
     pub success_writes: Throttle,
     pub probe_requests: Throttle,
+    /// How often a held delivery coming back may re-read its endpoint's health.
+    pub recovery_checks: Throttle,
     pub retries: RetryStore,
     pub dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
@@ -297,6 +299,17 @@ impl Worker {
                 _ => return self.refuse(event, endpoint, prior),
             }
         }
+        if state == HealthState::Failing
+            && prior.deferrals > 0
+            && self.recovery_checks.due(&event.tenant, &endpoint.id)
+        {
+            // A held delivery coming back may have been woken by a probe that succeeded
+            // in another replica a moment ago: check before holding it again.
+            if let Some((fresh_health, fresh_state)) = self.fresh_state(event, endpoint).await {
+                health = fresh_health;
+                state = fresh_state;
+            }
+        }
         let probe_taken = state == HealthState::Failing && self.take_probe(event, endpoint).await;
         let probe = match admit(state, probe_taken) {
             Admission::Attempt => false,
@@ -333,6 +346,11 @@ impl Worker {
         let disabled = self.update_health(event, endpoint, &health, &report).await;
         if probe {
             self.release_probe(event, endpoint).await;
+            if matches!(report.outcome, AttemptOutcome::Delivered { .. }) {
+                // The circuit is closed now: what this replica takes next must see it.
+                self.endpoints.invalidate(&event.tenant);
+                self.wake_held(endpoint).await;
+            }
         }
         let last_error = match &report.outcome {
             AttemptOutcome::Failed(failure) => Some(failure.clone()),
@@ -359,6 +377,27 @@ impl Worker {
                 attempts,
                 last_error,
             )),
+        }
+    }
+
+    /// The probe found the endpoint answering: what its open circuit held back is due
+    /// now. Best effort — held deliveries come back on their own timers anyway.
+    async fn wake_held(&self, endpoint: &Endpoint) {
+        match self
+            .retries
+            .wake_held(&endpoint.id, due_in(Duration::ZERO))
+            .await
+        {
+            Ok(0) => {}
+            Ok(woken) => {
+                self.metrics.held_woken.inc_by(woken);
+                tracing::info!(endpoint_id = %endpoint.id, woken, "circuit closed; held deliveries are due now");
+            }
+            Err(error) => tracing::warn!(
+                endpoint_id = %endpoint.id,
+                error = format!("{error:#}"),
+                "waking held deliveries failed; they come back on their own timers"
+            ),
         }
     }
 

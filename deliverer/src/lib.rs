@@ -154,6 +154,7 @@ impl Deliverer {
             activity,
             success_writes: delivery::Throttle::new(Duration::from_secs(30)),
             probe_requests: delivery::Throttle::new(Duration::from_millis(250)),
+            recovery_checks: delivery::Throttle::new(Duration::from_millis(250)),
             retries: RetryStore::new(redis.clone(), keys.clone()),
             dead_letters: dead_letter::DeadLetters::new(
                 publisher,

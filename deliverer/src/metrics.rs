@@ -17,6 +17,7 @@ pub struct DelivererMetrics {
     pub attempt_duration: Histogram,
     pub lag: Histogram,
     pub retries_scheduled: IntCounter,
+    pub held_woken: IntCounter,
     pub retry_backlog: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub in_flight: IntGauge,
@@ -68,6 +69,10 @@ impl DelivererMetrics {
             retries_scheduled: unreachable_on_error(IntCounter::new(
                 "hookline_retries_scheduled_total",
                 "Deliveries stored in Redis for a later attempt.",
+            )),
+            held_woken: unreachable_on_error(IntCounter::new(
+                "hookline_held_deliveries_woken_total",
+                "Deliveries held by an open circuit made due at once when its probe succeeded.",
             )),
             retry_backlog: unreachable_on_error(IntGaugeVec::new(
                 Opts::new(
@@ -128,6 +133,7 @@ impl DelivererMetrics {
         register(registry, metrics.attempt_duration.clone());
         register(registry, metrics.lag.clone());
         register(registry, metrics.retries_scheduled.clone());
+        register(registry, metrics.held_woken.clone());
         register(registry, metrics.retry_backlog.clone());
         register(registry, metrics.dead_letters.clone());
         register(registry, metrics.in_flight.clone());

@@ -119,6 +119,96 @@ async fn open_circuit_lets_one_probe_at_a_time_reach_the_receiver() {
 }
 
 #[tokio::test]
+async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
+    let hookline = Hookline::builder()
+        .retry_schedule("100ms,100ms,100ms,100ms")
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
+        // On their own timers the held deliveries would come back in 7–13 minutes: only
+        // being woken brings them within the test's patience.
+        .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10m")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let endpoint = hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    let path = endpoint_path("acme", &endpoint);
+    hookline
+        .post_event("acme", json!({"type": "a.b", "data": {"n": 0}}))
+        .await;
+    eventually("endpoint turns failing", || async {
+        health_state(&hookline, &path).await["state"] == "failing"
+    })
+    .await;
+    let admin = hookline.deliverer_admins[0];
+    let metric = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+        let hookline = &hookline;
+        async move { hookline.metric(admin, name, labels).await }
+    };
+    let held_before = metric(
+        "hookline_delivery_attempts_total",
+        &[("outcome", "circuit_open")],
+    )
+    .await;
+    for n in 1..=5 {
+        hookline
+            .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+            .await;
+    }
+    // The first of them to arrive takes the open circuit's probe; the others are held.
+    eventually("four deliveries are held", || async {
+        metric(
+            "hookline_delivery_attempts_total",
+            &[("outcome", "circuit_open")],
+        )
+        .await
+            >= held_before + 4.0
+    })
+    .await;
+
+    receiver.set_status(204);
+    let recovered = std::time::Instant::now();
+    // New events until one takes the open circuit's next probe (a replica asks for it
+    // at most every 250 ms; the ones in between are held too). The probe succeeds and
+    // wakes everything held.
+    let mut next = 6;
+    eventually("a probe reaches the recovered receiver", || {
+        let n = next;
+        next += 1;
+        let (hookline, receiver) = (&hookline, &receiver);
+        async move {
+            hookline
+                .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+                .await;
+            receiver
+                .received()
+                .iter()
+                .any(|request| request.at >= recovered)
+        }
+    })
+    .await;
+    eventually("the held deliveries arrive after the probe", || async {
+        let mut delivered: Vec<u64> = receiver
+            .received()
+            .iter()
+            .filter(|request| request.at >= recovered)
+            .filter_map(|request| request.json()["data"]["n"].as_u64())
+            .filter(|n| (1..=5).contains(n))
+            .collect();
+        delivered.sort_unstable();
+        delivered.dedup();
+        delivered.len() >= 4
+    })
+    .await;
+    assert!(
+        metric("hookline_held_deliveries_woken_total", &[]).await >= 4.0,
+        "the deliverer counts what it woke"
+    );
+    hookline.stop().await;
+}
+
+#[tokio::test]
 async fn gone_disables_and_dead_letters_then_replay_after_re_enabling_delivers() {
     let hookline = Hookline::builder()
         .retry_schedule("100ms,100ms")

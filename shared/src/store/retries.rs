@@ -10,6 +10,7 @@
 use super::{Keyspace, StoreError};
 use crate::contract::{PendingDelivery, RetryTask};
 use crate::store::RedisConnection;
+use std::collections::HashMap;
 
 const CLAIM: &str = r"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
@@ -39,6 +40,20 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
+";
+
+/// Brings tasks forward to ARGV[1] unless they are due by then already. KEYS[1]: the due
+/// set. ARGV[2..]: task ids.
+const WAKE: &str = r"
+local woken = 0
+for i = 2, #ARGV do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+    woken = woken + 1
+  end
+end
+return woken
 ";
 
 /// A task handed to one worker until `token` (its lease's end, in ms) passes.
@@ -135,6 +150,53 @@ impl RetryStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(done == 1)
+    }
+
+    /// Makes the deliveries held back from an endpoint — deferred without an attempt by
+    /// its open circuit or its busy slots — due at `now_ms`. Called when a probe finds
+    /// the endpoint answering again, so its backlog goes out at once instead of on each
+    /// delivery's own doubling timer. Failed attempts keep their retry schedule.
+    ///
+    /// The scan reads the whole pool (task ids end in the endpoint id), which is fine
+    /// once per recovery. A held task that a worker has claimed at this moment may be
+    /// brought forward too and attempted twice: a duplicate, never a loss.
+    pub async fn wake_held(&self, endpoint_id: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("*:{endpoint_id}");
+        let mut woken = 0;
+        let mut cursor = 0_u64;
+        loop {
+            let (next, tasks): (u64, HashMap<String, String>) = redis::cmd("HSCAN")
+                .arg(self.keys.retry_tasks())
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut redis)
+                .await?;
+            let held: Vec<&String> = tasks
+                .iter()
+                .filter(|(_, json)| {
+                    decode(json)
+                        .is_ok_and(|task| task.deferrals > 0 && task.endpoint_id == endpoint_id)
+                })
+                .map(|(id, _)| id)
+                .collect();
+            if !held.is_empty() {
+                let count: u64 = redis::Script::new(WAKE)
+                    .key(self.keys.retry_due())
+                    .arg(now_ms)
+                    .arg(held)
+                    .invoke_async(&mut redis)
+                    .await?;
+                woken += count;
+            }
+            if next == 0 {
+                return Ok(woken);
+            }
+            cursor = next;
+        }
     }
 
     /// (due now, due later): the backlog that the retry gauges report.
