@@ -7,7 +7,7 @@ use crate::activity::ActivityLog;
 use crate::consumer::Handler;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
-use crate::metrics::{DelivererMetrics, status_class};
+use crate::metrics::DelivererMetrics;
 use crate::slots::EndpointSlots;
 use bytes::Bytes;
 use futures::future::join_all;
@@ -24,6 +24,7 @@ use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
     AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
 };
+use hookline_shared::metrics::status_class;
 use hookline_shared::store::activity::{
     Activity, AttemptRecord, DeliveryState, DeliveryStatus, SUCCESS,
 };

@@ -144,15 +144,3 @@ impl DelivererMetrics {
         metrics
     }
 }
-
-pub fn status_class(status: Option<u16>) -> &'static str {
-    match status {
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) => "other",
-        None => "none",
-    }
-}

@@ -138,6 +138,20 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 /// Histogram buckets in seconds, from `start` doubling `count` times.
+/// The `status_class` label of an HTTP answer — `2xx`, `5xx`… — or `none` when there was
+/// none: one spelling for the API's requests and the deliveries' attempts.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
 pub fn exponential_buckets(start: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, 2.0, count)
         .unwrap_or_else(|e| unreachable!("static bucket definition: {e}"))

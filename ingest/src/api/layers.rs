@@ -11,6 +11,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
+use hookline_shared::metrics::status_class;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -100,13 +101,7 @@ where
             Err(never) => match *never {},
         };
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let class = match response.status().as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
+        let class = status_class(Some(response.status().as_u16()));
         this.metrics
             .http_requests
             .with_label_values(&[route, this.method.as_str(), class])
