@@ -232,7 +232,9 @@ impl Worker {
         let wait = wait.mul_f64(0.75 + rand::random::<f64>() / 2.0);
         let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
         task.deferrals = prior.deferrals + 1;
-        Action::Retry(task, due_in(wait))
+        let due = due_in(wait);
+        task.held_until_ms = Some(due);
+        Action::Retry(task, due)
     }
 
     /// Records the delivery's state for `GET …/events/{id}`.
@@ -810,6 +812,7 @@ fn pending(
         endpoint_id: endpoint.id.clone(),
         attempts,
         deferrals: 0,
+        held_until_ms: None,
         last_error,
         rate_slot_ms: None,
         payload: Some(StoredPayload {

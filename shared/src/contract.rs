@@ -103,6 +103,11 @@ pub struct PendingDelivery {
     /// an attempt; each doubles the wait, so a hung endpoint's backlog does not churn.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deferrals: u32,
+    /// Set by a deferral: the time (unix ms) it was put back until. A wake brings the
+    /// delivery forward only while the pool still has it due then — a claim moves it to
+    /// the lease's end, so a delivery some worker holds is never handed out twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<Failure>,
     /// A rate-limit slot this delivery already reserved (unix ms): when it comes due it

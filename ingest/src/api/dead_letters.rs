@@ -145,6 +145,7 @@ async fn replay(
                     endpoint_id: record.endpoint_id.clone(),
                     attempts: 0,
                     deferrals: 0,
+                    held_until_ms: None,
                     last_error: None,
                     rate_slot_ms: None,
                     // Rendered afresh, with the endpoint's format as it is now.

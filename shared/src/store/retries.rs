@@ -42,14 +42,16 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 ";
 
-/// Brings tasks forward to ARGV[1] unless they are due by then already. KEYS[1]: the due
-/// set. ARGV[2..]: task ids.
+/// Brings held tasks forward to ARGV[1], each only while it is still due at the time
+/// it was held until (no claim since). KEYS[1]: the due set. ARGV[2..]: task id, held
+/// until (ms), in pairs.
 const WAKE: &str = r"
+local now = tonumber(ARGV[1])
 local woken = 0
-for i = 2, #ARGV do
-  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if due and tonumber(due) > tonumber(ARGV[1]) then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+for i = 2, #ARGV, 2 do
+  local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
+  if due and due == tonumber(ARGV[i + 1]) and due > now then
+    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
     woken = woken + 1
   end
 end
@@ -157,9 +159,10 @@ impl RetryStore {
     /// the endpoint answering again, so its backlog goes out at once instead of on each
     /// delivery's own doubling timer. Failed attempts keep their retry schedule.
     ///
-    /// The scan reads the whole pool (task ids end in the endpoint id), which is fine
-    /// once per recovery. A held task that a worker has claimed at this moment may be
-    /// brought forward too and attempted twice: a duplicate, never a loss.
+    /// A held delivery is brought forward only while the pool has it due at the time it
+    /// was held until: one that a worker has claimed since (the probe's own, when it was
+    /// a held retry) is left to that worker. The scan reads the whole pool (task ids end
+    /// in the endpoint id), which is fine once per recovery.
     pub async fn wake_held(&self, endpoint_id: &str, now_ms: i64) -> Result<u64, StoreError> {
         let mut redis = self.redis.clone();
         let pattern = format!("*:{endpoint_id}");
@@ -175,21 +178,21 @@ impl RetryStore {
                 .arg(500)
                 .query_async(&mut redis)
                 .await?;
-            let held: Vec<&String> = tasks
-                .iter()
-                .filter(|(_, json)| {
-                    decode(json)
-                        .is_ok_and(|task| task.deferrals > 0 && task.endpoint_id == endpoint_id)
-                })
-                .map(|(id, _)| id)
-                .collect();
-            if !held.is_empty() {
-                let count: u64 = redis::Script::new(WAKE)
-                    .key(self.keys.retry_due())
-                    .arg(now_ms)
-                    .arg(held)
-                    .invoke_async(&mut redis)
-                    .await?;
+            let script = redis::Script::new(WAKE);
+            let mut wake = script.prepare_invoke();
+            wake.key(self.keys.retry_due()).arg(now_ms);
+            let mut held = 0;
+            for (id, json) in &tasks {
+                if let Ok(task) = decode(json)
+                    && task.endpoint_id == endpoint_id
+                    && let Some(until) = task.held_until_ms
+                {
+                    wake.arg(id).arg(until);
+                    held += 1;
+                }
+            }
+            if held > 0 {
+                let count: u64 = wake.invoke_async(&mut redis).await?;
                 woken += count;
             }
             if next == 0 {
