@@ -170,8 +170,6 @@ pub enum Admission {
     Refuse,
 }
 
-/// The breaker's decision. `probe_taken`: this delivery holds the open circuit's probe
-/// lease (callers take it only for a failing endpoint).
 /// How many of `endpoints` are in each state, every state listed (zero included), as the
 /// metrics gauge and the operator overview report them.
 pub fn count_states<'a>(
@@ -192,6 +190,8 @@ pub fn count_states<'a>(
     counts
 }
 
+/// The breaker's decision. `probe_taken`: this delivery holds the open circuit's probe
+/// lease (callers take it only for a failing endpoint).
 pub fn admit(state: HealthState, probe_taken: bool) -> Admission {
     match state {
         HealthState::Healthy => Admission::Attempt,
