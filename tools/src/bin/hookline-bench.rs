@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let ceiling = (!ceilings.is_empty()).then(|| {
+    let ceiling_rate = (!ceilings.is_empty()).then(|| {
         let rates: Vec<f64> = ceilings.iter().map(|(rate, _)| *rate).collect();
         let median_rate = median(&rates);
         report.push(line(
@@ -172,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
         }
         median_rate
     });
-    let against_ceiling = ceiling.map(|c| (c, "ceiling"));
+    let against_ceiling = ceiling_rate.map(|c| (c, "ceiling"));
 
     // Each run of (2) against the ceilings either side of it.
     let ratios: Vec<f64> = singles
@@ -238,18 +238,18 @@ async fn main() -> anyhow::Result<()> {
             single.events_per_s
         });
 
-    if let (Some(ceiling), Some(single)) = (ceiling, single) {
+    if let (Some(ceiling_rate), Some(single)) = (ceiling_rate, single) {
         // Not a denominator, an explanation: ingest answers each request after its
         // confirm, so it can never have more confirms outstanding than there are
         // clients, and RabbitMQ spends more per message when they come in smaller
         // batches. This is the broker alone at that depth.
         eprintln!("[1/7] ceiling with {} confirms outstanding", args.clients);
-        let (shallow, cpu) = self::ceiling(&brokers, &args, args.clients).await?;
+        let (shallow, cpu) = ceiling(&brokers, &args, args.clients).await?;
         report.push(line(
             "ceiling_at_client_depth",
             shallow,
             "msgs/s",
-            Some((ceiling, "ceiling")),
+            Some((ceiling_rate, "ceiling")),
             Some("the ceiling with as many confirms outstanding as the load generator has clients"),
         ));
         if let Some((_, us)) = cpu.iter().find(|(process, _)| *process == "rabbitmq") {
@@ -623,19 +623,28 @@ async fn ceiling(
     }
     let finished = tokio::time::timeout(DRAIN_LIMIT, consuming).await???;
     let rate = total as f64 / finished.duration_since(started).as_secs_f64();
-    let cpu_per_message = ceiling_cpu()
-        .into_iter()
-        .zip(cpu_before)
-        .map(|((name, after), (_, before))| {
-            (name, after.saturating_sub(before) as f64 / total as f64)
-        })
-        .collect();
+    let cpu_per_message = cpu_per_item(cpu_before, ceiling_cpu(), total);
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
     let _ = publisher_connection.close(200, "done".into()).await;
     let _ = consumer_connection.close(200, "done".into()).await;
     Ok((rate, cpu_per_message))
+}
+
+/// CPU µs each process spent per item between two snapshots of the same processes.
+fn cpu_per_item(
+    before: Vec<(&'static str, u64)>,
+    after: Vec<(&'static str, u64)>,
+    items: usize,
+) -> Vec<(&'static str, f64)> {
+    after
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| {
+            (name, after.saturating_sub(before) as f64 / items as f64)
+        })
+        .collect()
 }
 
 /// What the ceiling is charged: the broker, and this process as its publisher and
@@ -1120,13 +1129,7 @@ async fn throughput(
         }
     }
     counter.wait_for(events * endpoints).await?;
-    let cpu_per_event = cpu_snapshot(&services)
-        .into_iter()
-        .zip(cpu_before)
-        .map(|((name, after), (_, before))| {
-            (name, after.saturating_sub(before) as f64 / events as f64)
-        })
-        .collect();
+    let cpu_per_event = cpu_per_item(cpu_before, cpu_snapshot(&services), events);
     let elapsed_s = (counter
         .last_us
         .load(Ordering::Relaxed)
