@@ -13,6 +13,17 @@ fn endpoint_path(tenant: &str, endpoint: &Value) -> String {
     )
 }
 
+/// Deliveries the (first) deliverer has held back behind an open circuit so far.
+async fn held_by_circuit(hookline: &Hookline) -> f64 {
+    hookline
+        .metric(
+            hookline.deliverer_admins[0],
+            "hookline_delivery_attempts_total",
+            &[("outcome", "circuit_open")],
+        )
+        .await
+}
+
 async fn health_state(hookline: &Hookline, path: &str) -> Value {
     let answer = hookline.get(path).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -80,16 +91,7 @@ async fn open_circuit_lets_one_probe_at_a_time_reach_the_receiver() {
         health_state(&hookline, &path).await["state"] == "failing"
     })
     .await;
-    let admin = hookline.deliverer_admins[0];
-    let held = || async {
-        hookline
-            .metric(
-                admin,
-                "hookline_delivery_attempts_total",
-                &[("outcome", "circuit_open")],
-            )
-            .await
-    };
+    let held = || held_by_circuit(&hookline);
     // The deliverer has seen the open circuit once it holds a delivery back.
     hookline
         .post_event("acme", json!({"type": "a.b", "data": {"n": 1}}))
@@ -141,16 +143,7 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
         health_state(&hookline, &path).await["state"] == "failing"
     })
     .await;
-    let admin = hookline.deliverer_admins[0];
-    let metric = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
-        let hookline = &hookline;
-        async move { hookline.metric(admin, name, labels).await }
-    };
-    let held_before = metric(
-        "hookline_delivery_attempts_total",
-        &[("outcome", "circuit_open")],
-    )
-    .await;
+    let held_before = held_by_circuit(&hookline).await;
     for n in 1..=5 {
         hookline
             .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
@@ -158,12 +151,7 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
     }
     // The first of them to arrive takes the open circuit's probe; the others are held.
     eventually("four deliveries are held", || async {
-        metric(
-            "hookline_delivery_attempts_total",
-            &[("outcome", "circuit_open")],
-        )
-        .await
-            >= held_before + 4.0
+        held_by_circuit(&hookline).await >= held_before + 4.0
     })
     .await;
 
@@ -202,7 +190,14 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
     })
     .await;
     assert!(
-        metric("hookline_held_deliveries_woken_total", &[]).await >= 4.0,
+        hookline
+            .metric(
+                hookline.deliverer_admins[0],
+                "hookline_held_deliveries_woken_total",
+                &[]
+            )
+            .await
+            >= 4.0,
         "the deliverer counts what it woke"
     );
     hookline.stop().await;
