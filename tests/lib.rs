@@ -173,6 +173,20 @@ pub struct Answer {
     pub body: Value,
 }
 
+impl Answer {
+    /// The request was refused as invalid: 422, naming `field`. `context` says which
+    /// case of a table failed.
+    #[track_caller]
+    pub fn assert_invalid(&self, field: &str, context: &str) {
+        assert_eq!(self.status, 422, "{context}: {}", self.body);
+        assert_eq!(
+            self.body["error"]["field"], field,
+            "{context}: {}",
+            self.body
+        );
+    }
+}
+
 impl Hookline {
     pub fn builder() -> HooklineBuilder {
         HooklineBuilder::default()

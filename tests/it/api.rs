@@ -319,9 +319,8 @@ async fn endpoints_on_blocked_addresses_are_refused() {
                 Some(json!({"url": url, "event_types": ["#"]})),
             )
             .await;
-        assert_eq!(refused.status, 422, "{url}: {}", refused.body);
+        refused.assert_invalid("url", url);
         assert_eq!(refused.body["error"]["code"], "blocked_address", "{url}");
-        assert_eq!(refused.body["error"]["field"], "url", "{url}");
     }
     let public = hookline
         .call(
@@ -520,8 +519,7 @@ async fn preview_renders_signed_headers_and_body_without_sending() {
             Some(json!({"event": {"type": "a..b", "data": {}}})),
         )
         .await;
-    assert_eq!(bad.status, 422);
-    assert_eq!(bad.body["error"]["field"], "event.type");
+    bad.assert_invalid("event.type", "a preview of an invalid event");
     assert_eq!(receiver.count(), 0, "a preview sends nothing");
     hookline.stop().await;
 }
@@ -623,8 +621,7 @@ async fn operator_overview_reads_the_same_state_as_the_api() {
         json!({"scope": "operator"})
     );
     let bad_window = hookline.get("/v1/operator/overview?window_minutes=0").await;
-    assert_eq!(bad_window.status, 422);
-    assert_eq!(bad_window.body["error"]["field"], "window_minutes");
+    bad_window.assert_invalid("window_minutes", "an empty window");
     hookline.stop().await;
 }
 
@@ -673,12 +670,7 @@ async fn query_parameters_are_checked_and_named() {
                 Some(json!({"url": "https://hooks.example.com/in", "event_types": ["#"]})),
             )
             .await;
-        assert_eq!(answer.status, 422, "{path}: {}", answer.body);
-        assert_eq!(
-            answer.body["error"]["field"], field,
-            "{path}: {}",
-            answer.body
-        );
+        answer.assert_invalid(field, &path);
     }
     hookline.stop().await;
 }

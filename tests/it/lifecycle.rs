@@ -471,8 +471,7 @@ async fn verify_on_create_refuses_an_endpoint_that_fails_the_ping() {
             Some(json!({"url": failing.url(), "event_types": ["#"], "verify": true})),
         )
         .await;
-    assert_eq!(refused.status, 422, "{}", refused.body);
-    assert_eq!(refused.body["error"]["field"], "url");
+    refused.assert_invalid("url", "a receiver that fails verification");
     assert!(
         refused.body["error"]["message"]
             .as_str()
@@ -561,8 +560,7 @@ async fn attempt_log_pages_newest_first_and_event_state_shows_each_endpoint() {
     let missing = hookline.get("/v1/tenants/acme/events/nope").await;
     assert_eq!(missing.status, 404);
     let bad_limit = hookline.get(&format!("{attempts_path}?limit=0")).await;
-    assert_eq!(bad_limit.status, 422);
-    assert_eq!(bad_limit.body["error"]["field"], "limit");
+    bad_limit.assert_invalid("limit", "limit=0");
     hookline.stop().await;
 }
 
@@ -738,8 +736,7 @@ async fn catalog_lists_types_and_can_require_them() {
     let unknown = hookline
         .post_event("acme", json!({"type": "candidate.unknown", "data": {}}))
         .await;
-    assert_eq!(unknown.status, 422, "{}", unknown.body);
-    assert_eq!(unknown.body["error"]["field"], "type");
+    unknown.assert_invalid("type", "an event type outside the catalog");
     let known = hookline
         .post_event("acme", json!({"type": "candidate.interested", "data": {}}))
         .await;
