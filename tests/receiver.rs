@@ -52,6 +52,9 @@ struct Shared {
     script: Mutex<Script>,
     concurrency: Mutex<Concurrency>,
     arrived: Notify,
+    /// While true, requests wait (received, unanswered) until released.
+    holding: Mutex<bool>,
+    released: Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +130,21 @@ impl Receiver {
         self.shared.script.lock().expect("script").hang = hang;
     }
 
+    /// Requests are received but not answered until [`Receiver::release_answers`].
+    pub fn hold_answers(&self) {
+        *self.shared.holding.lock().expect("holding") = true;
+    }
+
+    pub fn release_answers(&self) {
+        *self.shared.holding.lock().expect("holding") = false;
+        self.shared.released.notify_waiters();
+    }
+
+    /// Requests received and not answered yet (nor abandoned by the client).
+    pub fn in_flight(&self) -> usize {
+        self.shared.concurrency.lock().expect("concurrency").now
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().expect("received").clone()
     }
@@ -186,6 +204,13 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     shared.arrived.notify_waiters();
     if hang {
         std::future::pending::<()>().await;
+    }
+    loop {
+        let released = shared.released.notified();
+        if !*shared.holding.lock().expect("holding") {
+            break;
+        }
+        released.await;
     }
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;

@@ -10,11 +10,12 @@ use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
 use crate::metrics::DelivererMetrics;
 use crate::slots::EndpointSlots;
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::contract::{
     DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery,
-    RejectedMessage, SOURCE_AMQP, SOURCE_HEADER, SOURCE_HTTP, StoredPayload,
+    RejectedMessage, SOURCE_AMQP, SOURCE_HEADER, SOURCE_HTTP, StoredPayload, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
@@ -36,10 +37,13 @@ use lapin::types::AMQPValue;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 
 /// How much of an unparseable message's body a dead-letter record keeps.
 const MAX_REJECTED_BODY: usize = 64 * 1024;
@@ -67,6 +71,17 @@ pub struct Worker {
     pub dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
     pub slots: EndpointSlots,
+    /// A message's deliveries still in progress after this long are handed off to the
+    /// retry pool, so the message can be acked.
+    pub handoff_after: Duration,
+    /// Bounds the deliveries in progress that no longer hold a message, and so the
+    /// replica's memory: one permit per handed-off delivery.
+    pub handoff_permits: Arc<Semaphore>,
+    /// How long a claimed retry task is this replica's (`retry.lease`).
+    pub retry_lease: Duration,
+    /// Where deliveries outliving their message (handed off) and retries run, so
+    /// shutdown waits for them.
+    pub handlers: TaskTracker,
     /// Cancelled when the shutdown grace ran out: work still waiting for Redis or the
     /// broker gives up and its message goes back to the queue.
     pub abort: CancellationToken,
@@ -109,8 +124,12 @@ impl Handler for Worker {
     }
 }
 
+/// One endpoint's delivery of a message: its index among the tenant's endpoints, and
+/// what must be made durable. Owned, so it can outlive the message when handed off.
+type EndpointDelivery = Pin<Box<dyn Future<Output = (usize, Action)> + Send>>;
+
 impl Worker {
-    async fn process_message(&self, delivery: &Delivery) -> Result<(), Aborted> {
+    async fn process_message(self: &Arc<Self>, delivery: &Delivery) -> Result<(), Aborted> {
         let routing_key = delivery.routing_key.as_str();
         if let Some(count) = delivery_count(delivery)
             && count >= u64::from(self.delivery_limit)
@@ -123,7 +142,7 @@ impl Worker {
             return self.dead_letter(record).await;
         }
         let event = match parse_event(delivery) {
-            Ok(event) => event,
+            Ok(event) => Arc::new(event),
             Err(error) => {
                 tracing::warn!(error, routing_key, "invalid message dead-lettered");
                 let record = rejected(delivery, DeadLetterReason::InvalidMessage, error);
@@ -143,38 +162,146 @@ impl Worker {
                 )
             })
             .await?;
-        let matching: Vec<&Endpoint> = tenant
-            .endpoints
-            .iter()
-            .filter(|e| e.subscribes_to(&event.event_type) && e.accepts_data(&event.data))
+        let matching: Vec<usize> = (0..tenant.endpoints.len())
+            .filter(|&index| {
+                let endpoint = &tenant.endpoints[index];
+                endpoint.subscribes_to(&event.event_type) && endpoint.accepts_data(&event.data)
+            })
             .collect();
         if matching.is_empty() {
             return Ok(());
         }
         // One rendering per distinct format among the matching endpoints, shared by
         // every attempt of every endpoint that renders alike.
-        let mut rendered: Vec<(&Endpoint, Result<Payload, RenderError>)> = Vec::new();
-        for endpoint in &matching {
+        let mut rendered: Vec<(usize, Result<Payload, RenderError>)> = Vec::new();
+        for &index in &matching {
+            let endpoint = &tenant.endpoints[index];
             let payload = rendered
                 .iter()
-                .find(|(seen, _)| seen.spec.renders_like(&endpoint.spec))
+                .find(|(seen, _)| tenant.endpoints[*seen].spec.renders_like(&endpoint.spec))
                 .map_or_else(|| render(&event, endpoint), |(_, payload)| payload.clone());
-            rendered.push((endpoint, payload));
+            rendered.push((index, payload));
         }
         let event_json = event_as_stored(&event, delivery);
-        let actions = join_all(rendered.iter().map(|(endpoint, payload)| async {
-            let action = match payload {
-                Ok(payload) => {
-                    self.deliver(&event, endpoint, &tenant, payload, Prior::default())
-                        .await
+        let mut unsettled: Vec<(usize, Payload)> = rendered
+            .iter()
+            .filter_map(|(index, payload)| Some((*index, payload.as_ref().ok()?.clone())))
+            .collect();
+        let mut deliveries: FuturesUnordered<EndpointDelivery> = rendered
+            .into_iter()
+            .map(|(index, payload)| {
+                let worker = self.clone();
+                let event = event.clone();
+                let tenant = tenant.clone();
+                let event_json = event_json.clone();
+                Box::pin(async move {
+                    let endpoint = &tenant.endpoints[index];
+                    let action = match &payload {
+                        Ok(payload) => {
+                            worker
+                                .deliver(&event, endpoint, &tenant, payload, Prior::default())
+                                .await
+                        }
+                        Err(error) => {
+                            worker.unrenderable(&event, endpoint, error, Prior::default())
+                        }
+                    };
+                    worker.note_state(&event, &event_json, &endpoint.id, &action);
+                    (index, action)
+                }) as EndpointDelivery
+            })
+            .collect();
+        let mut actions = Vec::with_capacity(deliveries.len());
+        let hand_off = tokio::time::sleep(self.handoff_after);
+        tokio::pin!(hand_off);
+        loop {
+            tokio::select! {
+                biased;
+                settled = deliveries.next() => match settled {
+                    Some((index, action)) => {
+                        unsettled.retain(|(pending, _)| *pending != index);
+                        actions.push(action);
+                    }
+                    None => break,
+                },
+                () = &mut hand_off => {
+                    let wanted = u32::try_from(unsettled.len()).unwrap_or(u32::MAX);
+                    match self.handoff_permits.clone().try_acquire_many_owned(wanted) {
+                        Ok(permits) => {
+                            self.hand_off(&event, &tenant, &unsettled, deliveries, permits)
+                                .await?;
+                            break;
+                        }
+                        // As many deliveries are handed off as this replica allows: this
+                        // message waits for its own, as it would without hand-offs.
+                        Err(_) => hand_off
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.handoff_after),
+                    }
                 }
-                Err(error) => self.unrenderable(&event, endpoint, error, Prior::default()),
-            };
-            self.note_state(&event, &event_json, &endpoint.id, &action);
-            action
-        }))
-        .await;
+            }
+        }
         self.make_durable(actions).await
+    }
+
+    /// Takes the deliveries still in progress off the message: each is stored in the
+    /// retry pool as a task this replica has claimed (under a lease, as a claimed retry
+    /// is), and finishes as a retry would. A slow receiver then holds neither the
+    /// message's prefetch slot nor the ack window's floor, below which every other
+    /// message would have to be acked one by one. If this replica dies before the
+    /// attempts finish, the lease runs out and another replica attempts them again.
+    async fn hand_off(
+        self: &Arc<Self>,
+        event: &Arc<Event>,
+        tenant: &TenantEndpoints,
+        unsettled: &[(usize, Payload)],
+        mut deliveries: FuturesUnordered<EndpointDelivery>,
+        permits: OwnedSemaphorePermit,
+    ) -> Result<(), Aborted> {
+        let lease_end = due_in(self.retry_lease);
+        let tasks: Vec<(PendingDelivery, i64)> = unsettled
+            .iter()
+            .map(|(index, payload)| {
+                let task = pending(event, &tenant.endpoints[*index], payload, 0, None);
+                (task, lease_end)
+            })
+            .collect();
+        let endpoint_ids: HashMap<usize, String> = unsettled
+            .iter()
+            .map(|(index, _)| (*index, tenant.endpoints[*index].id.clone()))
+            .collect();
+        // The attempts go on while the tasks are written; what settles meanwhile is
+        // settled against the task like the rest.
+        let mut settled_early = Vec::new();
+        {
+            let written = self.until_durable("handing off slow deliveries", || {
+                self.retries.schedule(&tasks)
+            });
+            tokio::pin!(written);
+            loop {
+                tokio::select! {
+                    result = &mut written => break result?,
+                    Some(settled) = deliveries.next() => settled_early.push(settled),
+                }
+            }
+        }
+        self.metrics.handed_off.inc_by(tasks.len() as u64);
+        let worker = self.clone();
+        let event_id = event.id.clone();
+        self.handlers.spawn(async move {
+            let settled = futures::stream::iter(settled_early).chain(deliveries);
+            tokio::pin!(settled);
+            while let Some((index, action)) = settled.next().await {
+                let Some(endpoint_id) = endpoint_ids.get(&index) else {
+                    continue;
+                };
+                let id = delivery_id(&event_id, endpoint_id);
+                // Aborted only when the shutdown grace ran out: the lease brings it back.
+                let _ = worker.settle_claimed(&id, lease_end, action).await;
+            }
+            drop(permits);
+        });
+        Ok(())
     }
 
     /// The endpoint's format cannot render this event; fixing the template and replaying
@@ -694,11 +821,16 @@ impl Worker {
             Err(error) => self.unrenderable(&task.event, endpoint, &error, prior),
         };
         self.note_state(&task.event, &event_json, &endpoint.id, &action);
+        self.settle_claimed(&id, token, action).await
+    }
+
+    /// Makes a claimed task's outcome durable, fenced by its lease `token`.
+    async fn settle_claimed(&self, id: &str, token: i64, action: Action) -> Result<(), Aborted> {
         match action {
-            Action::Delivered { .. } => self.complete(&id, token).await,
+            Action::Delivered { .. } => self.complete(id, token).await,
             Action::Retry(next, due) => {
                 self.until_durable("rescheduling a retry", || {
-                    self.retries.reschedule(&id, token, &next, due)
+                    self.retries.reschedule(id, token, &next, due)
                 })
                 .await?;
                 self.metrics.retries_scheduled.inc();
@@ -706,7 +838,7 @@ impl Worker {
             }
             Action::DeadLetter(record) => {
                 self.dead_letter(record).await?;
-                self.complete(&id, token).await
+                self.complete(id, token).await
             }
         }
     }

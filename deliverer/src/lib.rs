@@ -135,6 +135,7 @@ impl Deliverer {
             },
             metrics.activity_dropped.clone(),
         );
+        let handlers = TaskTracker::new();
         let worker = Arc::new(delivery::Worker {
             schedule: settings.delivery.retry_schedule.clone(),
             defer_delay: settings.delivery.defer_delay,
@@ -165,10 +166,15 @@ impl Deliverer {
                 settings.delivery.max_in_flight_per_endpoint,
                 settings.delivery.slot_wait,
             ),
+            handoff_after: settings.delivery.handoff_after,
+            handoff_permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.delivery.max_handed_off,
+            )),
+            retry_lease: settings.retry.lease,
+            handlers: handlers.clone(),
             abort: abort.clone(),
         });
 
-        let handlers = TaskTracker::new();
         let promoter = retries::Promoter {
             worker: worker.clone(),
             poll_interval: settings.retry.poll_interval,

@@ -18,6 +18,7 @@ pub struct DelivererMetrics {
     pub lag: Histogram,
     pub retries_scheduled: IntCounter,
     pub held_woken: IntCounter,
+    pub handed_off: IntCounter,
     pub retry_backlog: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub in_flight: IntGauge,
@@ -73,6 +74,10 @@ impl DelivererMetrics {
             held_woken: unreachable_on_error(IntCounter::new(
                 "hookline_held_deliveries_woken_total",
                 "Deliveries held by an open circuit made due at once when its probe succeeded.",
+            )),
+            handed_off: unreachable_on_error(IntCounter::new(
+                "hookline_deliveries_handed_off_total",
+                "Deliveries still in progress when their message was acked: stored as claimed retries so the message did not wait for a slow receiver.",
             )),
             retry_backlog: unreachable_on_error(IntGaugeVec::new(
                 Opts::new(
@@ -134,6 +139,7 @@ impl DelivererMetrics {
         register(registry, metrics.lag.clone());
         register(registry, metrics.retries_scheduled.clone());
         register(registry, metrics.held_woken.clone());
+        register(registry, metrics.handed_off.clone());
         register(registry, metrics.retry_backlog.clone());
         register(registry, metrics.dead_letters.clone());
         register(registry, metrics.in_flight.clone());

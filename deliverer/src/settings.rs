@@ -44,6 +44,9 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub defer_delay: Duration,
     #[serde(with = "humantime_serde")]
+    pub handoff_after: Duration,
+    pub max_handed_off: usize,
+    #[serde(with = "humantime_serde")]
     pub endpoint_cache_ttl: Duration,
     pub response_excerpt_bytes: usize,
 }
@@ -94,6 +97,13 @@ impl Settings {
                 "must be positive",
             ));
         }
+        if self.delivery.handoff_after.is_zero() {
+            return Err(SettingsError::invalid(
+                "delivery.handoff_after",
+                "HOOKLINE__DELIVERY__HANDOFF_AFTER",
+                "must be positive, or every delivery would be handed off to Redis",
+            ));
+        }
         if self.retry.lease <= self.delivery.timeout {
             return Err(SettingsError::invalid(
                 "retry.lease",
@@ -101,15 +111,26 @@ impl Settings {
                 "must exceed delivery.timeout, or a slow attempt's retry would be claimed twice",
             ));
         }
-        if self.delivery.max_in_flight_per_endpoint == 0
-            || self.retry.batch == 0
-            || self.amqp.prefetch == 0
-        {
-            return Err(SettingsError::invalid(
+        let limits = [
+            (
+                self.delivery.max_in_flight_per_endpoint,
                 "delivery.max_in_flight_per_endpoint",
                 "HOOKLINE__DELIVERY__MAX_IN_FLIGHT_PER_ENDPOINT",
-                "concurrency limits (and retry.batch, amqp.prefetch) must be at least 1",
-            ));
+            ),
+            (
+                self.delivery.max_handed_off,
+                "delivery.max_handed_off",
+                "HOOKLINE__DELIVERY__MAX_HANDED_OFF",
+            ),
+            (self.retry.batch, "retry.batch", "HOOKLINE__RETRY__BATCH"),
+            (
+                usize::from(self.amqp.prefetch),
+                "amqp.prefetch",
+                "HOOKLINE__AMQP__PREFETCH",
+            ),
+        ];
+        if let Some((_, field, variable)) = limits.iter().find(|(limit, ..)| *limit == 0) {
+            return Err(SettingsError::invalid(field, variable, "must be at least 1"));
         }
         Ok(())
     }
@@ -169,6 +190,17 @@ mod tests {
             ),
             ("HOOKLINE__RETRY__LEASE", "1s", "HOOKLINE__RETRY__LEASE"),
             ("HOOKLINE__PREFIX", "a.b", "HOOKLINE__PREFIX"),
+            (
+                "HOOKLINE__DELIVERY__HANDOFF_AFTER",
+                "0s",
+                "HOOKLINE__DELIVERY__HANDOFF_AFTER",
+            ),
+            (
+                "HOOKLINE__DELIVERY__MAX_HANDED_OFF",
+                "0",
+                "HOOKLINE__DELIVERY__MAX_HANDED_OFF",
+            ),
+            ("HOOKLINE__RETRY__BATCH", "0", "HOOKLINE__RETRY__BATCH"),
         ] {
             let error = Settings::from_defaults_with(env(&[(key, value)])).expect_err(key);
             assert!(error.to_string().contains(named), "{key}: {error}");

@@ -214,8 +214,8 @@ fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
     }
 }
 
-/// The `hookline_deliveries_in_flight` gauge of one deliverer.
-async fn in_flight(http: &reqwest::Client, admin: u16) -> f64 {
+/// An unlabelled metric of one deliverer (0 while it cannot be read).
+async fn metric(http: &reqwest::Client, admin: u16, name: &str) -> f64 {
     let Ok(response) = http
         .get(format!("http://127.0.0.1:{admin}/metrics"))
         .send()
@@ -225,7 +225,7 @@ async fn in_flight(http: &reqwest::Client, admin: u16) -> f64 {
     };
     let text = response.text().await.unwrap_or_default();
     text.lines()
-        .find_map(|line| line.strip_prefix("hookline_deliveries_in_flight "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -259,7 +259,13 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
     }
     let victim_admin = hookline.deliverers[0].admin;
     eventually("the victim has deliveries in flight", || async {
-        in_flight(&hookline.http, victim_admin).await > 0.0
+        metric(
+            &hookline.http,
+            victim_admin,
+            "hookline_deliveries_in_flight",
+        )
+        .await
+            > 0.0
     })
     .await;
     let victim = hookline.deliverers.remove(0);
@@ -271,6 +277,44 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
         .expect("kill runs");
     assert!(status.success());
     wait_for_all(&receiver, &ids).await;
+    drop(victim);
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_deliverer_killed_after_handing_off_a_slow_delivery_loses_nothing() {
+    let mut hookline = Installation::start(1).await;
+    let receiver = Receiver::start().await;
+    receiver.hold_answers();
+    hookline.create_endpoint("acme", receiver.url()).await;
+    hookline.post_until_accepted("acme", "handed-off").await;
+    receiver.wait_for(1).await;
+    // The message is acked once the delivery is handed off: from then on only the
+    // claimed task in Redis stands for it.
+    let victim_admin = hookline.deliverers[0].admin;
+    eventually("the slow delivery is handed off", || async {
+        metric(
+            &hookline.http,
+            victim_admin,
+            "hookline_deliveries_handed_off_total",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    let victim = hookline.deliverers.remove(0);
+    let pid = victim.child.id().expect("pid");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success());
+    receiver.release_answers();
+    hookline.add_deliverer();
+    // The task's lease (5 s) runs out and the new replica attempts it again.
+    let received = receiver.wait_for(2).await;
+    assert_eq!(received[1].header("webhook-id"), Some("handed-off"));
     drop(victim);
     hookline.stop().await;
 }

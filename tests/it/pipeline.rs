@@ -262,7 +262,7 @@ async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
     // The success was the last thing Hookline had to do for this event: once the retry
     // backlog is empty, nothing else can be sent.
     let mut redis = hookline.redis().await;
-    let due_key = format!("{{{}:retry}}:due", hookline.prefix);
+    let due_key = format!("{}:{{retry}}:due", hookline.prefix);
     eventually("retry backlog drained", || {
         let mut redis = redis.clone();
         let key = due_key.clone();
@@ -521,5 +521,93 @@ async fn endpoint_created_just_before_an_event_receives_it() {
     let received = second.wait_for(1).await;
     assert_eq!(received[0].header("webhook-id"), Some("evt_after_create"));
     first.wait_for(2).await;
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_once() {
+    // One message in hand at a time: a delivery that held its message would keep every
+    // other event waiting until its receiver answered.
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__AMQP__PREFETCH", "1")
+        .setting("HOOKLINE__DELIVERY__TIMEOUT", "5m")
+        .setting("HOOKLINE__RETRY__LEASE", "10m")
+        .start()
+        .await;
+    let slow = Receiver::start().await;
+    slow.hold_answers();
+    let fast = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": slow.url(), "event_types": ["application.status.updated"]}),
+        )
+        .await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": fast.url(), "event_types": ["candidate.interested"]}),
+        )
+        .await;
+
+    let slow_event = hookline
+        .post_event(
+            "acme",
+            json!({"type": "application.status.updated", "data": {"status": "hired"}}),
+        )
+        .await;
+    let slow_id = slow_event.body["id"].as_str().expect("id").to_owned();
+    slow.wait_for(1).await;
+    hookline
+        .post_event("acme", json!({"type": "candidate.interested", "data": {}}))
+        .await;
+    fast.wait_for(1).await;
+    assert_eq!(
+        slow.in_flight(),
+        1,
+        "the next event went out while the slow receiver still held its request"
+    );
+    let handed_off = hookline
+        .metric(
+            hookline.deliverer_admins[0],
+            "hookline_deliveries_handed_off_total",
+            &[],
+        )
+        .await;
+    assert_eq!(handed_off, 1.0);
+    // Until it is answered, the delivery is a claimed task in the retry pool: if this
+    // deliverer died now, the task's lease would bring it back.
+    let mut redis = hookline.redis().await;
+    let tasks_key = format!("{}:{{retry}}:tasks", hookline.prefix);
+    let task_ids: Vec<String> = redis::AsyncCommands::hkeys(&mut redis, &tasks_key)
+        .await
+        .expect("hkeys");
+    assert_eq!(task_ids.len(), 1, "{task_ids:?}");
+    assert!(
+        task_ids[0].starts_with(&format!("{slow_id}:")),
+        "{task_ids:?}"
+    );
+
+    slow.release_answers();
+    let state = hookline
+        .get_until(&format!("/v1/tenants/acme/events/{slow_id}"), |body| {
+            body["deliveries"]
+                .as_object()
+                .is_some_and(|d| d.values().any(|s| s["status"] == "delivered"))
+        })
+        .await;
+    eventually("the handed-off task is completed", || {
+        let mut redis = redis.clone();
+        let key = tasks_key.clone();
+        async move {
+            redis::AsyncCommands::hlen::<_, u64>(&mut redis, key)
+                .await
+                .expect("hlen")
+                == 0
+        }
+    })
+    .await;
+    assert_eq!(slow.count(), 1, "delivered once: {state}");
+    assert_eq!(fast.count(), 1);
     hookline.stop().await;
 }
