@@ -420,6 +420,18 @@ async fn main() -> anyhow::Result<()> {
             )),
             Some("separates the hanging endpoint's effect from its tenant's extra load"),
         ));
+        report_cpu(
+            &mut report,
+            "isolation_cpu_per_event",
+            &isolated,
+            "CPU per healthy event, the hanging tenant's work included",
+        );
+        report_cpu(
+            &mut report,
+            "isolation_control_cpu_per_event",
+            &control,
+            "CPU per healthy event with the second endpoint answering",
+        );
         report.push(line(
             "isolation_ingest_peak_rss",
             mib(isolated.ingest_rss),
