@@ -11,7 +11,7 @@ use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -172,9 +172,10 @@ impl ActivityStore {
         let now_ms = super::health::to_ms(now);
         let max_age_ms = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(max_age_ms);
-        let mut pipe = redis::pipe();
-        let mut attempt_keys = BTreeSet::new();
-        let mut event_keys = BTreeSet::new();
+        // One command per key, not per entry: Redis's cost is mostly per command.
+        let mut attempts: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        // event id → (the event, endpoint id → state).
+        let mut states: BTreeMap<&str, (&str, Vec<(&str, String)>)> = BTreeMap::new();
         // (unix minute, delivered?) → attempts, for the operator overview's rates.
         let mut stats: BTreeMap<(i64, bool), i64> = BTreeMap::new();
         for activity in batch {
@@ -184,11 +185,11 @@ impl ActivityStore {
                     record,
                     ..
                 } => {
-                    let key = self.keys.attempts(tenant, endpoint_id);
                     let json = serde_json::to_string(record).unwrap_or_default();
-                    pipe.zadd(&key, json, super::health::to_ms(record.at))
-                        .ignore();
-                    attempt_keys.insert(key);
+                    attempts
+                        .entry(self.keys.attempts(tenant, endpoint_id))
+                        .or_default()
+                        .push((super::health::to_ms(record.at), json));
                     let minute = record.at.unix_timestamp().div_euclid(60);
                     *stats
                         .entry((minute, record.outcome == SUCCESS))
@@ -201,31 +202,43 @@ impl ActivityStore {
                     state,
                     ..
                 } => {
-                    let key = self.keys.event_state(tenant, event_id);
-                    pipe.hset_nx(&key, "event", event.as_ref()).ignore();
-                    pipe.hset(
-                        &key,
-                        endpoint_id,
-                        serde_json::to_string(state).unwrap_or_default(),
-                    )
-                    .ignore();
-                    pipe.cmd("ZADD")
-                        .arg(self.keys.events_index(tenant))
-                        .arg("NX")
-                        .arg(now_ms)
-                        .arg(event_id)
-                        .ignore();
-                    event_keys.insert(key);
+                    // Later states of the same delivery in the batch replace earlier ones.
+                    let json = serde_json::to_string(state).unwrap_or_default();
+                    let (_, endpoints) = states.entry(event_id).or_insert((event, Vec::new()));
+                    endpoints.retain(|(id, _)| id != endpoint_id);
+                    endpoints.push((endpoint_id, json));
                 }
             }
         }
+        let mut pipe = redis::pipe();
+        for (key, entries) in &attempts {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(key);
+            for (score, json) in entries {
+                zadd.arg(score).arg(json);
+            }
+            pipe.add_command(zadd).ignore();
+        }
+        if !states.is_empty() {
+            let mut index = redis::cmd("ZADD");
+            index.arg(self.keys.events_index(tenant)).arg("NX");
+            for (event_id, (event, endpoints)) in &states {
+                let key = self.keys.event_state(tenant, event_id);
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&key).arg("event").arg(*event);
+                for (endpoint_id, json) in endpoints {
+                    hset.arg(*endpoint_id).arg(json);
+                }
+                pipe.add_command(hset).ignore();
+                pipe.pexpire(&key, max_age_ms).ignore();
+                index.arg(now_ms).arg(*event_id);
+            }
+            pipe.add_command(index).ignore();
+        }
         let cap = i64::from(retention.attempts_per_endpoint);
-        for key in &attempt_keys {
+        for key in attempts.keys() {
             pipe.zrembyscore(key, "-inf", cutoff).ignore();
             pipe.zremrangebyrank(key, 0, -(cap + 1) as isize).ignore();
-            pipe.pexpire(key, max_age_ms).ignore();
-        }
-        for key in &event_keys {
             pipe.pexpire(key, max_age_ms).ignore();
         }
         for ((minute, delivered), count) in stats {
@@ -236,7 +249,7 @@ impl ActivityStore {
         }
         let mut redis = self.redis.clone();
         let () = pipe.query_async(&mut redis).await?;
-        if !event_keys.is_empty() {
+        if !states.is_empty() {
             let _: i64 = TRIM_EVENTS
                 .key(self.keys.events_index(tenant))
                 .arg(retention.events_per_tenant)
