@@ -42,8 +42,9 @@ struct Args {
     /// Messages for the raw broker ceiling.
     #[arg(long, default_value_t = 50_000)]
     ceiling_messages: usize,
-    /// Concurrent HTTP clients in closed-loop scenarios.
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent HTTP clients in closed-loop scenarios: each waits for its 202, so also
+    /// the most publisher confirms ingest can have outstanding.
+    #[arg(long, default_value_t = 256)]
     clients: usize,
     /// Fixed arrival rate (events/s) of the latency scenario, and its duration.
     #[arg(long, default_value_t = 1_000)]
