@@ -137,7 +137,10 @@ impl<H: Handler> ConsumerLoop<H> {
                     Some(Ok(delivery)) => {
                         acks.received(delivery.delivery_tag);
                         let handler = self.handler.clone();
-                        self.handlers.spawn(handler.handle(delivery, acks.clone()));
+                        // Boxed: a task holding the handler's large future inline would
+                        // copy all of it on spawn and again on each change of stage.
+                        self.handlers
+                            .spawn(Box::pin(handler.handle(delivery, acks.clone())));
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer failed");

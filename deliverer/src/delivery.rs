@@ -288,7 +288,7 @@ impl Worker {
         self.metrics.handed_off.inc_by(tasks.len() as u64);
         let worker = self.clone();
         let event_id = event.id.clone();
-        self.handlers.spawn(async move {
+        self.handlers.spawn(Box::pin(async move {
             let settled = futures::stream::iter(settled_early).chain(deliveries);
             tokio::pin!(settled);
             while let Some((index, action)) = settled.next().await {
@@ -300,7 +300,7 @@ impl Worker {
                 let _ = worker.settle_claimed(&id, lease_end, action).await;
             }
             drop(permits);
-        });
+        }));
         Ok(())
     }
 

@@ -48,10 +48,12 @@ impl Promoter {
                                 return;
                             };
                             let worker = self.worker.clone();
-                            self.handlers.spawn(async move {
+                            // Boxed, as the consumer's handlers are: a large future
+                            // held inline by the task is copied on every change of stage.
+                            self.handlers.spawn(Box::pin(async move {
                                 worker.handle_retry(task).await;
                                 drop(permit);
-                            });
+                            }));
                         }
                     }
                     Err(error) => tracing::warn!(
