@@ -130,7 +130,11 @@ impl Settings {
             ),
         ];
         if let Some((_, field, variable)) = limits.iter().find(|(limit, ..)| *limit == 0) {
-            return Err(SettingsError::invalid(field, variable, "must be at least 1"));
+            return Err(SettingsError::invalid(
+                field,
+                variable,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

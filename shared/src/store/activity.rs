@@ -129,6 +129,13 @@ pub struct AttemptCounts {
     pub failed: u64,
 }
 
+/// One event's states gathered from a batch: the event as stored, and the latest state
+/// at each of its endpoints.
+struct EventStates<'a> {
+    event: &'a str,
+    endpoints: Vec<(&'a str, String)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ActivityStore {
     redis: RedisConnection,
@@ -174,8 +181,7 @@ impl ActivityStore {
         let cutoff = now_ms.saturating_sub(max_age_ms);
         // One command per key, not per entry: Redis's cost is mostly per command.
         let mut attempts: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-        // event id → (the event, endpoint id → state).
-        let mut states: BTreeMap<&str, (&str, Vec<(&str, String)>)> = BTreeMap::new();
+        let mut states: BTreeMap<&str, EventStates<'_>> = BTreeMap::new();
         // (unix minute, delivered?) → attempts, for the operator overview's rates.
         let mut stats: BTreeMap<(i64, bool), i64> = BTreeMap::new();
         for activity in batch {
@@ -204,9 +210,12 @@ impl ActivityStore {
                 } => {
                     // Later states of the same delivery in the batch replace earlier ones.
                     let json = serde_json::to_string(state).unwrap_or_default();
-                    let (_, endpoints) = states.entry(event_id).or_insert((event, Vec::new()));
-                    endpoints.retain(|(id, _)| id != endpoint_id);
-                    endpoints.push((endpoint_id, json));
+                    let entry = states.entry(event_id).or_insert_with(|| EventStates {
+                        event,
+                        endpoints: Vec::new(),
+                    });
+                    entry.endpoints.retain(|(id, _)| id != endpoint_id);
+                    entry.endpoints.push((endpoint_id, json));
                 }
             }
         }
@@ -222,11 +231,11 @@ impl ActivityStore {
         if !states.is_empty() {
             let mut index = redis::cmd("ZADD");
             index.arg(self.keys.events_index(tenant)).arg("NX");
-            for (event_id, (event, endpoints)) in &states {
+            for (event_id, entry) in &states {
                 let key = self.keys.event_state(tenant, event_id);
                 let mut hset = redis::cmd("HSET");
-                hset.arg(&key).arg("event").arg(*event);
-                for (endpoint_id, json) in endpoints {
+                hset.arg(&key).arg("event").arg(entry.event);
+                for (endpoint_id, json) in &entry.endpoints {
                     hset.arg(*endpoint_id).arg(json);
                 }
                 pipe.add_command(hset).ignore();
