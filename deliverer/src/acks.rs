@@ -139,7 +139,12 @@ impl AckWindow {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stragglers_due = tokio::select! {
-                () = self.wake.notified() => false,
+                () = self.wake.notified() => {
+                    // Deliveries finishing in the same turn of the scheduler settle in
+                    // this flush too: one ack frame for all of them.
+                    tokio::task::yield_now().await;
+                    false
+                }
                 _ = tick.tick() => true,
             };
             let (requeue, plan, closed) = {
