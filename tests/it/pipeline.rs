@@ -611,3 +611,29 @@ async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_o
     assert_eq!(fast.count(), 1);
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_larger_than_one_amqp_frame_arrives_whole() {
+    // Frames are 32 KiB: this event crosses the broker in seven of them, both ways.
+    let hookline = Hookline::start().await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["profile.parsing.success"]}),
+        )
+        .await;
+    let resume: String = (0..200_000)
+        .map(|n| char::from(b'a' + (n % 26) as u8))
+        .collect();
+    let accepted = hookline
+        .post_event(
+            "acme",
+            json!({"type": "profile.parsing.success", "data": {"resume": resume}}),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].json()["data"]["resume"], resume.as_str());
+    hookline.stop().await;
+}
