@@ -230,6 +230,17 @@ async fn metric(http: &reqwest::Client, admin: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Kills a process with no chance to clean up, as a crash or an OOM kill would.
+async fn sigkill(victim: &Process) {
+    let pid = victim.child.id().expect("pid");
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success());
+}
+
 fn delivered_ids(receiver: &Receiver) -> HashSet<String> {
     receiver
         .received()
@@ -269,13 +280,7 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
     })
     .await;
     let victim = hookline.deliverers.remove(0);
-    let pid = victim.child.id().expect("pid");
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(status.success());
+    sigkill(&victim).await;
     wait_for_all(&receiver, &ids).await;
     drop(victim);
     hookline.stop().await;
@@ -303,13 +308,7 @@ async fn a_deliverer_killed_after_handing_off_a_slow_delivery_loses_nothing() {
     })
     .await;
     let victim = hookline.deliverers.remove(0);
-    let pid = victim.child.id().expect("pid");
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(status.success());
+    sigkill(&victim).await;
     receiver.release_answers();
     hookline.add_deliverer();
     // The task's lease (5 s) runs out and the new replica attempts it again.
@@ -474,11 +473,7 @@ async fn chaos_loses_nothing() {
         match fault {
             "kill" => {
                 let victim = hookline.deliverers.remove(0);
-                let pid = victim.child.id().expect("pid");
-                let _ = Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status()
-                    .await;
+                sigkill(&victim).await;
                 drop(victim);
                 hookline.add_deliverer();
             }
