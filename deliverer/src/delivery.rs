@@ -963,7 +963,7 @@ fn dead_delivery(
     last_error: Option<Failure>,
 ) -> DeadLetter {
     DeadLetter::DeliveryV1(DeadDelivery {
-        id: hookline_shared::contract::delivery_id(&event.id, endpoint_id),
+        id: delivery_id(&event.id, endpoint_id),
         reason,
         endpoint_id: endpoint_id.to_owned(),
         attempts,
