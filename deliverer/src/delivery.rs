@@ -266,9 +266,10 @@ impl Worker {
                 (task, lease_end)
             })
             .collect();
-        let endpoint_ids: HashMap<usize, String> = unsettled
+        let task_ids: HashMap<usize, String> = unsettled
             .iter()
-            .map(|(index, _)| (*index, tenant.endpoints[*index].id.clone()))
+            .zip(&tasks)
+            .map(|((index, _), (task, _))| (*index, task.id()))
             .collect();
         // The attempts go on while the tasks are written; what settles meanwhile is
         // settled against the task like the rest.
@@ -287,17 +288,15 @@ impl Worker {
         }
         self.metrics.handed_off.inc_by(tasks.len() as u64);
         let worker = self.clone();
-        let event_id = event.id.clone();
         self.handlers.spawn(Box::pin(async move {
             let settled = futures::stream::iter(settled_early).chain(deliveries);
             tokio::pin!(settled);
             while let Some((index, action)) = settled.next().await {
-                let Some(endpoint_id) = endpoint_ids.get(&index) else {
+                let Some(id) = task_ids.get(&index) else {
                     continue;
                 };
-                let id = delivery_id(&event_id, endpoint_id);
                 // Aborted only when the shutdown grace ran out: the lease brings it back.
-                let _ = worker.settle_claimed(&id, lease_end, action).await;
+                let _ = worker.settle_claimed(id, lease_end, action).await;
             }
             drop(permits);
         }));

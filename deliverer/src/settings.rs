@@ -90,19 +90,21 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
-        if self.delivery.timeout.is_zero() {
-            return Err(SettingsError::invalid(
+        let durations = [
+            (
+                self.delivery.timeout,
                 "delivery.timeout",
                 "HOOKLINE__DELIVERY__TIMEOUT",
-                "must be positive",
-            ));
-        }
-        if self.delivery.handoff_after.is_zero() {
-            return Err(SettingsError::invalid(
+            ),
+            // Zero would hand every delivery off to Redis.
+            (
+                self.delivery.handoff_after,
                 "delivery.handoff_after",
                 "HOOKLINE__DELIVERY__HANDOFF_AFTER",
-                "must be positive, or every delivery would be handed off to Redis",
-            ));
+            ),
+        ];
+        if let Some((_, field, variable)) = durations.iter().find(|(d, ..)| d.is_zero()) {
+            return Err(SettingsError::invalid(field, variable, "must be positive"));
         }
         if self.retry.lease <= self.delivery.timeout {
             return Err(SettingsError::invalid(

@@ -137,7 +137,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// Histogram buckets in seconds, from `start` doubling `count` times.
 /// The `status_class` label of an HTTP answer — `2xx`, `5xx`… — or `none` when there was
 /// none: one spelling for the API's requests and the deliveries' attempts.
 pub fn status_class(status: Option<u16>) -> &'static str {
@@ -152,6 +151,7 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     }
 }
 
+/// Histogram buckets in seconds, from `start` doubling `count` times.
 pub fn exponential_buckets(start: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, 2.0, count)
         .unwrap_or_else(|e| unreachable!("static bucket definition: {e}"))

@@ -13,6 +13,15 @@ fn endpoint_path(tenant: &str, endpoint: &Value) -> String {
     )
 }
 
+/// An endpoint of acme's for `receiver`, subscribed to every event type, and its path.
+async fn subscribe_to_everything(hookline: &Hookline, receiver: &Receiver) -> (Value, String) {
+    let endpoint = hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    let path = endpoint_path("acme", &endpoint);
+    (endpoint, path)
+}
+
 /// Deliveries the (first) deliverer has held back behind an open circuit so far.
 async fn held_by_circuit(hookline: &Hookline) -> f64 {
     hookline
@@ -39,10 +48,7 @@ async fn failing_endpoint_turns_failing_then_healthy_again() {
         .await;
     let receiver = Receiver::start().await;
     receiver.set_status(500);
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
     assert_eq!(health_state(&hookline, &path).await["state"], "healthy");
 
     hookline
@@ -80,10 +86,7 @@ async fn open_circuit_lets_one_probe_at_a_time_reach_the_receiver() {
         .await;
     let receiver = Receiver::start().await;
     receiver.hang(true);
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
     hookline
         .post_event("acme", json!({"type": "a.b", "data": {"n": 0}}))
         .await;
@@ -132,10 +135,7 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
         .await;
     let receiver = Receiver::start().await;
     receiver.set_status(500);
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
     hookline
         .post_event("acme", json!({"type": "a.b", "data": {"n": 0}}))
         .await;
@@ -211,10 +211,7 @@ async fn gone_disables_and_dead_letters_then_replay_after_re_enabling_delivers()
         .await;
     let receiver = Receiver::start().await;
     receiver.set_status(410);
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (endpoint, path) = subscribe_to_everything(&hookline, &receiver).await;
     let first = hookline
         .post_event("acme", json!({"type": "a.b", "data": {"n": 1}}))
         .await;
@@ -301,10 +298,7 @@ async fn endpoint_without_success_for_the_window_is_disabled() {
         .await;
     let receiver = Receiver::start().await;
     receiver.set_status(503);
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
     hookline
         .post_event("acme", json!({"type": "a.b", "data": {}}))
         .await;
@@ -411,10 +405,7 @@ async fn test_event_reports_the_answer_and_leaves_health_and_metrics_alone() {
     let receiver = Receiver::answering(&[500]).await;
     receiver.set_status(200);
     receiver.set_body("thanks");
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (endpoint, path) = subscribe_to_everything(&hookline, &receiver).await;
     let failed = hookline
         .call(Method::POST, &format!("{path}/test"), None)
         .await;
@@ -568,10 +559,7 @@ async fn attempt_log_pages_newest_first_and_event_state_shows_each_endpoint() {
 async fn rotated_secret_and_old_one_both_sign_during_the_overlap() {
     let hookline = Hookline::start().await;
     let receiver = Receiver::start().await;
-    let endpoint = hookline
-        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
-        .await;
-    let path = endpoint_path("acme", &endpoint);
+    let (endpoint, path) = subscribe_to_everything(&hookline, &receiver).await;
     let old = endpoint["secret"].as_str().expect("secret").to_owned();
     let rotated = hookline
         .call(Method::POST, &format!("{path}/secret/rotate"), None)

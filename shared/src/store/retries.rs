@@ -168,6 +168,7 @@ impl RetryStore {
         let pattern = format!("*:{endpoint_id}");
         let mut woken = 0;
         let mut cursor = 0_u64;
+        let script = redis::Script::new(WAKE);
         loop {
             let (next, tasks): (u64, HashMap<String, String>) = redis::cmd("HSCAN")
                 .arg(self.keys.retry_tasks())
@@ -178,7 +179,6 @@ impl RetryStore {
                 .arg(500)
                 .query_async(&mut redis)
                 .await?;
-            let script = redis::Script::new(WAKE);
             let mut wake = script.prepare_invoke();
             wake.key(self.keys.retry_due()).arg(now_ms);
             let mut held = 0;
