@@ -52,6 +52,10 @@ const MAX_REJECTED_BODY: usize = 64 * 1024;
 pub struct Worker {
     pub schedule: RetrySchedule,
     pub defer_delay: Duration,
+    /// How long a delivery held behind an open circuit waits unless a probe wakes it.
+    pub max_hold: Duration,
+    /// Picks the few held deliveries that come back on the doubling timer for the probe.
+    pub held_scouts: Throttle,
     pub delivery_limit: u32,
     pub dispatcher: Dispatcher,
     pub endpoints: EndpointCache,
@@ -97,6 +101,25 @@ enum Action {
 /// A deferred delivery waits `defer_delay` × 2^n, n at most this (64× the delay).
 const MAX_DEFERRAL_DOUBLINGS: u32 = 6;
 
+/// Why a delivery is put back without an attempt.
+#[derive(Debug, Clone, Copy)]
+enum HeldBy {
+    /// The endpoint is failing and another delivery holds its probe.
+    OpenCircuit,
+    /// Every one of this replica's slots for the endpoint is busy.
+    BusySlots,
+}
+
+impl HeldBy {
+    /// The `outcome` label of `hookline_delivery_attempts_total`.
+    fn outcome(self) -> &'static str {
+        match self {
+            Self::OpenCircuit => "circuit_open",
+            Self::BusySlots => "endpoint_busy",
+        }
+    }
+}
+
 /// A reserved rate-limit slot this close is taken now rather than waited for in Redis.
 const RATE_SLACK: Duration = Duration::from_millis(20);
 
@@ -107,6 +130,35 @@ struct Prior {
     deferrals: u32,
     last_error: Option<Failure>,
     rate_slot_ms: Option<i64>,
+}
+
+/// Makes an endpoint's held deliveries due now.
+struct HeldWaker {
+    retries: RetryStore,
+    woken: prometheus::IntCounter,
+    endpoint_id: String,
+}
+
+impl HeldWaker {
+    async fn wake(&self) {
+        let endpoint_id = &self.endpoint_id;
+        match self
+            .retries
+            .wake_held(endpoint_id, due_in(Duration::ZERO))
+            .await
+        {
+            Ok(0) => {}
+            Ok(woken) => {
+                self.woken.inc_by(woken);
+                tracing::info!(%endpoint_id, woken, "circuit closed; held deliveries are due now");
+            }
+            Err(error) => tracing::warn!(
+                %endpoint_id,
+                error = format!("{error:#}"),
+                "waking held deliveries failed; they come back on their own after max_hold"
+            ),
+        }
+    }
 }
 
 /// Gave up waiting for a dependency because the shutdown grace ran out.
@@ -337,23 +389,36 @@ impl Worker {
         ))
     }
 
-    /// Puts a delivery back in Redis without an attempt, waiting longer each time in a
-    /// row, so a stuck endpoint's backlog does not churn.
+    /// Puts a delivery back in Redis without an attempt.
+    ///
+    /// Behind busy slots it waits longer each time in a row, so a stuck endpoint's backlog
+    /// does not churn. Behind an open circuit it waits for the circuit to close: the probe
+    /// that closes it wakes everything held (`wake_held`), so a held delivery comes back
+    /// on its own only after `max_hold`, in case that wake was missed. Someone must still
+    /// come back to take the next probe: one deferral per half `defer_delay` per endpoint
+    /// in each replica is a scout, kept on the doubling timer. A held backlog then costs a
+    /// few Redis commands per endpoint per second instead of one round per held delivery
+    /// every minute.
     fn defer(
         &self,
         event: &Event,
         endpoint: &Endpoint,
         payload: &Payload,
         prior: Prior,
-        outcome: &str,
+        held_by: HeldBy,
     ) -> Action {
         self.metrics
             .attempts
-            .with_label_values(&[outcome, "none"])
+            .with_label_values(&[held_by.outcome(), "none"])
             .inc();
-        let wait = self
-            .defer_delay
-            .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS));
+        let wait = match held_by {
+            HeldBy::OpenCircuit if !self.held_scouts.due(&event.tenant, &endpoint.id) => {
+                self.max_hold
+            }
+            HeldBy::OpenCircuit | HeldBy::BusySlots => self
+                .defer_delay
+                .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS)),
+        };
         // Spread the wait so a held backlog does not come back all at once.
         let wait = wait.mul_f64(0.75 + rand::random::<f64>() / 2.0);
         let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
@@ -443,14 +508,16 @@ impl Worker {
         let probe = match admit(state, probe_taken) {
             Admission::Attempt => false,
             Admission::Probe => true,
-            Admission::Hold => return self.defer(event, endpoint, payload, prior, "circuit_open"),
+            Admission::Hold => {
+                return self.defer(event, endpoint, payload, prior, HeldBy::OpenCircuit);
+            }
             Admission::Refuse => return self.refuse(event, endpoint, prior),
         };
         let Some(_slot) = self.slots.acquire(&endpoint.id).await else {
             if probe {
                 self.release_probe(event, endpoint).await;
             }
-            return self.defer(event, endpoint, payload, prior, "endpoint_busy");
+            return self.defer(event, endpoint, payload, prior, HeldBy::BusySlots);
         };
         if let Some(wait) = self.rate_limit_wait(event, endpoint, &prior).await {
             if probe {
@@ -510,24 +577,22 @@ impl Worker {
     }
 
     /// The probe found the endpoint answering: what its open circuit held back is due
-    /// now. Best effort — held deliveries come back on their own timers anyway.
+    /// now — and again a moment later, for deliveries held on a view of the circuit that
+    /// was already stale (another replica's cached health, a retry write still on its
+    /// way). Best effort: held deliveries come back on their own after `max_hold`.
     async fn wake_held(&self, endpoint: &Endpoint) {
-        match self
-            .retries
-            .wake_held(&endpoint.id, due_in(Duration::ZERO))
-            .await
-        {
-            Ok(0) => {}
-            Ok(woken) => {
-                self.metrics.held_woken.inc_by(woken);
-                tracing::info!(endpoint_id = %endpoint.id, woken, "circuit closed; held deliveries are due now");
-            }
-            Err(error) => tracing::warn!(
-                endpoint_id = %endpoint.id,
-                error = format!("{error:#}"),
-                "waking held deliveries failed; they come back on their own timers"
-            ),
-        }
+        let waker = HeldWaker {
+            retries: self.retries.clone(),
+            woken: self.metrics.held_woken.clone(),
+            endpoint_id: endpoint.id.clone(),
+        };
+        waker.wake().await;
+        let again_after = self.endpoints.ttl() * 2 + Duration::from_secs(1);
+        // Not on the handlers' tracker: shutdown need not wait for it.
+        tokio::spawn(async move {
+            tokio::time::sleep(again_after).await;
+            waker.wake().await;
+        });
     }
 
     /// The endpoint's health and state read from Redis now, bypassing the cache.

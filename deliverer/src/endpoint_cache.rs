@@ -55,6 +55,11 @@ impl EndpointCache {
         }
     }
 
+    /// How long a tenant's list (and so its endpoints' health) may be stale.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The tenant's endpoints, read at `at_least` version or later when given.
     pub async fn load(
         &self,

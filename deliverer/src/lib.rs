@@ -139,6 +139,10 @@ impl Deliverer {
         let worker = Arc::new(delivery::Worker {
             schedule: settings.delivery.retry_schedule.clone(),
             defer_delay: settings.delivery.defer_delay,
+            max_hold: settings.delivery.max_hold,
+            // Shorter than a scout's shortest wait (¾ of defer_delay, jittered), so a
+            // scout coming back is a scout again unless another has taken its place.
+            held_scouts: delivery::Throttle::new(settings.delivery.defer_delay / 2),
             delivery_limit: settings.amqp.delivery_limit,
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client")?,

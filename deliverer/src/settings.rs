@@ -44,6 +44,8 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub defer_delay: Duration,
     #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
+    #[serde(with = "humantime_serde")]
     pub handoff_after: Duration,
     pub max_handed_off: usize,
     #[serde(with = "humantime_serde")]
@@ -95,6 +97,12 @@ impl Settings {
                 self.delivery.timeout,
                 "delivery.timeout",
                 "HOOKLINE__DELIVERY__TIMEOUT",
+            ),
+            // Zero would bring every held delivery straight back: a busy loop.
+            (
+                self.delivery.max_hold,
+                "delivery.max_hold",
+                "HOOKLINE__DELIVERY__MAX_HOLD",
             ),
             // Zero would hand every delivery off to Redis.
             (

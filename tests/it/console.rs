@@ -10,9 +10,11 @@ use std::process::Stdio;
 async fn console_in_a_real_browser() {
     let hookline = Hookline::builder()
         .retry_schedule("20ms,20ms")
-        // Deliveries held behind an open circuit wait this long, doubling up to 64×: kept
-        // short so the failing endpoint's retries run out within the page's patience.
+        // Deliveries held behind an open circuit come back this soon (scouts) or at most
+        // this late: kept short so the failing endpoint's retries run out within the
+        // page's patience.
         .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10ms")
+        .setting("HOOKLINE__DELIVERY__MAX_HOLD", "20ms")
         .setting("HOOKLINE__API__PORTAL_KEY", "console-test-portal-key")
         .start()
         .await;

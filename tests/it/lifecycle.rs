@@ -203,6 +203,136 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
     hookline.stop().await;
 }
 
+/// The event ids of `endpoint`'s deliveries that the retry pool holds for more than five
+/// minutes: held behind its open circuit until a probe wakes them, not on a short timer.
+async fn held_long(hookline: &Hookline, endpoint: &Value) -> Vec<String> {
+    let suffix = format!(":{}", endpoint["id"].as_str().expect("endpoint id"));
+    let due: Vec<(String, i64)> = redis::AsyncCommands::zrange_withscores(
+        &mut hookline.redis().await,
+        format!("{}:{{retry}}:due", hookline.prefix),
+        0,
+        -1,
+    )
+    .await
+    .expect("retry pool");
+    let later = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
+    let later_ms = i64::try_from(later.unix_timestamp_nanos() / 1_000_000).expect("ms");
+    due.into_iter()
+        .filter(|(_, due_ms)| *due_ms > later_ms)
+        .filter_map(|(id, _)| Some(id.strip_suffix(&suffix)?.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backlog_held_by_an_open_circuit_waits_for_the_probe_instead_of_churning() {
+    let hookline = Hookline::builder()
+        .retry_schedule("100ms,100ms,100ms,100ms")
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
+        // At most one scout per second; the rest wait for the probe.
+        .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "1s")
+        .setting("HOOKLINE__DELIVERY__MAX_HOLD", "10m")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let (endpoint, path) = subscribe_to_everything(&hookline, &receiver).await;
+    hookline
+        .post_event("acme", json!({"type": "a.b", "data": {"n": 0}}))
+        .await;
+    eventually("endpoint turns failing", || async {
+        health_state(&hookline, &path).await["state"] == "failing"
+    })
+    .await;
+    for n in 1..=10 {
+        hookline
+            .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+            .await;
+    }
+    // On the doubling timer none would be held past 64 s; a probe and a scout may take
+    // one each.
+    eventually(
+        "the held deliveries wait for the circuit to close",
+        || async { held_long(&hookline, &endpoint).await.len() >= 8 },
+    )
+    .await;
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
+    let hookline = Hookline::builder()
+        // Neither the failed attempts' retries nor the scouts come back within the
+        // test's patience: only max_hold brings the held deliveries back.
+        .retry_schedule("10m")
+        .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10m")
+        .setting("HOOKLINE__DELIVERY__MAX_HOLD", "2s")
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
+    let events = std::cell::RefCell::new(Vec::new());
+    let post = |n: u64| {
+        let (hookline, events) = (&hookline, &events);
+        async move {
+            let accepted = hookline
+                .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+                .await;
+            let id = accepted.body["id"].as_str().expect("event id").to_owned();
+            events.borrow_mut().push(id);
+        }
+    };
+    post(0).await;
+    eventually("endpoint turns failing", || async {
+        health_state(&hookline, &path).await["state"] == "failing"
+    })
+    .await;
+    // New events until the deliverer's cached health shows the open circuit.
+    let mut next = 1;
+    eventually("a delivery is held by the open circuit", || {
+        let n = next;
+        next += 1;
+        let (post, hookline) = (&post, &hookline);
+        async move {
+            post(n).await;
+            held_by_circuit(hookline).await >= 1.0
+        }
+    })
+    .await;
+    let held_before = held_by_circuit(&hookline).await;
+    for n in next..next + 5 {
+        post(n).await;
+    }
+    eventually("more deliveries are held", || async {
+        held_by_circuit(&hookline).await >= held_before + 3.0
+    })
+    .await;
+    receiver.set_status(204);
+    // What was attempted before now waits ten minutes for its retry; the rest was held.
+    let attempted: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|request| Some(request.header("webhook-id")?.to_owned()))
+        .collect();
+    let held: Vec<String> = events
+        .take()
+        .into_iter()
+        .filter(|id| !attempted.contains(id))
+        .collect();
+    assert!(held.len() >= 4, "held {held:?}, attempted {attempted:?}");
+    eventually("every held delivery arrives", || async {
+        let received = receiver.received();
+        held.iter().all(|id| {
+            received
+                .iter()
+                .any(|request| request.header("webhook-id") == Some(id.as_str()))
+        })
+    })
+    .await;
+    hookline.stop().await;
+}
+
 #[tokio::test]
 async fn gone_disables_and_dead_letters_then_replay_after_re_enabling_delivers() {
     let hookline = Hookline::builder()

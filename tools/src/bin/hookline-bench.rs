@@ -60,9 +60,15 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     prefetch: u16,
     /// Run only these scenarios (comma-separated: ceiling, single, fanout, mixed, direct,
-    /// latency, isolation); all by default. Ratios to a scenario left out are omitted.
+    /// latency, isolation, held); all by default. Ratios to a scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Events held behind an open circuit in the held-backlog scenario, and how long
+    /// its cost is measured after the last of them was accepted.
+    #[arg(long, default_value_t = 20_000)]
+    held_events: usize,
+    #[arg(long, default_value = "30s", value_parser = humantime_parse)]
+    held_window: Duration,
     /// Runs of (2), each between two ceiling runs; the median ratio is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -114,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let mut singles = Vec::new();
     if args.wants("ceiling") {
         eprintln!(
-            "[1/7] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
+            "[1/8] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
             args.ceiling_messages
         );
         ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
@@ -122,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("single") {
         for round in 1..=args.repeat {
             eprintln!(
-                "[2/7] throughput to 1 endpoint: {} events over HTTP (run {round} of {})",
+                "[2/8] throughput to 1 endpoint: {} events over HTTP (run {round} of {})",
                 args.events, args.repeat
             );
             singles.push(
@@ -139,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?,
             );
             if !ceilings.is_empty() {
-                eprintln!("[1/7] ceiling again");
+                eprintln!("[1/8] ceiling again");
                 ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
             }
         }
@@ -244,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
         // confirm, so it can never have more confirms outstanding than there are
         // clients, and RabbitMQ spends more per message when they come in smaller
         // batches. This is the broker alone at that depth.
-        eprintln!("[1/7] ceiling with {} confirms outstanding", args.clients);
+        eprintln!("[1/8] ceiling with {} confirms outstanding", args.clients);
         let (shallow, cpu) = ceiling(&brokers, &args, args.clients).await?;
         report.push(line(
             "ceiling_at_client_depth",
@@ -279,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let fanout = if args.wants("fanout") {
         eprintln!(
-            "[3/7] fan-out to 10 endpoints: {} events over HTTP",
+            "[3/8] fan-out to 10 endpoints: {} events over HTTP",
             args.fanout_events
         );
         let fanout = throughput(&brokers, &args, fanout_in(Formats::Json)).await?;
@@ -310,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("mixed") {
         eprintln!(
-            "[3b/7] fan-out to 10 endpoints in 8 formats (6 presets, 2 templates): {} events",
+            "[3b/8] fan-out to 10 endpoints in 8 formats (6 presets, 2 templates): {} events",
             args.fanout_events
         );
         let mixed = throughput(&brokers, &args, fanout_in(Formats::Mixed)).await?;
@@ -331,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("direct") {
         eprintln!(
-            "[4/7] direct AMQP ingest: {} events published to the exchange",
+            "[4/8] direct AMQP ingest: {} events published to the exchange",
             args.events
         );
         let direct = throughput(
@@ -359,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("latency") {
         eprintln!(
-            "[5/7] latency at {} events/s for {:?}",
+            "[5/8] latency at {} events/s for {:?}",
             args.latency_rate, args.latency_duration
         );
         let latency = latency(&brokers, &args).await?;
@@ -380,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("isolation") {
         eprintln!(
-            "[6/7] isolation: throughput to 1 endpoint while another tenant's endpoint hangs"
+            "[6/8] isolation: throughput to 1 endpoint while another tenant's endpoint hangs"
         );
         // Alternating with runs of (2), as often as (2) ran: the machine's speed drifts by
         // more than the effect measured, so each hanging run is compared with the run of
@@ -494,7 +500,47 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    eprintln!("[7/7] done in {:?}", started.elapsed());
+    if args.wants("held") {
+        eprintln!(
+            "[7/8] held backlog: {} events for an endpoint that refuses connections, then {:?} idle",
+            args.held_events, args.held_window
+        );
+        let held = held_backlog(&brokers, &args).await?;
+        let window_s = args.held_window.as_secs_f64();
+        let core_share = |us: f64| us / window_s / 1e4;
+        report.push(line(
+            "held_backlog_cpu",
+            core_share(held.cpu_us.iter().map(|(_, us)| us).sum()),
+            "% of a core",
+            None,
+            Some("deliverer, Redis and RabbitMQ while nothing but the held deliveries exists"),
+        ));
+        for (process, us) in &held.cpu_us {
+            report.push(line(
+                &format!("held_backlog_cpu_{process}"),
+                core_share(*us),
+                "% of a core",
+                None,
+                None,
+            ));
+        }
+        report.push(line(
+            "held_backlog_deferrals",
+            held.deferrals / window_s,
+            "per s",
+            None,
+            Some("held back without an attempt within the window, including once each attempt that failed before the circuit opened and came back on its retry schedule"),
+        ));
+        report.push(line(
+            "held_backlog_size",
+            held.pool as f64,
+            "deliveries",
+            None,
+            Some("in the retry pool at the end of the window"),
+        ));
+    }
+
+    eprintln!("[8/8] done in {:?}", started.elapsed());
     println!();
     println!(
         "Hookline benchmark (2 cores shared by broker, Redis, Hookline, receiver and load generator)"
@@ -1160,37 +1206,19 @@ async fn throughput(
     match scenario {
         Scenario::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
         Scenario::Http { .. } => {
-            let sent = Arc::new(AtomicUsize::new(0));
-            let mut clients = Vec::new();
-            for _ in 0..args.clients {
-                let sent = sent.clone();
-                let padding = padding();
-                let total = if with_second {
-                    events + events / (SECOND_TENANT_SHARE - 1)
+            let total = if with_second {
+                events + events / (SECOND_TENANT_SHARE - 1)
+            } else {
+                events
+            };
+            send_over_http(args.clients, total, move |index| {
+                if with_second && index % SECOND_TENANT_SHARE == SECOND_TENANT_SHARE - 1 {
+                    "second"
                 } else {
-                    events
-                };
-                clients.push(tokio::spawn(async move {
-                    let mut ingest = IngestConnection::open().await?;
-                    loop {
-                        let index = sent.fetch_add(1, Ordering::Relaxed);
-                        if index >= total {
-                            return Ok::<_, anyhow::Error>(());
-                        }
-                        let tenant = if with_second
-                            && index % SECOND_TENANT_SHARE == SECOND_TENANT_SHARE - 1
-                        {
-                            "second"
-                        } else {
-                            "healthy"
-                        };
-                        ingest.send_event(tenant, event_bytes(&padding)).await?;
-                    }
-                }));
-            }
-            for client in clients {
-                client.await??;
-            }
+                    "healthy"
+                }
+            })
+            .await?;
         }
     }
     counter.wait_for(events * endpoints).await?;
@@ -1208,6 +1236,123 @@ async fn throughput(
         deliverer_rss,
         cpu_per_event,
     })
+}
+
+/// Sends `total` events from `clients` closed-loop clients; `tenant_of` names each
+/// event's tenant by its index.
+async fn send_over_http(
+    clients: usize,
+    total: usize,
+    tenant_of: impl Fn(usize) -> &'static str + Copy + Send + 'static,
+) -> anyhow::Result<()> {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut running = Vec::new();
+    for _ in 0..clients {
+        let sent = sent.clone();
+        let padding = padding();
+        running.push(tokio::spawn(async move {
+            let mut ingest = IngestConnection::open().await?;
+            loop {
+                let index = sent.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                ingest
+                    .send_event(tenant_of(index), event_bytes(&padding))
+                    .await?;
+            }
+        }));
+    }
+    for client in running {
+        client.await??;
+    }
+    Ok(())
+}
+
+struct HeldBacklog {
+    /// CPU µs by process over the window.
+    cpu_us: Vec<(&'static str, f64)>,
+    /// Held deliveries that came back and were held again during the window.
+    deferrals: f64,
+    /// Deliveries in the retry pool at the end.
+    pool: u64,
+}
+
+/// What a backlog held behind an open circuit costs while nothing else happens: events
+/// for an endpoint that refuses connections (its circuit opens after a few failures),
+/// then the CPU and the deferrals over a window in which no event arrives.
+async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<HeldBacklog> {
+    let services = start_services(brokers, args, "held").await?;
+    // A port nothing listens on: every attempt is refused at once.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
+    services
+        .create_endpoint("held", format!("http://{closed}/gone"))
+        .await?;
+    send_over_http(args.clients, args.held_events, |_| "held").await?;
+    // The window starts once the deliverer has taken every event off the queue.
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while deliverer_metric(&services, "hookline_events_consumed_total", &[]).await?
+        < args.held_events as f64
+    {
+        if Instant::now() > deadline {
+            bail!("the deliverer did not consume the held events");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deferrals_before = held_again(&services).await?;
+    let cpu_before = cpu_snapshot(&services);
+    tokio::time::sleep(args.held_window).await;
+    let cpu_after = cpu_snapshot(&services);
+    let deferrals = held_again(&services).await? - deferrals_before;
+    let client = redis::Client::open(brokers.redis_url.as_str())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let pool: u64 = redis::cmd("ZCARD")
+        .arg(hookline_shared::store::Keyspace::new(&services.prefix).retry_due())
+        .query_async(&mut redis)
+        .await?;
+    services.stop(brokers).await?;
+    let cpu_us = cpu_after
+        .into_iter()
+        .zip(cpu_before)
+        .filter(|(name, _)| ["deliverer", "redis", "rabbitmq"].contains(&name.0))
+        .map(|((name, after), (_, before))| (name, after.saturating_sub(before) as f64))
+        .collect();
+    Ok(HeldBacklog {
+        cpu_us,
+        deferrals,
+        pool,
+    })
+}
+
+/// Deliveries the deliverer has held back without an attempt so far.
+async fn held_again(services: &Services) -> anyhow::Result<f64> {
+    let attempts = "hookline_delivery_attempts_total";
+    Ok(
+        deliverer_metric(services, attempts, &[r#"outcome="circuit_open""#]).await?
+            + deliverer_metric(services, attempts, &[r#"outcome="endpoint_busy""#]).await?,
+    )
+}
+
+/// The sum of a deliverer metric's series whose labels contain every one of `labels`.
+async fn deliverer_metric(services: &Services, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    let text = services
+        .http
+        .get(format!("http://{DELIVERER_ADMIN}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// One closed-loop client of the event API: a keep-alive HTTP/1.1 connection driven by
