@@ -258,6 +258,67 @@ async fn a_backlog_held_by_an_open_circuit_waits_for_the_probe_instead_of_churni
     hookline.stop().await;
 }
 
+/// Opens the circuit of acme's endpoint at `path` (its receiver answering 500, the
+/// circuit opening at the first failure), then posts events until the deliverer holds
+/// some behind it. Returns the ids of the events held: those the receiver never saw.
+async fn hold_behind_open_circuit(
+    hookline: &Hookline,
+    receiver: &Receiver,
+    path: &str,
+) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut post = async |n: u64| {
+        let accepted = hookline
+            .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+            .await;
+        events.push(accepted.body["id"].as_str().expect("event id").to_owned());
+    };
+    post(0).await;
+    eventually("endpoint turns failing", || async {
+        health_state(hookline, path).await["state"] == "failing"
+    })
+    .await;
+    // New events until the deliverer's cached health shows the open circuit.
+    let mut n = 1;
+    while held_by_circuit(hookline).await < 1.0 {
+        assert!(n < 500, "no delivery was held by the open circuit");
+        post(n).await;
+        n += 1;
+    }
+    let held_before = held_by_circuit(hookline).await;
+    for n in n..n + 5 {
+        post(n).await;
+    }
+    eventually("more deliveries are held", || async {
+        held_by_circuit(hookline).await >= held_before + 3.0
+    })
+    .await;
+    let attempted: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|request| Some(request.header("webhook-id")?.to_owned()))
+        .collect();
+    let held: Vec<String> = events
+        .into_iter()
+        .filter(|id| !attempted.contains(id))
+        .collect();
+    assert!(held.len() >= 4, "held {held:?}, attempted {attempted:?}");
+    held
+}
+
+/// Waits until `receiver` has had a request for each of the events `ids`.
+async fn arrive(receiver: &Receiver, ids: &[String]) {
+    eventually("every held delivery arrives", || async {
+        let received = receiver.received();
+        ids.iter().all(|id| {
+            received
+                .iter()
+                .any(|request| request.header("webhook-id") == Some(id.as_str()))
+        })
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
     let hookline = Hookline::builder()
@@ -272,64 +333,34 @@ async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
     let receiver = Receiver::start().await;
     receiver.set_status(500);
     let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
-    let events = std::cell::RefCell::new(Vec::new());
-    let post = |n: u64| {
-        let (hookline, events) = (&hookline, &events);
-        async move {
-            let accepted = hookline
-                .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
-                .await;
-            let id = accepted.body["id"].as_str().expect("event id").to_owned();
-            events.borrow_mut().push(id);
-        }
-    };
-    post(0).await;
-    eventually("endpoint turns failing", || async {
-        health_state(&hookline, &path).await["state"] == "failing"
-    })
-    .await;
-    // New events until the deliverer's cached health shows the open circuit.
-    let mut next = 1;
-    eventually("a delivery is held by the open circuit", || {
-        let n = next;
-        next += 1;
-        let (post, hookline) = (&post, &hookline);
-        async move {
-            post(n).await;
-            held_by_circuit(hookline).await >= 1.0
-        }
-    })
-    .await;
-    let held_before = held_by_circuit(&hookline).await;
-    for n in next..next + 5 {
-        post(n).await;
-    }
-    eventually("more deliveries are held", || async {
-        held_by_circuit(&hookline).await >= held_before + 3.0
-    })
-    .await;
+    let held = hold_behind_open_circuit(&hookline, &receiver, &path).await;
     receiver.set_status(204);
-    // What was attempted before now waits ten minutes for its retry; the rest was held.
-    let attempted: Vec<String> = receiver
-        .received()
-        .iter()
-        .filter_map(|request| Some(request.header("webhook-id")?.to_owned()))
-        .collect();
-    let held: Vec<String> = events
-        .take()
-        .into_iter()
-        .filter(|id| !attempted.contains(id))
-        .collect();
-    assert!(held.len() >= 4, "held {held:?}, attempted {attempted:?}");
-    eventually("every held delivery arrives", || async {
-        let received = receiver.received();
-        held.iter().all(|id| {
-            received
-                .iter()
-                .any(|request| request.header("webhook-id") == Some(id.as_str()))
-        })
-    })
-    .await;
+    arrive(&receiver, &held).await;
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn re_enabling_an_endpoint_sends_what_its_open_circuit_held() {
+    let hookline = Hookline::builder()
+        // Only a wake brings the held deliveries back within the test's patience.
+        .retry_schedule("10m")
+        .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10m")
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
+    let held = hold_behind_open_circuit(&hookline, &receiver, &path).await;
+    receiver.set_status(204);
+    for enabled in [false, true] {
+        let patched = hookline
+            .call(Method::PATCH, &path, Some(json!({"enabled": enabled})))
+            .await;
+        assert_eq!(patched.status, 200, "{}", patched.body);
+    }
+    // Re-enabling closed the circuit without a probe: the API woke what it held.
+    arrive(&receiver, &held).await;
     hookline.stop().await;
 }
 

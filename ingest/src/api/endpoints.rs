@@ -18,6 +18,7 @@ use hookline_shared::domain::health::{HealthRecord, HealthView};
 use hookline_shared::domain::pattern::EventPattern;
 use hookline_shared::domain::payload::PayloadFormat;
 use hookline_shared::domain::signing::SigningSecret;
+use hookline_shared::store::health::to_ms;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -409,8 +410,14 @@ pub async fn update(
         return Err(ApiError::not_found("endpoint"));
     }
     let health = if re_enabling {
-        // Re-enabling starts over: a clean record, circuit closed.
+        // Re-enabling starts over: a clean record, circuit closed. No probe will close
+        // it, so what it held is woken here (best effort: held deliveries come back on
+        // their own after the deliverer's max_hold).
         state.health.reset(&endpoint.tenant, &endpoint.id).await?;
+        let now_ms = to_ms(OffsetDateTime::now_utc());
+        if let Err(error) = state.retries.wake_held(&endpoint.id, now_ms).await {
+            tracing::warn!(endpoint_id = %endpoint.id, %error, "waking held deliveries failed");
+        }
         HealthRecord::default()
     } else {
         state.health.get(&endpoint.tenant, &endpoint.id).await?

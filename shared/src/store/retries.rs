@@ -156,8 +156,9 @@ impl RetryStore {
 
     /// Makes the deliveries held back from an endpoint — deferred without an attempt by
     /// its open circuit or its busy slots — due at `now_ms`. Called when a probe finds
-    /// the endpoint answering again, so its backlog goes out at once instead of on each
-    /// delivery's own doubling timer. Failed attempts keep their retry schedule.
+    /// the endpoint answering again, or the endpoint is re-enabled, so its backlog goes
+    /// out at once instead of on each delivery's own timer (up to the deliverer's
+    /// `max_hold`). Failed attempts keep their retry schedule.
     ///
     /// A held delivery is brought forward only while the pool has it due at the time it
     /// was held until: one that a worker has claimed since (the probe's own, when it was
