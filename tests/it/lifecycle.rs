@@ -258,14 +258,14 @@ async fn a_backlog_held_by_an_open_circuit_waits_for_the_probe_instead_of_churni
     hookline.stop().await;
 }
 
-/// Opens the circuit of acme's endpoint at `path` (its receiver answering 500, the
-/// circuit opening at the first failure), then posts events until the deliverer holds
-/// some behind it. Returns the ids of the events held: those the receiver never saw.
-async fn hold_behind_open_circuit(
-    hookline: &Hookline,
-    receiver: &Receiver,
-    path: &str,
-) -> Vec<String> {
+/// A receiver answering 500 behind an endpoint of acme's whose circuit opens at the
+/// first failure, and events posted until the deliverer holds some behind it. Returns
+/// the receiver, the endpoint's path and the ids of the events held (never attempted).
+async fn hold_behind_open_circuit(hookline: &Hookline) -> (Receiver, String, Vec<String>) {
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let (_, path) = subscribe_to_everything(hookline, &receiver).await;
+    let path = path.as_str();
     let mut events = Vec::new();
     let mut post = async |n: u64| {
         let accepted = hookline
@@ -303,7 +303,7 @@ async fn hold_behind_open_circuit(
         .filter(|id| !attempted.contains(id))
         .collect();
     assert!(held.len() >= 4, "held {held:?}, attempted {attempted:?}");
-    held
+    (receiver, path.to_owned(), held)
 }
 
 /// Waits until `receiver` has had a request for each of the events `ids`.
@@ -330,10 +330,7 @@ async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
         .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
         .start()
         .await;
-    let receiver = Receiver::start().await;
-    receiver.set_status(500);
-    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
-    let held = hold_behind_open_circuit(&hookline, &receiver, &path).await;
+    let (receiver, _, held) = hold_behind_open_circuit(&hookline).await;
     receiver.set_status(204);
     arrive(&receiver, &held).await;
     hookline.stop().await;
@@ -348,10 +345,7 @@ async fn re_enabling_an_endpoint_sends_what_its_open_circuit_held() {
         .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
         .start()
         .await;
-    let receiver = Receiver::start().await;
-    receiver.set_status(500);
-    let (_, path) = subscribe_to_everything(&hookline, &receiver).await;
-    let held = hold_behind_open_circuit(&hookline, &receiver, &path).await;
+    let (receiver, path, held) = hold_behind_open_circuit(&hookline).await;
     receiver.set_status(204);
     for enabled in [false, true] {
         let patched = hookline
