@@ -69,6 +69,10 @@ struct Args {
     held_events: usize,
     #[arg(long, default_value = "30s", value_parser = humantime_parse)]
     held_window: Duration,
+    /// Pairs of isolation runs: each hanging run beside a run of (2); the median of the
+    /// pairs' ratios is reported.
+    #[arg(long, default_value_t = 5)]
+    isolation_pairs: usize,
     /// Runs of (2), each between two ceiling runs; the median ratio is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -388,19 +392,24 @@ async fn main() -> anyhow::Result<()> {
         eprintln!(
             "[6/8] isolation: throughput to 1 endpoint while another tenant's endpoint hangs"
         );
-        // Alternating with runs of (2), as often as (2) ran: the machine's speed drifts by
-        // more than the effect measured, so each hanging run is compared with the run of
-        // (2) next to it and the median of those ratios is reported.
+        // Alternating with runs of (2): the machine's speed drifts by more than the effect
+        // measured, so each hanging run is compared with the run of (2) next to it and the
+        // median of those ratios is reported.
         // One control of the same traffic with the second endpoint answering separates the
         // hanging endpoint's effect from the extra events of its tenant.
         let mut isolated_runs = Vec::new();
         let mut beside_runs = Vec::new();
         let mut control_runs = Vec::new();
-        for round in 0..args.repeat.max(1) {
+        for round in 0..args.isolation_pairs.max(1) {
             let mut kinds = vec![
                 (Second::Hanging, &mut isolated_runs),
                 (Second::None, &mut beside_runs),
             ];
+            // Every other pair runs (2) first, so a drift in one direction does not
+            // favour either side of the pairs.
+            if round % 2 == 1 {
+                kinds.reverse();
+            }
             if round == 0 {
                 kinds.push((Second::Answering, &mut control_runs));
             }
@@ -422,7 +431,7 @@ async fn main() -> anyhow::Result<()> {
         let rates = |runs: &[Throughput]| runs.iter().map(|r| r.events_per_s).collect::<Vec<_>>();
         let isolated = median_run(&isolated_runs);
         let control = median_run(&control_runs);
-        // Each hanging run over the run of (2) right after it, as (2) is over its ceilings.
+        // Each hanging run over the run of (2) beside it, as (2) is over its ceilings.
         let pair_ratios: Vec<f64> = isolated_runs
             .iter()
             .zip(&beside_runs)
