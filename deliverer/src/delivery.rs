@@ -106,8 +106,11 @@ const MAX_DEFERRAL_DOUBLINGS: u32 = 6;
 enum HeldBy {
     /// The endpoint is failing and another delivery holds its probe.
     OpenCircuit,
-    /// Every one of this replica's slots for the endpoint is busy.
-    BusySlots,
+    /// Every one of this replica's slots for the endpoint is busy; if none has freed for
+    /// a while, one will by `stuck_until` at the latest (its attempt times out).
+    BusySlots {
+        stuck_until: Option<tokio::time::Instant>,
+    },
 }
 
 impl HeldBy {
@@ -115,7 +118,7 @@ impl HeldBy {
     fn outcome(self) -> &'static str {
         match self {
             Self::OpenCircuit => "circuit_open",
-            Self::BusySlots => "endpoint_busy",
+            Self::BusySlots { .. } => "endpoint_busy",
         }
     }
 }
@@ -391,8 +394,9 @@ impl Worker {
 
     /// Puts a delivery back in Redis without an attempt.
     ///
-    /// Behind busy slots it waits longer each time in a row, so a stuck endpoint's backlog
-    /// does not churn. Behind an open circuit it waits for the circuit to close: the probe
+    /// Behind busy slots it waits longer each time in a row, and behind stuck ones until
+    /// a slot frees by its attempt's timeout, so a stuck endpoint's backlog does not
+    /// churn. Behind an open circuit it waits for the circuit to close: the probe
     /// that closes it wakes everything held (`wake_held`), so a held delivery comes back
     /// on its own only after `max_hold`, in case that wake was missed. Someone must still
     /// come back to take the next probe: one deferral per half `defer_delay` per endpoint
@@ -411,16 +415,22 @@ impl Worker {
             .attempts
             .with_label_values(&[held_by.outcome(), "none"])
             .inc();
+        // Spread the wait so a held backlog does not come back all at once.
+        let jitter = 0.75 + rand::random::<f64>() / 2.0;
+        let doubling = self
+            .defer_delay
+            .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS))
+            .mul_f64(jitter);
         let wait = match held_by {
             HeldBy::OpenCircuit if !self.held_scouts.due(&event.tenant, &endpoint.id) => {
-                self.max_hold
+                self.max_hold.mul_f64(jitter)
             }
-            HeldBy::OpenCircuit | HeldBy::BusySlots => self
-                .defer_delay
-                .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS)),
+            HeldBy::OpenCircuit | HeldBy::BusySlots { stuck_until: None } => doubling,
+            // Coming back before a slot can free would only park it again.
+            HeldBy::BusySlots {
+                stuck_until: Some(until),
+            } => doubling.max(until.saturating_duration_since(tokio::time::Instant::now())),
         };
-        // Spread the wait so a held backlog does not come back all at once.
-        let wait = wait.mul_f64(0.75 + rand::random::<f64>() / 2.0);
         let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
         task.deferrals = prior.deferrals + 1;
         let due = due_in(wait);
@@ -513,11 +523,17 @@ impl Worker {
             }
             Admission::Refuse => return self.refuse(event, endpoint, prior),
         };
-        let Some(_slot) = self.slots.acquire(&endpoint.id).await else {
-            if probe {
-                self.release_probe(event, endpoint).await;
+        let _slot = match self.slots.acquire(&endpoint.id).await {
+            Ok(slot) => slot,
+            Err(busy) => {
+                if probe {
+                    self.release_probe(event, endpoint).await;
+                }
+                let held_by = HeldBy::BusySlots {
+                    stuck_until: busy.stuck_until,
+                };
+                return self.defer(event, endpoint, payload, prior, held_by);
             }
-            return self.defer(event, endpoint, payload, prior, HeldBy::BusySlots);
         };
         if let Some(wait) = self.rate_limit_wait(event, endpoint, &prior).await {
             if probe {

@@ -169,6 +169,7 @@ impl Deliverer {
             slots: slots::EndpointSlots::new(
                 settings.delivery.max_in_flight_per_endpoint,
                 settings.delivery.slot_wait,
+                settings.delivery.timeout,
             ),
             handoff_after: settings.delivery.handoff_after,
             handoff_permits: Arc::new(tokio::sync::Semaphore::new(

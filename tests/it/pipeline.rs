@@ -3,6 +3,7 @@
 use hookline_tests::{Hookline, Receiver, eventually, verify_signature};
 use lapin::BasicProperties;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn http_event_arrives_signed_at_the_endpoint() {
@@ -609,6 +610,70 @@ async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_o
     .await;
     assert_eq!(slow.count(), 1, "delivered once: {state}");
     assert_eq!(fast.count(), 1);
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_parked_behind_a_stuck_endpoint_waits_until_a_slot_can_free() {
+    // One slot, held by a request the receiver never answers: the next delivery is parked
+    // until that attempt times out, not on the 100 ms deferral timer, which would bring it
+    // back to be parked again some five times before a slot could free.
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__DELIVERY__MAX_IN_FLIGHT_PER_ENDPOINT", "1")
+        .setting("HOOKLINE__DELIVERY__TIMEOUT", "5m")
+        .setting("HOOKLINE__RETRY__LEASE", "10m")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.hold_answers();
+    let endpoint = hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["candidate.interested"]}),
+        )
+        .await;
+    hookline
+        .post_event(
+            "acme",
+            json!({"type": "candidate.interested", "data": {"n": 1}}),
+        )
+        .await;
+    receiver.wait_for(1).await;
+    let attempt_started = std::time::SystemTime::now();
+    let parked = hookline
+        .post_event(
+            "acme",
+            json!({"type": "candidate.interested", "data": {"n": 2}}),
+        )
+        .await;
+    let parked_id = format!(
+        "{}:{}",
+        parked.body["id"].as_str().expect("event id"),
+        endpoint["id"].as_str().expect("endpoint id")
+    );
+    let redis = hookline.redis().await;
+    let due_key = format!("{}:{{retry}}:due", hookline.prefix);
+    let due_ms = || {
+        let (mut redis, key, id) = (redis.clone(), due_key.clone(), parked_id.clone());
+        async move {
+            redis::AsyncCommands::zscore::<_, _, Option<i64>>(&mut redis, key, id)
+                .await
+                .expect("zscore")
+        }
+    };
+    eventually("the second delivery is parked", || async {
+        due_ms().await.is_some()
+    })
+    .await;
+    let due = due_ms().await.expect("parked");
+    let held_until =
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(due).expect("positive"));
+    assert!(
+        held_until >= attempt_started + Duration::from_secs(4 * 60),
+        "parked until the first attempt's 5-minute timeout, not for a moment"
+    );
+    assert_eq!(receiver.count(), 1, "one request at a time");
+    receiver.release_answers();
     hookline.stop().await;
 }
 
