@@ -71,7 +71,7 @@ struct Args {
     held_window: Duration,
     /// Pairs of isolation runs: each hanging run beside a run of (2); the median of the
     /// pairs' ratios is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     isolation_pairs: usize,
     /// Runs of (2), each between two ceiling runs; the median ratio is reported.
     #[arg(long, default_value_t = 3)]
