@@ -203,10 +203,11 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
     hookline.stop().await;
 }
 
-/// The event ids of `endpoint`'s deliveries that the retry pool holds for more than five
+/// The event ids of the endpoint's deliveries that the retry pool holds for more than five
 /// minutes: held behind its open circuit until a probe wakes them, not on a short timer.
-async fn held_long(hookline: &Hookline, endpoint: &Value) -> Vec<String> {
-    let suffix = format!(":{}", endpoint["id"].as_str().expect("endpoint id"));
+async fn held_long(hookline: &Hookline, endpoint_path: &str) -> Vec<String> {
+    let endpoint_id = endpoint_path.rsplit('/').next().expect("endpoint id");
+    let suffix = format!(":{endpoint_id}");
     let due: Vec<(String, i64)> = redis::AsyncCommands::zrange_withscores(
         &mut hookline.redis().await,
         format!("{}:{{retry}}:due", hookline.prefix),
@@ -228,31 +229,19 @@ async fn a_backlog_held_by_an_open_circuit_waits_for_the_probe_instead_of_churni
     let hookline = Hookline::builder()
         .retry_schedule("100ms,100ms,100ms,100ms")
         .setting("HOOKLINE__HEALTH__FAILING_AFTER", "1")
-        // At most one scout per second; the rest wait for the probe.
+        // At most one scout per half second; the rest wait for the probe.
         .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "1s")
         .setting("HOOKLINE__DELIVERY__MAX_HOLD", "10m")
         .start()
         .await;
-    let receiver = Receiver::start().await;
-    receiver.set_status(500);
-    let (endpoint, path) = subscribe_to_everything(&hookline, &receiver).await;
-    hookline
-        .post_event("acme", json!({"type": "a.b", "data": {"n": 0}}))
-        .await;
-    eventually("endpoint turns failing", || async {
-        health_state(&hookline, &path).await["state"] == "failing"
-    })
-    .await;
-    for n in 1..=10 {
-        hookline
-            .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
-            .await;
-    }
-    // On the doubling timer none would be held past 64 s; a probe and a scout may take
-    // one each.
+    let (_, path, held) = hold_behind_open_circuit(&hookline).await;
+    // On the doubling timer none would be held past 64 s.
     eventually(
         "the held deliveries wait for the circuit to close",
-        || async { held_long(&hookline, &endpoint).await.len() >= 8 },
+        || async {
+            let long = held_long(&hookline, &path).await;
+            held.iter().filter(|id| long.contains(id)).count() + 2 >= held.len()
+        },
     )
     .await;
     hookline.stop().await;
