@@ -382,6 +382,11 @@ impl Hookline {
         queue.message_count()
     }
 
+    /// This installation's Redis keys, named as Hookline names them.
+    pub fn keys(&self) -> hookline_shared::store::Keyspace {
+        hookline_shared::store::Keyspace::new(&self.prefix)
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.brokers.redis_url.as_str())
             .expect("redis url")

@@ -230,6 +230,11 @@ async fn metric(http: &reqwest::Client, admin: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until the process at `admin` reports `name` above zero (a count of one or more).
+async fn until_positive(http: &reqwest::Client, admin: u16, name: &str, what: &str) {
+    eventually(what, || async { metric(http, admin, name).await > 0.0 }).await;
+}
+
 /// Kills a process with no chance to clean up, as a crash or an OOM kill would.
 async fn sigkill(victim: &Process) {
     let pid = victim.child.id().expect("pid");
@@ -269,15 +274,12 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
         hookline.post_until_accepted("acme", id).await;
     }
     let victim_admin = hookline.deliverers[0].admin;
-    eventually("the victim has deliveries in flight", || async {
-        metric(
-            &hookline.http,
-            victim_admin,
-            "hookline_deliveries_in_flight",
-        )
-        .await
-            > 0.0
-    })
+    until_positive(
+        &hookline.http,
+        victim_admin,
+        "hookline_deliveries_in_flight",
+        "the victim has deliveries in flight",
+    )
     .await;
     let victim = hookline.deliverers.remove(0);
     sigkill(&victim).await;
@@ -297,15 +299,12 @@ async fn a_deliverer_killed_after_handing_off_a_slow_delivery_loses_nothing() {
     // The message is acked once the delivery is handed off: from then on only the
     // claimed task in Redis stands for it.
     let victim_admin = hookline.deliverers[0].admin;
-    eventually("the slow delivery is handed off", || async {
-        metric(
-            &hookline.http,
-            victim_admin,
-            "hookline_deliveries_handed_off_total",
-        )
-        .await
-            >= 1.0
-    })
+    until_positive(
+        &hookline.http,
+        victim_admin,
+        "hookline_deliveries_handed_off_total",
+        "the slow delivery is handed off",
+    )
     .await;
     let victim = hookline.deliverers.remove(0);
     sigkill(&victim).await;

@@ -277,7 +277,9 @@ async fn signing_secrets_are_sealed_at_rest() {
     let mut redis = hookline.redis().await;
     let stored: Vec<String> = redis::AsyncCommands::hvals(
         &mut redis,
-        format!("{}:{{acme}}:endpoints", hookline.prefix),
+        hookline
+            .keys()
+            .endpoints(&hookline_shared::domain::event::TenantId::parse("acme").expect("tenant")),
     )
     .await
     .expect("stored endpoints");

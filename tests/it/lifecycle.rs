@@ -210,7 +210,7 @@ async fn held_long(hookline: &Hookline, endpoint_path: &str) -> Vec<String> {
     let suffix = format!(":{endpoint_id}");
     let due: Vec<(String, i64)> = redis::AsyncCommands::zrange_withscores(
         &mut hookline.redis().await,
-        format!("{}:{{retry}}:due", hookline.prefix),
+        hookline.keys().retry_due(),
         0,
         -1,
     )

@@ -263,7 +263,7 @@ async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
     // The success was the last thing Hookline had to do for this event: once the retry
     // backlog is empty, nothing else can be sent.
     let mut redis = hookline.redis().await;
-    let due_key = format!("{}:{{retry}}:due", hookline.prefix);
+    let due_key = hookline.keys().retry_due();
     eventually("retry backlog drained", || {
         let mut redis = redis.clone();
         let key = due_key.clone();
@@ -579,7 +579,7 @@ async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_o
     // Until it is answered, the delivery is a claimed task in the retry pool: if this
     // deliverer died now, the task's lease would bring it back.
     let mut redis = hookline.redis().await;
-    let tasks_key = format!("{}:{{retry}}:tasks", hookline.prefix);
+    let tasks_key = hookline.keys().retry_tasks();
     let task_ids: Vec<String> = redis::AsyncCommands::hkeys(&mut redis, &tasks_key)
         .await
         .expect("hkeys");
@@ -652,7 +652,7 @@ async fn a_delivery_parked_behind_a_stuck_endpoint_waits_until_a_slot_can_free()
         endpoint["id"].as_str().expect("endpoint id")
     );
     let redis = hookline.redis().await;
-    let due_key = format!("{}:{{retry}}:due", hookline.prefix);
+    let due_key = hookline.keys().retry_due();
     let due_ms = || {
         let (mut redis, key, id) = (redis.clone(), due_key.clone(), parked_id.clone());
         async move {

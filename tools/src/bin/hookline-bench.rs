@@ -1281,7 +1281,7 @@ async fn send_over_http(
 struct HeldBacklog {
     /// CPU µs by process over the window.
     cpu_us: Vec<(&'static str, f64)>,
-    /// Held deliveries that came back and were held again during the window.
+    /// Deliveries held back without an attempt during the window.
     deferrals: f64,
     /// Deliveries in the retry pool at the end.
     pool: u64,
@@ -1322,11 +1322,9 @@ async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<HeldBack
         .query_async(&mut redis)
         .await?;
     services.stop(brokers).await?;
-    let cpu_us = cpu_after
+    let cpu_us = cpu_per_item(cpu_before, cpu_after, 1)
         .into_iter()
-        .zip(cpu_before)
-        .filter(|(name, _)| ["deliverer", "redis", "rabbitmq"].contains(&name.0))
-        .map(|((name, after), (_, before))| (name, after.saturating_sub(before) as f64))
+        .filter(|(name, _)| ["deliverer", "redis", "rabbitmq"].contains(name))
         .collect();
     Ok(HeldBacklog {
         cpu_us,
