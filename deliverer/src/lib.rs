@@ -94,6 +94,8 @@ impl Deliverer {
 
         tasks.spawn(serve_admin(
             admin,
+            settings.admin.limits,
+            hookline_shared::server::ServerMetrics::new(&registry),
             registry,
             readiness.clone(),
             background.clone(),

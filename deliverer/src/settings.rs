@@ -92,6 +92,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
+        self.admin.validate()?;
         let durations = [
             (
                 self.delivery.timeout,

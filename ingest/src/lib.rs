@@ -22,6 +22,7 @@ use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
 use hookline_shared::lifecycle::open_store;
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
+use hookline_shared::server::{ServerMetrics, raise_open_files_limit, serve};
 use hookline_shared::store::Keyspace;
 
 use hookline_shared::dispatch::Dispatcher;
@@ -31,6 +32,7 @@ use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
 use std::net::SocketAddr;
@@ -92,6 +94,7 @@ impl Ingest {
         let registry = new_registry();
         let readiness = Readiness::new(&["amqp", "redis"]);
         let metrics = Arc::new(metrics::IngestMetrics::new(&registry));
+        let server_metrics = ServerMetrics::new(&registry);
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
 
@@ -108,6 +111,8 @@ impl Ingest {
         // and /readyz says why the service is not ready yet.
         tasks.spawn(serve_admin(
             admin,
+            settings.admin.limits,
+            server_metrics.clone(),
             registry,
             readiness.clone(),
             background.clone(),
@@ -149,6 +154,9 @@ impl Ingest {
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client for test deliveries")?,
             secret_overlap: settings.delivery.secret_overlap,
+            auth_failures: api::throttle::AuthFailures::new(settings.api.auth_failures),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
+            rate: RateLimiter::new(redis.clone(), keys.clone()),
             accepted: accepted::AcceptedEvents::new(redis, keys, settings.api.dedup_window),
             metrics,
         });
@@ -157,13 +165,27 @@ impl Ingest {
             settings.http.request_timeout,
         ));
 
+        match raise_open_files_limit() {
+            Ok(limit) => tracing::info!(
+                open_files = limit,
+                max_connections = settings.http.limits.max_connections,
+                "open-files limit"
+            ),
+            Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+        }
         tracing::info!(api = %api.local_addr()?, "ingest listening");
-        let served = axum::serve(api, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        serve(
+            api,
+            app,
+            settings.http.limits,
+            "api",
+            server_metrics,
+            shutdown,
+        )
+        .await;
         background.cancel();
         tasks.close();
         tasks.wait().await;
-        served.context("API server failed")
+        Ok(())
     }
 }

@@ -17,6 +17,8 @@ pub struct IngestMetrics {
     pub publish_duration: HistogramVec,
     pub publish_errors: IntCounterVec,
     pub duplicates: IntCounter,
+    /// Requests refused for a limit on abuse, by reason.
+    pub throttled: IntCounterVec,
     // A std Mutex: held only to look up a small set, never across an await.
     seen_types: Mutex<HashSet<String>>,
 }
@@ -59,8 +61,20 @@ impl IngestMetrics {
                 "Events whose id was already accepted within the dedup window; not published again.",
             )
             .unwrap_or_else(|e| unreachable!("{e}")),
+            throttled: IntCounterVec::new(
+                Opts::new(
+                    "hookline_http_throttled_total",
+                    "API requests answered 429 for a limit on abuse, by reason (auth_failures, test_deliveries).",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
             seen_types: Mutex::new(HashSet::new()),
         };
+        for reason in ["auth_failures", "test_deliveries"] {
+            metrics.throttled.with_label_values(&[reason]);
+        }
+        register(registry, metrics.throttled.clone());
         register(registry, metrics.http_requests.clone());
         register(registry, metrics.http_duration.clone());
         register(registry, metrics.events_accepted.clone());

@@ -1,6 +1,8 @@
 //! `hookline-ingest` settings; the commented defaults are in `config/default.toml`.
 
 use hookline_shared::dispatch::DispatchSettings;
+use hookline_shared::domain::quota::Quota;
+use hookline_shared::server::ConnectionLimits;
 use hookline_shared::settings::{
     self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings, SecretsSettings,
     SettingsError, ShutdownSettings,
@@ -34,6 +36,11 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    #[serde(flatten)]
+    pub limits: ConnectionLimits,
+    /// Proxies whose `X-Forwarded-For` names the client (for per-client limits).
+    #[serde(deserialize_with = "settings::networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +64,11 @@ pub struct ApiSettings {
     pub portal_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub portal_link_ttl: Duration,
+    /// Failed authentications per client address before it is answered 429.
+    pub auth_failures: Quota,
+    /// Test deliveries (`…/test`, `verify` on create) per endpoint and per tenant.
+    pub test_deliveries_per_endpoint: Quota,
+    pub test_deliveries_per_tenant: Quota,
 }
 
 /// Test deliveries ("Check" button, `verify` on create) are made by ingest itself, under
@@ -128,6 +140,15 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
+        self.admin.validate()?;
+        self.http.limits.validate([
+            (
+                "http.header_read_timeout",
+                "HOOKLINE__HTTP__HEADER_READ_TIMEOUT",
+            ),
+            ("http.idle_timeout", "HOOKLINE__HTTP__IDLE_TIMEOUT"),
+            ("http.max_connections", "HOOKLINE__HTTP__MAX_CONNECTIONS"),
+        ])?;
         if let Some(pairs) = &self.api.tenant_tokens {
             let listed = pairs
                 .expose_secret()
@@ -148,6 +169,49 @@ impl Settings {
                 "HOOKLINE__API__TOKEN",
                 "must be set: the API refuses to run without authentication",
             ));
+        }
+        let quotas = [
+            (
+                self.api.auth_failures,
+                ["api.auth_failures.per_minute", "api.auth_failures.burst"],
+                [
+                    "HOOKLINE__API__AUTH_FAILURES__PER_MINUTE",
+                    "HOOKLINE__API__AUTH_FAILURES__BURST",
+                ],
+            ),
+            (
+                self.api.test_deliveries_per_endpoint,
+                [
+                    "api.test_deliveries_per_endpoint.per_minute",
+                    "api.test_deliveries_per_endpoint.burst",
+                ],
+                [
+                    "HOOKLINE__API__TEST_DELIVERIES_PER_ENDPOINT__PER_MINUTE",
+                    "HOOKLINE__API__TEST_DELIVERIES_PER_ENDPOINT__BURST",
+                ],
+            ),
+            (
+                self.api.test_deliveries_per_tenant,
+                [
+                    "api.test_deliveries_per_tenant.per_minute",
+                    "api.test_deliveries_per_tenant.burst",
+                ],
+                [
+                    "HOOKLINE__API__TEST_DELIVERIES_PER_TENANT__PER_MINUTE",
+                    "HOOKLINE__API__TEST_DELIVERIES_PER_TENANT__BURST",
+                ],
+            ),
+        ];
+        for (quota, keys, envs) in quotas {
+            for ((value, key), env) in [quota.per_minute, quota.burst]
+                .into_iter()
+                .zip(keys)
+                .zip(envs)
+            {
+                if value == 0 {
+                    return Err(SettingsError::invalid(key, env, "must be at least 1"));
+                }
+            }
         }
         if self.api.max_event_bytes < 1024 {
             return Err(SettingsError::invalid(

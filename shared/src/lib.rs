@@ -9,7 +9,8 @@
 //! - [`settings`]: loading a binary's typed settings from defaults, a file and
 //!   `HOOKLINE__…` environment variables; the sections both binaries share.
 //! - [`telemetry`]: tracing setup; [`metrics`]: the Prometheus registry and the admin
-//!   server (`/healthz`, `/readyz`, `/metrics`).
+//!   server (`/healthz`, `/readyz`, `/metrics`); [`server`]: the HTTP server both
+//!   listeners run on, with its connection limits.
 //! - [`broker`]: RabbitMQ topology and the supervised, confirming publisher.
 //! - [`dispatch`]: one signed HTTP attempt behind the SSRF guard.
 //! - [`store`]: Redis key layout and the stores: endpoints, health, rate limits,
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod metrics;
 pub mod properties;
+pub mod server;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

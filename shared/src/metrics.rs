@@ -157,17 +157,23 @@ pub fn exponential_buckets(start: f64, count: usize) -> Vec<f64> {
         .unwrap_or_else(|e| unreachable!("static bucket definition: {e}"))
 }
 
-/// Serves the admin router on `listener` until `shutdown`.
+/// Serves the admin router on `listener` until `shutdown`, under the same connection
+/// limits as the API (its own values).
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
+    limits: crate::server::ConnectionLimits,
+    server_metrics: crate::server::ServerMetrics,
     registry: Registry,
     readiness: Readiness,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let served = axum::serve(listener, admin_router(registry, readiness))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "admin server failed");
-    }
+    crate::server::serve(
+        listener,
+        admin_router(registry, readiness),
+        limits,
+        "admin",
+        server_metrics,
+        shutdown,
+    )
+    .await;
 }

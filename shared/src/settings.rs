@@ -120,6 +120,21 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
+    #[serde(flatten)]
+    pub limits: crate::server::ConnectionLimits,
+}
+
+impl AdminSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.limits.validate([
+            (
+                "admin.header_read_timeout",
+                "HOOKLINE__ADMIN__HEADER_READ_TIMEOUT",
+            ),
+            ("admin.idle_timeout", "HOOKLINE__ADMIN__IDLE_TIMEOUT"),
+            ("admin.max_connections", "HOOKLINE__ADMIN__MAX_CONNECTIONS"),
+        ])
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -142,6 +157,25 @@ pub struct ShutdownSettings {
     /// How long in-flight work may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+}
+
+/// A count written as a number (in a file) or a string (from the environment). Fields
+/// inside a `#[serde(flatten)]` section need it: flattening hides the field's type from
+/// the config crate, which then hands environment values over as strings.
+pub fn count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(usize),
+        Text(String),
+    }
+    match Count::deserialize(deserializer)? {
+        Count::Number(count) => Ok(count),
+        Count::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a count: {e}"))),
+    }
 }
 
 /// A comma-separated list of CIDRs, e.g. `"10.20.0.0/16, fd00::/8"`.

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, against the RabbitMQ and Redis that `make test` starts.
 
+mod abuse;
 mod api;
 mod console;
 mod formats;

@@ -15,6 +15,7 @@ use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use hookline_shared::domain::payload::Purpose;
 use hookline_shared::domain::policy::AttemptOutcome;
+use hookline_shared::store::rate::Refused;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -76,6 +77,7 @@ pub async fn test_delivery(
     event_type: String,
     data: Value,
 ) -> Result<TestResult, ApiError> {
+    admit_test_delivery(state, endpoint).await?;
     let message = EventMessage {
         id: None,
         tenant: None,
@@ -108,6 +110,39 @@ pub async fn test_delivery(
         .attempt(endpoint, &event.id, &payload)
         .await;
     Ok(result(event.id, report))
+}
+
+/// Each test delivery is a signed request Hookline sends where the tenant says: bounded
+/// per endpoint and per tenant, across replicas.
+async fn admit_test_delivery(state: &AppState, endpoint: &Endpoint) -> Result<(), ApiError> {
+    let now_us =
+        u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or_default();
+    let admitted = state
+        .rate
+        .admit_test_delivery(
+            &endpoint.tenant,
+            &endpoint.id,
+            state.settings.test_deliveries_per_endpoint,
+            state.settings.test_deliveries_per_tenant,
+            now_us,
+        )
+        .await;
+    match admitted {
+        Ok(()) => Ok(()),
+        Err(Refused::Wait(wait)) => {
+            state
+                .metrics
+                .throttled
+                .with_label_values(&["test_deliveries"])
+                .inc();
+            Err(ApiError::throttled(
+                "too_many_test_deliveries",
+                "test deliveries to this endpoint or tenant are over their limit; retry later",
+                wait,
+            ))
+        }
+        Err(Refused::Store(error)) => Err(error.into()),
+    }
 }
 
 fn result(event_id: String, report: AttemptReport) -> TestResult {

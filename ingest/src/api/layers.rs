@@ -6,15 +6,20 @@
 
 use super::AppState;
 use super::access;
+use super::error::ApiError;
+use super::throttle;
 use crate::metrics::IngestMetrics;
+use axum::extract::ConnectInfo;
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
 use hookline_shared::metrics::status_class;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -157,12 +162,47 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        let client = client_of(&self.state, &request);
+        if let Some(wait) = client.and_then(|ip| self.state.auth_failures.refused(ip)) {
+            self.state
+                .metrics
+                .throttled
+                .with_label_values(&["auth_failures"])
+                .inc();
+            let refusal = ApiError::throttled(
+                "too_many_auth_failures",
+                "too many requests without a valid token from this address",
+                wait,
+            );
+            return Either::Left(ready(Ok(refusal.into_response())));
+        }
         match access::authorize(&self.state, &request) {
             Ok(scope) => {
                 request.extensions_mut().insert(scope);
                 Either::Right(self.inner.call(request))
             }
-            Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
+            Err(refusal) => {
+                if let Some(ip) = client
+                    && refusal.status() == StatusCode::UNAUTHORIZED
+                {
+                    self.state.auth_failures.record(ip);
+                }
+                Either::Left(ready(Ok(refusal.into_response())))
+            }
         }
     }
+}
+
+/// The client's address, as far as the connection and trusted proxies tell it.
+fn client_of(state: &AppState, request: &Request) -> Option<IpAddr> {
+    let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok());
+    Some(throttle::client_address(
+        peer.ip(),
+        forwarded_for,
+        &state.trusted_proxies,
+    ))
 }

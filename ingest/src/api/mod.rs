@@ -15,6 +15,7 @@ pub mod openapi;
 mod operator;
 mod portal;
 mod preview;
+pub mod throttle;
 
 use crate::accepted::AcceptedEvents;
 use crate::metrics::IngestMetrics;
@@ -32,6 +33,7 @@ use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::replicas::ReplicaRegistry;
 use hookline_shared::store::retries::RetryStore;
 use openapi::{Doc, Documented};
@@ -63,6 +65,9 @@ pub struct Inner {
     pub secret_overlap: Duration,
     pub accepted: AcceptedEvents,
     pub metrics: Arc<IngestMetrics>,
+    pub auth_failures: throttle::AuthFailures,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub rate: RateLimiter,
 }
 
 /// The catalog's type names, cached briefly for `require_known_event_types`.

@@ -10,6 +10,7 @@ pub mod health;
 pub mod pattern;
 pub mod payload;
 pub mod policy;
+pub mod quota;
 pub mod signing;
 pub mod template;
 

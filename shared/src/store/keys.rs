@@ -54,6 +54,15 @@ impl Keyspace {
         self.tenant_key(tenant, &format!("rate:{endpoint_id}"))
     }
 
+    /// String with TTL: a quota's theoretical arrival time (µs) for a tenant, or for one
+    /// of its endpoints (`scope` = `endpoint:{id}`). `name` says which quota.
+    pub fn quota(&self, tenant: &TenantId, name: &str, scope: Option<&str>) -> String {
+        match scope {
+            Some(scope) => self.tenant_key(tenant, &format!("quota:{name}:{scope}")),
+            None => self.tenant_key(tenant, &format!("quota:{name}")),
+        }
+    }
+
     /// Sorted set: attempt JSON scored by attempt time (ms), newest kept.
     pub fn attempts(&self, tenant: &TenantId, endpoint_id: &str) -> String {
         self.tenant_key(tenant, &format!("attempts:{endpoint_id}"))

@@ -6,6 +6,7 @@
 
 use super::{Keyspace, StoreError};
 use crate::domain::event::TenantId;
+use crate::domain::quota::Quota;
 use crate::store::RedisConnection;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -26,6 +27,33 @@ return string.format('%.0f', start - now)
     )
 });
 
+/// KEYS: one TAT (µs) per quota. ARGV: now (µs), then interval and tolerance (µs) per
+/// key. [`crate::domain::quota::admit`] for every key: all admit and every TAT moves, or
+/// none moves and the answer is the longest wait, in µs (0: admitted).
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local wait = 0
+local next = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  next[i] = tat + interval
+  local over = next[i] - now - tolerance
+  if over > wait then wait = over end
+end
+if wait > 0 then return string.format('%.0f', wait) end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', next[i]), 'PX', math.floor((next[i] - now) / 1000) + 1000)
+end
+return '0'
+",
+    )
+});
+
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     redis: RedisConnection,
@@ -35,6 +63,47 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
         Self { redis, keys }
+    }
+
+    /// Admits one request under every `(key, quota)` at once, or answers how long until it
+    /// would be admitted; a refusal uses none of them up.
+    pub async fn admit(&self, quotas: &[(String, Quota)], now_us: u64) -> Result<(), Refused> {
+        let mut invocation = ADMIT.prepare_invoke();
+        invocation.arg(now_us);
+        for (key, quota) in quotas {
+            invocation
+                .key(key)
+                .arg(quota.interval_us())
+                .arg(quota.tolerance_us());
+        }
+        let wait: String = invocation.invoke_async(&mut self.redis.clone()).await?;
+        match wait.parse::<u64>().unwrap_or(0) {
+            0 => Ok(()),
+            wait_us => Err(Refused::Wait(Duration::from_micros(wait_us))),
+        }
+    }
+
+    /// Admits one test delivery under the endpoint's and the tenant's quotas.
+    pub async fn admit_test_delivery(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &str,
+        per_endpoint: Quota,
+        per_tenant: Quota,
+        now_us: u64,
+    ) -> Result<(), Refused> {
+        let endpoint_scope = format!("endpoint:{endpoint_id}");
+        self.admit(
+            &[
+                (
+                    self.keys.quota(tenant, "test", Some(&endpoint_scope)),
+                    per_endpoint,
+                ),
+                (self.keys.quota(tenant, "test", None), per_tenant),
+            ],
+            now_us,
+        )
+        .await
     }
 
     /// Reserves one delivery slot; returns how long to wait for it (zero: go now).
@@ -54,5 +123,20 @@ impl RateLimiter {
             .await?;
         let wait_us = wait.parse::<i64>().unwrap_or(0).max(0);
         Ok(Duration::from_micros(wait_us.unsigned_abs()))
+    }
+}
+
+/// Why [`RateLimiter::admit`] did not admit.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("over the quota; admitted again in {0:?}")]
+    Wait(Duration),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<redis::RedisError> for Refused {
+    fn from(error: redis::RedisError) -> Self {
+        Self::Store(error.into())
     }
 }
