@@ -126,6 +126,51 @@ async function loadSession() {
   }
 }
 
+/** The session a token opens, asked without signing this tab out when it is refused. */
+async function sessionOf(token) {
+  try {
+    const response = await fetch("/v1/session", { headers: { authorization: `Bearer ${token}` } });
+    return response.ok ? await response.json() : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+function decodeLinkToken(encoded) {
+  try {
+    return decodeURIComponent(encoded);
+  } catch (_) {
+    return encoded;
+  }
+}
+
+function who(view) {
+  return view.scope === "operator" ? "an operator" : `tenant ${view.tenant}`;
+}
+
+/** Asked in the page rather than with `confirm()`, which browsers may suppress in an
+ * embedding frame. Keeping the current session comes first, so a hurried Enter or a
+ * click on the first button changes nothing. */
+function switchSessionPage(current, offered, linkToken) {
+  render(
+    h("h1", {}, "Switch session?"),
+    h("p", { "data-testid": "switch-session" },
+      `This tab is signed in as ${who(current)}. The link you opened would sign it in as ${who(offered)} instead.`),
+    h("p", { class: "muted" },
+      "Switch only if you expected this link: a link from someone else opens their session, and whatever you do then happens there."),
+    h("div", { class: "row" },
+      h("button", { type: "button", class: "secondary", onclick: () => {
+        flash("Kept your current session.");
+        go("#/");
+      } }, "Keep current session"),
+      h("button", { type: "button", onclick: () => {
+        sessionStorage.setItem(TOKEN_KEY, linkToken);
+        session = null;
+        go("#/");
+      } }, `Switch to ${who(offered)}`)),
+  );
+}
+
 function signInPage() {
   nav.replaceChildren();
   document.getElementById("sign-out").hidden = true;
@@ -518,10 +563,21 @@ async function showRoute() {
   const hash = location.hash || "#/";
   const tokenInLink = hash.match(/^#token=(.+)$/);
   if (tokenInLink) {
-    // A portal link: keep the token for this tab and drop it from the address bar.
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(tokenInLink[1]));
-    session = null;
+    // A portal link: drop the token from the address bar, then keep it for this tab —
+    // unless it would replace another open session. A link is only a URL: anybody can
+    // send one, and opening it must not silently put its owner's session in this tab.
     history.replaceState(null, "", "#/");
+    const linkToken = decodeLinkToken(tokenInLink[1]);
+    const current = sessionStorage.getItem(TOKEN_KEY);
+    const currentSession = current && current !== linkToken ? await sessionOf(current) : null;
+    if (currentSession) {
+      const offered = await sessionOf(linkToken);
+      if (offered) return switchSessionPage(currentSession, offered, linkToken);
+      flash("The link you opened is not valid or has expired; your session is unchanged.", true);
+    } else {
+      sessionStorage.setItem(TOKEN_KEY, linkToken);
+      session = null;
+    }
   }
   if (!session) session = await loadSession();
   if (!session) return signInPage();

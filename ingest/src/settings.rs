@@ -59,7 +59,8 @@ pub struct ApiSettings {
     /// `tenant:token` pairs, comma-separated: tokens that may act only on their tenant.
     #[serde(default)]
     pub tenant_tokens: Option<SecretString>,
-    /// Signs console portal links; without it, portal links are disabled.
+    /// Signs console portal links; unset, portal links are off. At least
+    /// [`PORTAL_KEY_MIN_BYTES`] when set (see [`Settings::validate`]).
     #[serde(default)]
     pub portal_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
@@ -69,7 +70,13 @@ pub struct ApiSettings {
     /// Test deliveries (`…/test`, `verify` on create) per endpoint and per tenant.
     pub test_deliveries_per_endpoint: Quota,
     pub test_deliveries_per_tenant: Quota,
+    /// The console's CSP `frame-ancestors` sources (see [`crate::console::frame_ancestors`]).
+    pub console_frame_ancestors: String,
 }
+
+/// A portal link is as strong as the key that signs it: HMAC-SHA256 keys shorter than its
+/// output can be guessed faster than the MAC, and an empty one by anybody.
+pub const PORTAL_KEY_MIN_BYTES: usize = 32;
 
 /// Test deliveries ("Check" button, `verify` on create) are made by ingest itself, under
 /// the same rules as the deliverer's: these keys mean the same in both binaries.
@@ -162,6 +169,32 @@ impl Settings {
                     "must be comma-separated tenant:token pairs",
                 ));
             }
+        }
+        if let Some(key) = &self.api.portal_key {
+            let length = key.expose_secret().len();
+            if length < PORTAL_KEY_MIN_BYTES {
+                let what = if length == 0 {
+                    "is empty"
+                } else {
+                    "is too short"
+                };
+                return Err(SettingsError::invalid(
+                    "api.portal_key",
+                    "HOOKLINE__API__PORTAL_KEY",
+                    format!(
+                        "{what}: a key that signs portal links needs at least \
+                         {PORTAL_KEY_MIN_BYTES} bytes (e.g. `openssl rand -hex 32`); \
+                         unset it to turn portal links off"
+                    ),
+                ));
+            }
+        }
+        if let Err(problem) = crate::console::frame_ancestors(&self.api.console_frame_ancestors) {
+            return Err(SettingsError::invalid(
+                "api.console_frame_ancestors",
+                "HOOKLINE__API__CONSOLE_FRAME_ANCESTORS",
+                problem,
+            ));
         }
         if self.api.tokens().is_empty() {
             return Err(SettingsError::invalid(
@@ -260,6 +293,63 @@ mod tests {
         assert_eq!(settings.api.tokens().len(), 3);
         assert_eq!(settings.http.listen.port(), 8080);
         assert_eq!(settings.admin.listen.port(), 9090);
+    }
+
+    #[test]
+    fn a_portal_key_is_unset_or_at_least_32_bytes() {
+        let cases = [
+            (None, true),
+            (Some(""), false),
+            (Some("k"), false),
+            (Some("0123456789abcdef0123456789abcde"), false),
+            (Some("0123456789abcdef0123456789abcdef"), true),
+            (
+                Some("0123456789abcdef0123456789abcdef-longer-is-fine"),
+                true,
+            ),
+        ];
+        for (key, valid) in cases {
+            let mut overrides = vec![("HOOKLINE__API__TOKEN", "t")];
+            overrides.extend(key.map(|key| ("HOOKLINE__API__PORTAL_KEY", key)));
+            let loaded = Settings::from_defaults_with(env(&overrides));
+            match (loaded, valid) {
+                (Ok(settings), true) => assert_eq!(
+                    settings.api.portal_key.map(|k| k.expose_secret().len()),
+                    key.map(str::len),
+                ),
+                (Err(error), false) => {
+                    let error = error.to_string();
+                    assert!(
+                        error.contains("api.portal_key")
+                            && error.contains("HOOKLINE__API__PORTAL_KEY")
+                            && error.contains("32 bytes"),
+                        "{key:?}: {error}"
+                    );
+                }
+                (loaded, _) => panic!("{key:?}: expected valid={valid}, got {loaded:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn console_frame_ancestors_default_to_none_and_are_checked() {
+        let settings =
+            Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t")])).expect("valid");
+        assert_eq!(settings.api.console_frame_ancestors, "'none'");
+        let error = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__API__TOKEN", "t"),
+            (
+                "HOOKLINE__API__CONSOLE_FRAME_ANCESTORS",
+                "'self'; script-src *",
+            ),
+        ]))
+        .expect_err("a second directive");
+        assert!(
+            error
+                .to_string()
+                .contains("HOOKLINE__API__CONSOLE_FRAME_ANCESTORS"),
+            "{error}"
+        );
     }
 
     #[test]

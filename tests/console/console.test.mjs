@@ -343,3 +343,31 @@ test("a portal link for one tenant cannot see another tenant, on the page or the
   assert.equal((await api("GET", "/tenants/acme/endpoints", undefined, link.body.token)).status, 200);
   await context.close();
 });
+
+test("a portal link opened in a signed-in tab asks before replacing that session", async () => {
+  const link = await api("POST", "/tenants/acme/portal-links");
+  assert.equal(link.status, 201);
+  const page = await operatorPage();
+  await explained(page, async () => {
+    const stored = () => page.evaluate(() => sessionStorage.getItem("hookline.token"));
+    await page.goto(`${BASE}${link.body.url}`);
+    await page.getByRole("heading", { name: "Switch session?" }).waitFor();
+    assert.match(await page.getByTestId("switch-session").textContent(),
+      /signed in as an operator\. .* as tenant acme instead/);
+    assert.ok(!page.url().includes("token="), "the token leaves the address bar");
+    assert.equal(await stored(), TOKEN, "nothing changes before the answer");
+
+    await page.getByRole("button", { name: "Keep current session" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    assert.equal(await stored(), TOKEN, "kept");
+
+    await page.goto(`${BASE}${link.body.url}`);
+    await page.getByRole("button", { name: "Switch to tenant acme" }).click();
+    await page.getByRole("heading", { name: "Endpoints" }).waitFor();
+    assert.ok(page.url().endsWith("#/tenants/acme"));
+    assert.equal(await stored(), link.body.token, "switched");
+    assert.equal(await page.getByRole("link", { name: "Overview" }).count(), 0, "no operator view");
+    assert.deepEqual(page.problems, []);
+  });
+  await page.context().close();
+});

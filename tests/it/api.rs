@@ -4,6 +4,9 @@ use hookline_tests::{Hookline, Receiver, TOKEN, answer, verify_signature};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// Long enough for `api.portal_key` (32 bytes at least).
+const PORTAL_KEY: &str = "portal-signing-key-for-the-tests-0123456789";
+
 #[tokio::test]
 async fn requests_without_a_valid_token_are_refused() {
     let hookline = Hookline::start().await;
@@ -339,7 +342,7 @@ async fn endpoints_on_blocked_addresses_are_refused() {
 async fn tenant_tokens_and_portal_links_reach_only_their_tenant() {
     let hookline = Hookline::builder()
         .setting("HOOKLINE__API__TENANT_TOKENS", "acme:acme-secret-token")
-        .setting("HOOKLINE__API__PORTAL_KEY", "portal-signing-key")
+        .setting("HOOKLINE__API__PORTAL_KEY", PORTAL_KEY)
         .start()
         .await;
     let get = |token: Option<String>, path: &'static str| {
@@ -389,6 +392,147 @@ async fn tenant_tokens_and_portal_links_reach_only_their_tenant() {
         .await;
     assert_eq!(forged_link.status, 403);
     hookline.stop().await;
+}
+
+#[tokio::test]
+async fn only_api_tokens_mint_portal_links_and_a_link_cannot_renew_itself() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__API__TENANT_TOKENS", "acme:acme-secret-token")
+        .setting("HOOKLINE__API__PORTAL_KEY", PORTAL_KEY)
+        .start()
+        .await;
+    let mint = |token: String| {
+        let hookline = &hookline;
+        async move {
+            hookline
+                .call_as(
+                    Some(&token),
+                    Method::POST,
+                    "/v1/tenants/acme/portal-links",
+                    None,
+                )
+                .await
+        }
+    };
+    let by_operator = mint(TOKEN.to_owned()).await;
+    assert_eq!(by_operator.status, 201, "{}", by_operator.body);
+    let by_tenant_token = mint("acme-secret-token".to_owned()).await;
+    assert_eq!(by_tenant_token.status, 201, "{}", by_tenant_token.body);
+
+    for minted in [&by_operator, &by_tenant_token] {
+        let link = minted.body["token"].as_str().expect("token").to_owned();
+        let renewed = mint(link.clone()).await;
+        assert_eq!(renewed.status, 403, "{}", renewed.body);
+        assert_eq!(renewed.body["error"]["code"], "api_token_required");
+        assert!(renewed.body["token"].is_null(), "no link in a refusal");
+        // What the console needs still works with the link; publishing events does not.
+        let own = hookline
+            .call_as(Some(&link), Method::GET, "/v1/tenants/acme/endpoints", None)
+            .await;
+        assert_eq!(own.status, 200, "{}", own.body);
+        let event = hookline
+            .call_as(
+                Some(&link),
+                Method::POST,
+                "/v1/tenants/acme/events",
+                Some(json!({"type": "a.b", "data": {}})),
+            )
+            .await;
+        assert_eq!(event.status, 403, "{}", event.body);
+        assert_eq!(event.body["error"]["code"], "api_token_required");
+    }
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_portal_key_portal_links_are_off_and_none_is_accepted() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__API__TENANT_TOKENS", "acme:acme-secret-token")
+        .start()
+        .await;
+    for token in [TOKEN, "acme-secret-token"] {
+        let link = hookline
+            .call_as(
+                Some(token),
+                Method::POST,
+                "/v1/tenants/acme/portal-links",
+                None,
+            )
+            .await;
+        assert_eq!(link.status, 501, "{}", link.body);
+        assert_eq!(link.body["error"]["code"], "portal_links_disabled");
+        assert!(
+            link.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("HOOKLINE__API__PORTAL_KEY")),
+            "{}",
+            link.body
+        );
+    }
+    // Links signed with an empty or a guessable key open nothing.
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    for key in ["", "k", PORTAL_KEY] {
+        let forged = hookline_ingest::api::access::portal_token(
+            &secrecy::SecretString::from(key.to_owned()),
+            "acme",
+            expires,
+        );
+        let answer = hookline
+            .call_as(
+                Some(&forged),
+                Method::GET,
+                "/v1/tenants/acme/endpoints",
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 401, "signed with {key:?}: {}", answer.body);
+    }
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_may_be_framed_only_by_the_origins_configured() {
+    let framed_by = |setting: Option<&'static str>| async move {
+        let mut builder = Hookline::builder();
+        if let Some(value) = setting {
+            builder = builder.setting("HOOKLINE__API__CONSOLE_FRAME_ANCESTORS", value);
+        }
+        let hookline = builder.start().await;
+        let mut policies = Vec::new();
+        for asset in ["/console/", "/console/console.js", "/console/console.css"] {
+            let response = hookline
+                .http
+                .get(hookline.url(asset))
+                .send()
+                .await
+                .expect("reachable");
+            assert_eq!(response.status(), 200, "{asset}");
+            let policy = response
+                .headers()
+                .get_all("content-security-policy")
+                .iter()
+                .map(|v| v.to_str().expect("ASCII").to_owned())
+                .collect::<Vec<_>>();
+            assert_eq!(policy.len(), 1, "{asset}: {policy:?}");
+            policies.push(policy.join(""));
+        }
+        hookline.stop().await;
+        policies
+    };
+    for policy in framed_by(None).await {
+        assert!(
+            policy.ends_with("; frame-ancestors 'none'"),
+            "framing is forbidden by default: {policy}"
+        );
+        assert!(policy.starts_with("default-src 'none'; script-src 'self';"));
+    }
+    for policy in framed_by(Some("https://ats.example.com  https://*.ats.example")).await {
+        assert!(
+            policy.ends_with("; frame-ancestors https://ats.example.com https://*.ats.example"),
+            "{policy}"
+        );
+        assert_eq!(policy.matches("frame-ancestors").count(), 1, "{policy}");
+    }
 }
 
 #[tokio::test]
@@ -530,7 +674,7 @@ async fn preview_renders_signed_headers_and_body_without_sending() {
 async fn operator_overview_reads_the_same_state_as_the_api() {
     let hookline = Hookline::builder()
         .retry_schedule("20ms,20ms")
-        .setting("HOOKLINE__API__PORTAL_KEY", "portal-signing-key")
+        .setting("HOOKLINE__API__PORTAL_KEY", PORTAL_KEY)
         // The circuit opens with the last of the nine failures: before it, a delivery
         // held by the open circuit would wait for a probe instead of using up its retries.
         .setting("HOOKLINE__HEALTH__FAILING_AFTER", "9")

@@ -15,7 +15,10 @@ async fn console_in_a_real_browser() {
         // page's patience.
         .setting("HOOKLINE__DELIVERY__DEFER_DELAY", "10ms")
         .setting("HOOKLINE__DELIVERY__MAX_HOLD", "20ms")
-        .setting("HOOKLINE__API__PORTAL_KEY", "console-test-portal-key")
+        .setting(
+            "HOOKLINE__API__PORTAL_KEY",
+            "console-test-portal-key-0123456789abcdef",
+        )
         .start()
         .await;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console");
@@ -49,8 +52,8 @@ async fn console_in_a_real_browser() {
     println!("{report}");
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
-        report.contains("# pass 5"),
-        "all five browser tests ran:\n{report}"
+        report.contains("# pass 6"),
+        "all six browser tests ran:\n{report}"
     );
     hookline.stop().await;
 }

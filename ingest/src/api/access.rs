@@ -1,5 +1,6 @@
 //! Who may call what. Operator tokens reach everything; tenant-scoped tokens and console
-//! portal links reach only their tenant's routes (and the read-only catalog).
+//! portal links reach only their tenant's routes (and the read-only catalog), and a
+//! portal link only the part of them a customer's console needs (see [`permits`]).
 //!
 //! Every token is compared in constant time against every configured token, so which
 //! token matched (or how much of one) does not leak through timing.
@@ -19,12 +20,49 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
+/// Who a request is, as far as permissions go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// An operator: every tenant, the catalog and the operator overview.
-    All,
-    /// One tenant's routes only.
-    Tenant(String),
+    Operator,
+    /// One tenant's routes only, and of those what `via` allows.
+    Tenant { tenant: String, via: Credential },
+}
+
+/// How a tenant-scoped caller proved who it is. The two reach the same tenant but are not
+/// equal: an API token is the ATS's standing credential for the tenant, a portal link a
+/// customer's short console session the ATS handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A configured `api.tenant_tokens` token.
+    ApiToken,
+    /// A signed, expiring link from `POST /v1/tenants/{t}/portal-links`.
+    PortalLink,
+}
+
+/// Why [`permits`] refused a request; each is answered 403 with its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Another tenant's routes.
+    OtherTenant,
+    /// Routes for operators only: the overview, catalog changes.
+    OperatorOnly,
+    /// A tenant route a portal session may not call: it needs an API token.
+    ApiTokenRequired,
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        let (code, message) = match denied {
+            Denied::OtherTenant => ("forbidden", "this token may act only on its own tenant"),
+            Denied::OperatorOnly => ("forbidden", "only an operator token may do this"),
+            Denied::ApiTokenRequired => (
+                "api_token_required",
+                "a portal link cannot do this: it needs the tenant's API token or an operator token",
+            ),
+        };
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
 }
 
 const PORTAL_PREFIX: &str = "hlp";
@@ -83,26 +121,48 @@ pub fn scope_of(state: &AppState, presented: &str) -> Option<Scope> {
         }
     });
     if operator {
-        return Some(Scope::All);
+        return Some(Scope::Operator);
     }
     if let Some(tenant) = scoped {
-        return Some(Scope::Tenant(tenant));
+        return Some(Scope::Tenant {
+            tenant,
+            via: Credential::ApiToken,
+        });
     }
     let key = state.settings.portal_key.as_ref()?;
-    verify_portal_token(key, presented, OffsetDateTime::now_utc()).map(Scope::Tenant)
+    verify_portal_token(key, presented, OffsetDateTime::now_utc()).map(|tenant| Scope::Tenant {
+        tenant,
+        via: Credential::PortalLink,
+    })
 }
 
 /// Whether `scope` may make this request. `path` is relative to `/v1`.
-pub fn permits(scope: &Scope, method: &Method, path: &str) -> bool {
-    let Scope::Tenant(tenant) = scope else {
-        return true;
+pub fn permits(scope: &Scope, method: &Method, path: &str) -> Result<(), Denied> {
+    let Scope::Tenant { tenant, via } = scope else {
+        return Ok(());
     };
     let mut segments = path.trim_start_matches('/').split('/');
     match (segments.next(), segments.next()) {
-        (Some("tenants"), Some(t)) => t == tenant,
-        (Some("event-types"), _) => method == Method::GET,
-        (Some("openapi.json"), None) => true,
-        (Some("session"), None) => true,
+        (Some("tenants"), Some(t)) if t != tenant => Err(Denied::OtherTenant),
+        (Some("tenants"), Some(_)) => match via {
+            Credential::ApiToken => Ok(()),
+            Credential::PortalLink if portal_session_may(method, segments.next()) => Ok(()),
+            Credential::PortalLink => Err(Denied::ApiTokenRequired),
+        },
+        (Some("event-types"), _) if method == Method::GET => Ok(()),
+        (Some("openapi.json" | "session"), None) => Ok(()),
+        _ => Err(Denied::OperatorOnly),
+    }
+}
+
+/// The tenant resources a portal session may use: what the console shows a customer.
+/// Everything else under the tenant needs an API token: publishing events is the ATS's
+/// job, minting portal links would let a link renew itself past its TTL, and a tenant
+/// route added later stays out of a portal session's reach until it is listed here.
+fn portal_session_may(method: &Method, resource: Option<&str>) -> bool {
+    match resource {
+        Some("endpoints" | "dead-letters") => true,
+        Some("events") => method == Method::GET,
         _ => false,
     }
 }
@@ -117,20 +177,14 @@ pub fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Who may make this `/v1` request: the scope its bearer token grants, or the answer
-/// refusing it (401 without a valid token, 403 outside the token's tenant).
+/// refusing it (401 without a valid token, 403 beyond what the token may do).
 pub fn authorize(state: &AppState, request: &Request) -> Result<Scope, ApiError> {
     let Some(scope) = bearer(request).and_then(|token| scope_of(state, token)) else {
         return Err(ApiError::unauthorized());
     };
     let path = request.uri().path();
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    if !permits(&scope, request.method(), path) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may act only on its own tenant",
-        ));
-    }
+    permits(&scope, request.method(), path)?;
     Ok(scope)
 }
 
@@ -145,8 +199,8 @@ pub enum SessionView {
 
 pub async fn session(Extension(scope): Extension<Scope>) -> Json<SessionView> {
     Json(match scope {
-        Scope::All => SessionView::Operator,
-        Scope::Tenant(tenant) => SessionView::Tenant { tenant },
+        Scope::Operator => SessionView::Operator,
+        Scope::Tenant { tenant, .. } => SessionView::Tenant { tenant },
     })
 }
 
@@ -174,27 +228,67 @@ mod tests {
     }
 
     #[test]
-    fn tenant_scopes_reach_only_their_tenant() {
-        let acme = Scope::Tenant("acme".into());
+    fn each_scope_reaches_what_it_should() {
+        use Denied::*;
+        let operator = Scope::Operator;
+        let token = Scope::Tenant {
+            tenant: "acme".into(),
+            via: Credential::ApiToken,
+        };
+        let link = Scope::Tenant {
+            tenant: "acme".into(),
+            via: Credential::PortalLink,
+        };
+        let (get, post, put, patch, delete) = (
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        );
+        #[rustfmt::skip]
         let cases = [
-            (&acme, Method::GET, "/tenants/acme/endpoints", true),
-            (&acme, Method::POST, "/tenants/acme/events", true),
-            (&acme, Method::GET, "/tenants/acme", true),
-            (&acme, Method::GET, "/tenants/beta/endpoints", false),
-            (&acme, Method::GET, "/tenants/acme-2/endpoints", false),
-            (&acme, Method::GET, "/event-types", true),
-            (&acme, Method::PUT, "/event-types/a.b", false),
-            (&acme, Method::GET, "/openapi.json", true),
-            (&acme, Method::GET, "/operator/overview", false),
-            (&acme, Method::GET, "/session", true),
-            (&Scope::All, Method::GET, "/operator/overview", true),
+            // path, method, operator, tenant API token, portal link
+            ("/tenants/acme/endpoints", &get, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/endpoints", &post, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/endpoints/ep_1", &patch, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/endpoints/ep_1", &delete, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/endpoints/ep_1/secret/rotate", &post, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/dead-letters", &get, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/dead-letters/replay", &post, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/events/evt-1", &get, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/events", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            // A link that mints links would never expire.
+            ("/tenants/acme/portal-links", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            // Tenant routes not listed for portal sessions (erasure, say) need a token.
+            ("/tenants/acme/erasure", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            ("/tenants/acme", &delete, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            ("/tenants/acme/", &get, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            ("/tenants/beta/endpoints", &get, Ok(()), Err(OtherTenant), Err(OtherTenant)),
+            ("/tenants/beta/portal-links", &post, Ok(()), Err(OtherTenant), Err(OtherTenant)),
+            ("/tenants/acme-2/endpoints", &get, Ok(()), Err(OtherTenant), Err(OtherTenant)),
+            ("/tenants/ACME/endpoints", &get, Ok(()), Err(OtherTenant), Err(OtherTenant)),
+            ("/tenants//endpoints", &get, Ok(()), Err(OtherTenant), Err(OtherTenant)),
+            ("/tenants", &get, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
+            ("/event-types", &get, Ok(()), Ok(()), Ok(())),
+            ("/event-types/a.b", &put, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
+            ("/event-types/a.b", &delete, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
+            ("/openapi.json", &get, Ok(()), Ok(()), Ok(())),
+            ("/session", &get, Ok(()), Ok(()), Ok(())),
+            ("/operator/overview", &get, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
         ];
-        for (scope, method, path, expected) in cases {
-            assert_eq!(
-                permits(scope, &method, path),
-                expected,
-                "{scope:?} {method} {path}"
-            );
+        for (path, method, for_operator, for_token, for_link) in cases {
+            for (scope, expected) in [
+                (&operator, for_operator),
+                (&token, for_token),
+                (&link, for_link),
+            ] {
+                assert_eq!(
+                    permits(scope, method, path),
+                    expected,
+                    "{scope:?} {method} {path}"
+                );
+            }
         }
     }
 }

@@ -325,7 +325,9 @@ pub fn router(state: AppState) -> Router {
         .route_layer(layers::Authenticate::new(state.clone()));
     Router::new()
         .merge(v1)
-        .merge(crate::console::router())
+        .merge(crate::console::router(
+            &state.settings.console_frame_ancestors,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(layers::RecordMetrics::new(state.metrics.clone()))
         .with_state(state)

@@ -1,5 +1,7 @@
 //! `POST /v1/tenants/{tenant}/portal-links`: a short-lived console link an ATS hands to
-//! its customer, scoped to that customer's tenant.
+//! its customer, scoped to that customer's tenant. Operator and tenant API tokens mint
+//! them, portal links do not (`access::permits`). Without `api.portal_key` the route
+//! answers 501 `portal_links_disabled`.
 
 use super::access::portal_token;
 use super::error::ApiError;
@@ -26,9 +28,10 @@ pub async fn create(
     let tenant = tenant(raw_tenant)?;
     let Some(key) = &state.settings.portal_key else {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "portal_disabled",
-            "portal links need api.portal_key (HOOKLINE__API__PORTAL_KEY)",
+            StatusCode::NOT_IMPLEMENTED,
+            "portal_links_disabled",
+            "portal links are off on this installation: they need api.portal_key \
+             (HOOKLINE__API__PORTAL_KEY)",
         ));
     };
     let ttl = time::Duration::try_from(state.settings.portal_link_ttl)
