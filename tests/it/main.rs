@@ -2,6 +2,7 @@
 
 mod api;
 mod console;
+mod egress;
 mod formats;
 mod lifecycle;
 mod metrics;
