@@ -5,6 +5,7 @@
 //! The brokers come from `HOOKLINE_TEST_AMQP_URL` and `HOOKLINE_TEST_REDIS_URL`; without
 //! them every test fails loudly rather than skipping.
 
+pub mod proxy;
 pub mod receiver;
 
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use proxy::{Asked, RecordingProxy};
 pub use receiver::{Received, Receiver};
 
 pub const TOKEN: &str = "test-token";
@@ -142,7 +144,12 @@ impl HooklineBuilder {
             api,
             ingest_admin,
             deliverer_admins,
-            http: reqwest::Client::new(),
+            // The tests' own calls never go through a proxy from the environment: the
+            // egress tests run an installation with proxy variables set.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("HTTP client"),
             shutdown,
             tasks,
         };

@@ -71,13 +71,23 @@ impl Receiver {
 
     /// A receiver answering `statuses` in order, then 204.
     pub async fn answering(statuses: &[u16]) -> Self {
+        Self::bound("127.0.0.1", statuses).await
+    }
+
+    /// A receiver answering 204 on another loopback address than 127.0.0.1, for tests
+    /// that tell loopback addresses apart (e.g. `127.0.0.2`).
+    pub async fn on(ip: &str) -> Self {
+        Self::bound(ip, &[]).await
+    }
+
+    async fn bound(ip: &str, statuses: &[u16]) -> Self {
         let shared = Arc::new(Shared::default());
         {
             let mut script = shared.script.lock().expect("script");
             script.upcoming = statuses.iter().copied().collect();
             script.default = 204;
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");

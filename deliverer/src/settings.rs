@@ -1,12 +1,14 @@
 //! `hookline-deliverer` settings; the commented defaults are in `config/default.toml`.
 
 use hookline_shared::dispatch::DispatchSettings;
+use hookline_shared::dispatch::proxy::DeliveryProxy;
 use hookline_shared::domain::policy::RetrySchedule;
 use hookline_shared::settings::{
     self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings,
     RetentionSettings, SecretsSettings, SettingsError, ShutdownSettings,
 };
 use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +53,9 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub endpoint_cache_ttl: Duration,
     pub response_excerpt_bytes: usize,
+    /// Deliveries go through this proxy (`http://`, `https://` or `socks5://`, may carry
+    /// credentials); empty for none. Proxy variables in the environment are never used.
+    pub proxy: SecretString,
 }
 
 impl DeliverySettings {
@@ -61,6 +66,7 @@ impl DeliverySettings {
             allowed_networks: self.allowed_networks.clone(),
             require_https: self.require_https,
             response_excerpt_bytes: self.response_excerpt_bytes,
+            proxy: self.proxy.clone(),
         }
     }
 }
@@ -93,6 +99,13 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
+        DeliveryProxy::from_setting(self.delivery.proxy.expose_secret()).map_err(|error| {
+            SettingsError::invalid(
+                "delivery.proxy",
+                "HOOKLINE__DELIVERY__PROXY",
+                error.to_string(),
+            )
+        })?;
         let durations = [
             (
                 self.delivery.timeout,
@@ -216,9 +229,20 @@ mod tests {
                 "HOOKLINE__DELIVERY__MAX_HANDED_OFF",
             ),
             ("HOOKLINE__RETRY__BATCH", "0", "HOOKLINE__RETRY__BATCH"),
+            (
+                "HOOKLINE__DELIVERY__PROXY",
+                "socks5h://hookline:hunter2@proxy:1080",
+                "HOOKLINE__DELIVERY__PROXY",
+            ),
+            (
+                "HOOKLINE__DELIVERY__PROXY",
+                "hookline:hunter2@proxy:3128",
+                "delivery.proxy",
+            ),
         ] {
             let error = Settings::from_defaults_with(env(&[(key, value)])).expect_err(key);
             assert!(error.to_string().contains(named), "{key}: {error}");
+            assert!(!error.to_string().contains("hunter2"), "{key}: {error}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `hookline-ingest` settings; the commented defaults are in `config/default.toml`.
 
 use hookline_shared::dispatch::DispatchSettings;
+use hookline_shared::dispatch::proxy::DeliveryProxy;
 use hookline_shared::domain::quota::Quota;
 use hookline_shared::server::ConnectionLimits;
 use hookline_shared::settings::{
@@ -89,6 +90,9 @@ pub struct DeliverySettings {
     pub allowed_networks: Vec<ipnet::IpNet>,
     pub require_https: bool,
     pub response_excerpt_bytes: usize,
+    /// Deliveries go through this proxy (`http://`, `https://` or `socks5://`, may carry
+    /// credentials); empty for none. Proxy variables in the environment are never used.
+    pub proxy: SecretString,
     /// After a rotation, deliveries carry the old signature too for this long.
     #[serde(with = "humantime_serde")]
     pub secret_overlap: Duration,
@@ -102,6 +106,7 @@ impl DeliverySettings {
             allowed_networks: self.allowed_networks.clone(),
             require_https: self.require_https,
             response_excerpt_bytes: self.response_excerpt_bytes,
+            proxy: self.proxy.clone(),
         }
     }
 }
@@ -156,6 +161,13 @@ impl Settings {
             ("http.idle_timeout", "HOOKLINE__HTTP__IDLE_TIMEOUT"),
             ("http.max_connections", "HOOKLINE__HTTP__MAX_CONNECTIONS"),
         ])?;
+        DeliveryProxy::from_setting(self.delivery.proxy.expose_secret()).map_err(|error| {
+            SettingsError::invalid(
+                "delivery.proxy",
+                "HOOKLINE__DELIVERY__PROXY",
+                error.to_string(),
+            )
+        })?;
         if let Some(pairs) = &self.api.tenant_tokens {
             let listed = pairs
                 .expose_secret()
@@ -328,6 +340,20 @@ mod tests {
                 }
                 (loaded, _) => panic!("{key:?}: expected valid={valid}, got {loaded:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_bad_delivery_proxy_names_the_key_and_not_the_password() {
+        for proxy in ["socks5h://u:hunter2@proxy:1080", "u:hunter2@proxy:3128"] {
+            let error = Settings::from_defaults_with(env(&[
+                ("HOOKLINE__API__TOKEN", "t"),
+                ("HOOKLINE__DELIVERY__PROXY", proxy),
+            ]))
+            .expect_err(proxy)
+            .to_string();
+            assert!(error.contains("HOOKLINE__DELIVERY__PROXY"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
         }
     }
 

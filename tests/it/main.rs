@@ -3,6 +3,7 @@
 mod abuse;
 mod api;
 mod console;
+mod egress;
 mod formats;
 mod lifecycle;
 mod metrics;

@@ -4,6 +4,11 @@
 //! address that is connected to — there is no window for DNS rebinding between a check
 //! and the connect — and it runs again on every attempt. URLs with a literal IP never
 //! reach a resolver, so [`AddressPolicy::check_url`] covers them before sending.
+//!
+//! What a refusal says is seen by tenants (test deliveries, the attempt log, event state,
+//! dead letters, API errors), so it never names the addresses a host name resolved to:
+//! that would let a tenant map what internal names point at. Operators get the addresses
+//! in the log line written where the refusal is handled.
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,11 +20,42 @@ pub struct AddressPolicy {
     allowed: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{host} resolves only to addresses that are not allowed ({addresses})")]
-pub struct BlockedAddress {
-    pub host: String,
-    pub addresses: String,
+/// Why a delivery target was refused. `Display` is the tenant's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockedAddress {
+    /// The URL names a literal address the policy refuses; the tenant wrote it.
+    #[error("{0} is not an allowed address")]
+    Literal(IpAddr),
+    /// Every address the name resolved to is refused. `addresses` are for the operator's
+    /// log only.
+    #[error("{host} resolves only to addresses that are not allowed")]
+    Resolved {
+        host: String,
+        addresses: Vec<IpAddr>,
+    },
+    #[error("plain http is not allowed (delivery.require_https is set)")]
+    PlainHttp,
+    /// The URL names the delivery proxy's host, which the resolver lets through
+    /// unchecked so that the proxy itself can be reached.
+    #[error("{host} is not an allowed host")]
+    ProxyHost { host: String },
+}
+
+/// A target that could not be resolved to an address the policy permits.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Blocked(#[from] BlockedAddress),
+    #[error("could not resolve {host}")]
+    Lookup {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checked address could not be put in the URL in place of the name.
+    #[error("could not address {host} by its checked address")]
+    NotPinnable { host: String },
 }
 
 impl AddressPolicy {
@@ -44,11 +80,35 @@ impl AddressPolicy {
         if self.permits(ip) {
             Ok(())
         } else {
-            Err(BlockedAddress {
-                host: ip.to_string(),
-                addresses: ip.to_string(),
-            })
+            Err(BlockedAddress::Literal(ip))
         }
+    }
+
+    /// Resolves `host` with the system resolver and keeps the addresses the policy
+    /// permits, in the resolver's order.
+    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, GuardError> {
+        // A URI's IPv6 host keeps its brackets; the system resolver wants them off.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let resolved: Vec<IpAddr> = tokio::net::lookup_host((bare, 0))
+            .await
+            .map_err(|source| GuardError::Lookup {
+                host: host.to_owned(),
+                source,
+            })?
+            .map(|addr| addr.ip())
+            .collect();
+        let permitted: Vec<IpAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|ip| self.permits(*ip))
+            .collect();
+        if permitted.is_empty() {
+            return Err(GuardError::Blocked(BlockedAddress::Resolved {
+                host: host.to_owned(),
+                addresses: resolved,
+            }));
+        }
+        Ok(permitted)
     }
 }
 
@@ -118,39 +178,42 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// The HTTP client's resolver: resolves with the system resolver, keeps the permitted
 /// addresses, and fails with [`BlockedAddress`] when none is left.
+///
+/// The client resolves the delivery proxy's host through it too; that one name (the
+/// operator's, not a tenant's) is resolved unchecked, and
+/// [`Dispatcher::check_url`](super::Dispatcher::check_url) refuses endpoint URLs that
+/// name it.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
     policy: Arc<AddressPolicy>,
+    proxy_host: Option<Arc<str>>,
 }
 
 impl GuardedResolver {
-    pub fn new(policy: Arc<AddressPolicy>) -> Self {
-        Self { policy }
+    pub fn new(policy: Arc<AddressPolicy>, proxy_host: Option<Arc<str>>) -> Self {
+        Self { policy, proxy_host }
     }
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.policy.clone();
+        let is_proxy = self.proxy_host.as_deref() == Some(name.as_str());
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let permitted: Vec<SocketAddr> = resolved
-                .iter()
-                .copied()
-                .filter(|addr| policy.permits(addr.ip()))
-                .collect();
-            if permitted.is_empty() {
-                let addresses = resolved
-                    .iter()
-                    .map(|a| a.ip().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Box::new(BlockedAddress { host, addresses })
-                    as Box<dyn std::error::Error + Send + Sync>);
+            let host = name.as_str();
+            let permitted = if is_proxy {
+                AddressPolicy::new(true, Vec::new()).resolve(host).await
+            } else {
+                policy.resolve(host).await
+            };
+            match permitted {
+                Ok(ips) => Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)))
+                    as reqwest::dns::Addrs),
+                // The blocked refusal stays the error itself, not a source of it, so the
+                // dispatcher finds it in reqwest's error chain.
+                Err(GuardError::Blocked(blocked)) => Err(Box::new(blocked) as _),
+                Err(other) => Err(Box::new(other) as _),
             }
-            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
@@ -216,5 +279,58 @@ mod tests {
             policy.check_url(&url).is_ok(),
             "names are checked by the resolver"
         );
+    }
+
+    #[test]
+    fn refusals_name_no_resolved_address() {
+        let internal: Vec<IpAddr> = ["10.0.0.7", "fd00::7", "169.254.169.254"]
+            .iter()
+            .map(|ip| ip.parse().expect("ip"))
+            .collect();
+        let refusals = [
+            BlockedAddress::Resolved {
+                host: "db.internal".into(),
+                addresses: internal.clone(),
+            },
+            BlockedAddress::Resolved {
+                host: "metadata.google.internal".into(),
+                addresses: internal[2..].to_vec(),
+            },
+            BlockedAddress::ProxyHost {
+                host: "proxy.internal".into(),
+            },
+            BlockedAddress::PlainHttp,
+        ];
+        for refusal in refusals {
+            let shown = refusal.to_string();
+            for ip in &internal {
+                assert!(!shown.contains(&ip.to_string()), "{shown}");
+            }
+        }
+        let literal: IpAddr = "10.0.0.7".parse().expect("ip");
+        assert_eq!(
+            BlockedAddress::Literal(literal).to_string(),
+            "10.0.0.7 is not an allowed address",
+            "the tenant wrote this one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_on_loopback_is_refused_and_the_addresses_kept_for_the_log() {
+        let refused = AddressPolicy::new(false, vec![])
+            .resolve("localhost")
+            .await
+            .expect_err("loopback");
+        let GuardError::Blocked(BlockedAddress::Resolved { host, addresses }) = &refused else {
+            panic!("not a refusal: {refused:?}");
+        };
+        assert_eq!(host, "localhost");
+        assert!(addresses.iter().all(|ip| ip.is_loopback()), "{addresses:?}");
+        assert!(!refused.to_string().contains("127.0.0.1"), "{refused}");
+        let permitted = AddressPolicy::new(true, vec![])
+            .resolve("localhost")
+            .await
+            .expect("allowed");
+        assert!(!permitted.is_empty());
     }
 }

@@ -3,13 +3,16 @@
 //! test deliveries with the same client, signing and SSRF guard as the deliverer.
 
 pub mod address_guard;
+pub mod proxy;
 
 use crate::domain::endpoint::Endpoint;
 use crate::domain::policy::{AttemptOutcome, ErrorClass, Failure};
 use crate::domain::signing::signature_header;
-use address_guard::{AddressPolicy, BlockedAddress, GuardedResolver};
+use address_guard::{AddressPolicy, BlockedAddress, GuardError, GuardedResolver};
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use proxy::{DeliveryProxy, InvalidProxy, Route};
+use reqwest::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,37 +50,71 @@ pub struct DispatchSettings {
     pub allowed_networks: Vec<ipnet::IpNet>,
     pub require_https: bool,
     pub response_excerpt_bytes: usize,
+    /// `delivery.proxy`, a URL that may carry credentials; empty for none.
+    pub proxy: SecretString,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error("delivery.proxy {0}")]
+    Proxy(#[from] InvalidProxy),
+    #[error("building the HTTP client")]
+    Client(#[from] reqwest::Error),
+}
+
+#[derive(Clone)]
 pub struct Dispatcher {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
+    proxy: Option<DeliveryProxy>,
     require_https: bool,
     timeout: Duration,
     excerpt_bytes: usize,
 }
 
+impl std::fmt::Debug for Dispatcher {
+    // The client would show the proxy's URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("policy", &self.policy)
+            .field("proxy", &self.proxy)
+            .field("require_https", &self.require_https)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Dispatcher {
-    pub fn new(settings: &DispatchSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(settings: &DispatchSettings) -> Result<Self, DispatcherError> {
         let policy = Arc::new(AddressPolicy::new(
             settings.allow_private_networks,
             settings.allowed_networks.clone(),
         ));
-        let client = reqwest::Client::builder()
+        let proxy = DeliveryProxy::from_setting(settings.proxy.expose_secret())?;
+        let resolver = GuardedResolver::new(
+            policy.clone(),
+            proxy.as_ref().and_then(DeliveryProxy::host_name),
+        );
+        let mut builder = reqwest::Client::builder()
             .user_agent(crate::USER_AGENT)
+            // A proxy from the environment would resolve names itself, out of the
+            // guard's reach: an environment variable must not switch the guard off.
+            .no_proxy()
             // A redirect is the receiver's answer, not an instruction: following it would
             // let a receiver point Hookline at an internal address.
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .dns_resolver(Arc::new(resolver))
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(proxy) = &proxy {
+            builder = builder.proxy(proxy.client_proxy()?);
+        }
         Ok(Self {
-            client,
+            client: builder.build()?,
             policy,
+            proxy,
             require_https: settings.require_https,
             timeout: settings.timeout,
             excerpt_bytes: settings.response_excerpt_bytes,
@@ -89,12 +126,17 @@ impl Dispatcher {
     }
 
     /// The checks an endpoint URL can fail before any DNS lookup: a literal address the
-    /// policy refuses, or plain http where https is required.
+    /// policy refuses, plain http where https is required, or the proxy's own host.
     pub fn check_url(&self, url: &url::Url) -> Result<(), BlockedAddress> {
         if self.require_https && url.scheme() != "https" {
-            return Err(BlockedAddress {
-                host: url.host_str().unwrap_or_default().to_owned(),
-                addresses: "plain http; delivery.require_https is set".to_owned(),
+            return Err(BlockedAddress::PlainHttp);
+        }
+        let proxy_host = self.proxy.as_ref().and_then(DeliveryProxy::host_name);
+        if let (Some(proxy_host), Some(host)) = (proxy_host, url.host_str())
+            && *proxy_host == *host
+        {
+            return Err(BlockedAddress::ProxyHost {
+                host: host.to_owned(),
             });
         }
         self.policy.check_url(url)
@@ -109,7 +151,7 @@ impl Dispatcher {
     ) -> AttemptReport {
         let started = Instant::now();
         let (outcome, response_excerpt) = match self.check_url(&endpoint.spec.url) {
-            Err(blocked) => (blocked_outcome(&blocked), None),
+            Err(blocked) => (blocked_outcome(endpoint, &blocked), None),
             Ok(()) => {
                 match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload))
                     .await
@@ -140,17 +182,38 @@ impl Dispatcher {
         webhook_id: &str,
         payload: &Payload,
     ) -> (AttemptOutcome, Option<String>) {
-        let headers = request_headers(endpoint, webhook_id, payload, OffsetDateTime::now_utc());
+        let (url, host) = match self.checked_target(&endpoint.spec.url).await {
+            Ok(target) => target,
+            Err(GuardError::Blocked(blocked)) => {
+                return (blocked_outcome(endpoint, &blocked), None);
+            }
+            Err(unresolved) => {
+                return (
+                    AttemptOutcome::Failed(Failure {
+                        class: ErrorClass::ConnectError,
+                        status: None,
+                        retry_after: None,
+                        message: error_chain(&unresolved),
+                    }),
+                    None,
+                );
+            }
+        };
+        let mut headers = request_headers(endpoint, webhook_id, payload, OffsetDateTime::now_utc());
+        if let Some(host) = host.and_then(|host| HeaderValue::try_from(host).ok()) {
+            headers.insert(HOST, host);
+        }
         let response = self
             .client
-            .post(endpoint.spec.url.clone())
+            .post(url)
             .headers(headers)
             .body(payload.body.clone())
             .send()
             .await;
         let mut response = match response {
             Ok(response) => response,
-            Err(error) => return (request_failure(&error), None),
+            // The URL may be the pinned address; the tenant knows their own URL.
+            Err(error) => return (request_failure(endpoint, &error.without_url()), None),
         };
         let status = response.status();
         let retry_after = response
@@ -172,6 +235,30 @@ impl Dispatcher {
             })
         };
         (outcome, excerpt)
+    }
+
+    /// Where to send the request, and the `Host` header when that is not the URL's own.
+    async fn checked_target(
+        &self,
+        url: &url::Url,
+    ) -> Result<(url::Url, Option<String>), GuardError> {
+        let route = proxy::route(self.proxy.as_ref().map(DeliveryProxy::kind), url);
+        if route == Route::Client {
+            return Ok((url.clone(), None));
+        }
+        let host = url.host_str().unwrap_or_default();
+        let permitted = self.policy.resolve(host).await?;
+        if route == Route::CheckThenTunnel {
+            return Ok((url.clone(), None));
+        }
+        // Never falls back to the unpinned URL: the proxy would resolve the name itself.
+        permitted
+            .first()
+            .and_then(|ip| proxy::pin(url, *ip))
+            .map(|(pinned, host)| (pinned, Some(host)))
+            .ok_or_else(|| GuardError::NotPinnable {
+                host: host.to_owned(),
+            })
     }
 }
 
@@ -230,7 +317,17 @@ async fn read_excerpt(response: &mut reqwest::Response, limit: usize) -> Option<
     (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned())
 }
 
-fn blocked_outcome(blocked: &BlockedAddress) -> AttemptOutcome {
+/// The tenant's message names no resolved address; the operator's log line does.
+fn blocked_outcome(endpoint: &Endpoint, blocked: &BlockedAddress) -> AttemptOutcome {
+    if let BlockedAddress::Resolved { host, addresses } = blocked {
+        tracing::warn!(
+            endpoint.id = %endpoint.id,
+            tenant = %endpoint.tenant,
+            url.host = %host,
+            addresses = ?addresses,
+            "delivery refused: the host resolves only to addresses that are not allowed"
+        );
+    }
     AttemptOutcome::Failed(Failure {
         class: ErrorClass::BlockedAddress,
         status: None,
@@ -239,11 +336,11 @@ fn blocked_outcome(blocked: &BlockedAddress) -> AttemptOutcome {
     })
 }
 
-fn request_failure(error: &reqwest::Error) -> AttemptOutcome {
+fn request_failure(endpoint: &Endpoint, error: &reqwest::Error) -> AttemptOutcome {
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(blocked) = cause.downcast_ref::<BlockedAddress>() {
-            return blocked_outcome(blocked);
+            return blocked_outcome(endpoint, blocked);
         }
         source = cause.source();
     }
@@ -260,7 +357,7 @@ fn request_failure(error: &reqwest::Error) -> AttemptOutcome {
     })
 }
 
-fn error_chain(error: &reqwest::Error) -> String {
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
