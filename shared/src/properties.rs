@@ -67,13 +67,21 @@ fn reference_match(pattern: &[&str], words: &[&str]) -> bool {
     }
 }
 
-/// `template JSON\nevent data JSON`: compiling any template returns a template or an
+/// `template JSON\nevent data JSON` (the template a body, or `{"content_type", "body"}`
+/// when it has a `body`): compiling any template returns a template or an
 /// error naming a place, never panics; a compiled template renders any event without
 /// panicking, to valid JSON (or a form), the same bytes every time (signatures depend
-/// on it), and within the output bound or as `TooLarge`.
+/// on it), and within the output bound or as `TooLarge`. The event carries the data in
+/// every field whose size it controls (`data`, `changes`, `actor`).
+///
+/// Output size: under any limit, rendering either gives the whole body (at most the
+/// limit) or stops with `TooLarge` having written only a prefix of it, and the output
+/// never holds more than the limit — so a rendering's memory is its limit plus the one
+/// value it is copying, however often the template copies it.
 pub fn template_rendering(data: &[u8]) {
-    use crate::domain::payload::{PayloadFormat, Purpose, RenderError, render};
-    use crate::domain::template::{MAX_RENDERED_BYTES, RenderContext};
+    use crate::domain::event::{Actor, Change};
+    use crate::domain::payload::{PayloadFormat, Purpose, RenderError, render, render_into};
+    use crate::domain::template::{BoundedOutput, MAX_RENDERED_BYTES, RenderContext};
     use std::collections::BTreeMap;
 
     let Ok(text) = std::str::from_utf8(data) else {
@@ -83,7 +91,13 @@ pub fn template_rendering(data: &[u8]) {
     let Ok(template) = serde_json::from_str::<serde_json::Value>(template) else {
         return;
     };
-    let format = match PayloadFormat::from_value(serde_json::json!({"template": template})) {
+    // A template's body, or a whole template (`{"content_type": "form", "body": …}`).
+    let source = if template.get("body").is_some() {
+        template
+    } else {
+        serde_json::json!({ "body": template })
+    };
+    let format = match PayloadFormat::from_value(serde_json::json!({ "template": source })) {
         Ok(format) => format,
         Err(invalid) => {
             assert!(!invalid.message.is_empty(), "errors explain themselves");
@@ -94,9 +108,26 @@ pub fn template_rendering(data: &[u8]) {
             return;
         }
     };
-    let data = serde_json::from_str(event_data).unwrap_or(serde_json::Value::Null);
+    let data: serde_json::Value =
+        serde_json::from_str(event_data).unwrap_or(serde_json::Value::Null);
+    let as_text = match &data {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
     let message = EventMessage {
         event_type: "fuzz.event".into(),
+        changes: Some(BTreeMap::from([(
+            "field".to_owned(),
+            Change {
+                from: data.clone(),
+                to: data.clone(),
+            },
+        )])),
+        actor: Some(Actor {
+            id: Some(data.clone()),
+            name: Some(as_text.clone()),
+            email: Some(as_text),
+        }),
         data,
         ..EventMessage::default()
     };
@@ -123,7 +154,7 @@ pub fn template_rendering(data: &[u8]) {
     let first = render(&event, &format, context, Purpose::Live);
     let second = render(&event, &format, context, Purpose::Live);
     assert_eq!(first, second, "rendering is deterministic");
-    match first {
+    let full = match first {
         Ok(rendered) => {
             assert!(rendered.body.len() <= MAX_RENDERED_BYTES);
             if rendered.content_type == "application/json" {
@@ -132,7 +163,38 @@ pub fn template_rendering(data: &[u8]) {
                     "a JSON template renders JSON"
                 );
             }
+            rendered
         }
-        Err(RenderError::TooLarge { bytes }) => assert!(bytes > MAX_RENDERED_BYTES),
+        Err(RenderError::TooLarge { limit }) => {
+            assert_eq!(limit, MAX_RENDERED_BYTES);
+            return;
+        }
+    };
+    let length = full.body.len();
+    for limit in [0, length / 2, length.saturating_sub(1), length] {
+        let mut out = BoundedOutput::new(limit);
+        let result = render_into(&event, &format, context, Purpose::Live, &mut out);
+        assert!(
+            out.capacity() <= limit,
+            "the output holds at most its limit"
+        );
+        if limit < length {
+            assert_eq!(
+                result,
+                Err(RenderError::TooLarge { limit }),
+                "stops at the limit"
+            );
+            assert!(
+                full.body.starts_with(out.as_bytes()),
+                "what was written before the limit is the body's beginning"
+            );
+        } else {
+            assert_eq!(
+                result,
+                Ok(full.content_type),
+                "a body within the limit renders"
+            );
+            assert_eq!(out.as_bytes(), full.body, "the same bytes under any limit");
+        }
     }
 }

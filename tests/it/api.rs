@@ -111,14 +111,31 @@ async fn malformed_events_get_errors_naming_the_field() {
                 .is_some_and(|m| !m.is_empty())
         );
     }
-    let deep = (0..40).fold(json!(1), |inner, _| json!([inner]));
-    let answer = hookline
-        .post_event("acme", json!({"type": "a.b", "data": deep}))
-        .await;
-    assert_eq!(
-        (answer.status, answer.body["error"]["field"].as_str()),
-        (422, Some("data"))
-    );
+    // Every field that holds the caller's JSON has the depth limit, not only data.
+    for levels in [40, 120] {
+        let deep = (0..levels).fold(json!(1), |inner, _| json!([inner]));
+        let placements = [
+            ("data", json!({"type": "a.b", "data": deep})),
+            (
+                "changes.s.from",
+                json!({"type": "a.b", "data": {}, "changes": {"s": {"from": deep, "to": 1}}}),
+            ),
+            (
+                "changes.s.to",
+                json!({"type": "a.b", "data": {}, "changes": {"s": {"from": 1, "to": deep}}}),
+            ),
+            (
+                "actor.id",
+                json!({"type": "a.b", "data": {}, "actor": {"id": deep, "name": "Jo"}}),
+            ),
+        ];
+        for (field, event) in placements {
+            hookline
+                .post_event("acme", event)
+                .await
+                .assert_invalid(field, &format!("{field} nested {levels} levels"));
+        }
+    }
 
     let too_big = json!({"type": "a.b", "data": {"blob": "x".repeat(4096)}});
     let answer = hookline.post_event("acme", too_big).await;
@@ -666,6 +683,15 @@ async fn preview_renders_signed_headers_and_body_without_sending() {
         )
         .await;
     bad.assert_invalid("event.type", "a preview of an invalid event");
+    let deep_actor = (0..120).fold(json!(1), |inner, _| json!({"a": inner}));
+    hookline
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/acme/endpoints/{id}/preview"),
+            Some(json!({"event": {"type": "a.b", "data": {}, "actor": {"id": deep_actor}}})),
+        )
+        .await
+        .assert_invalid("event.actor.id", "a preview of a deep actor");
     assert_eq!(receiver.count(), 0, "a preview sends nothing");
     hookline.stop().await;
 }

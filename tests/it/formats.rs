@@ -220,3 +220,71 @@ async fn templates_are_checked_when_written_and_answer_with_a_sample() {
     assert_eq!(preview.body["body"], json!({"kind": "LIKED"}));
     hookline.stop().await;
 }
+
+/// A template cannot multiply what the event controls: every reference to `data`,
+/// `changes` or `actor` (any field of it) counts toward the bound, however it is written,
+/// and a template within the bound whose body would still pass the output limit for some
+/// event is stopped there — the preview answers 422 naming the format.
+#[tokio::test]
+async fn templates_cannot_amplify_the_event() {
+    let hookline = Hookline::start().await;
+    let endpoint = |body: Value| {
+        json!({"url": "https://hooks.example.com/in", "event_types": ["candidate.interested"],
+               "format": {"template": {"body": body}}})
+    };
+    let references = [
+        "actor.name",
+        "actor.email",
+        "actor.id",
+        "actor",
+        "data.x",
+        "changes",
+    ];
+    for reference in references {
+        let placeholder = format!("{{{{{reference}}}}}");
+        let amplifying = [
+            json!(vec![placeholder.clone(); 256]),
+            json!({"text": placeholder.repeat(33)}),
+            json!({"a": vec![placeholder.clone(); 32], "b": placeholder}),
+        ];
+        for body in amplifying {
+            let answer = hookline
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/tenants/acme/endpoints",
+                    Some(endpoint(body.clone())),
+                )
+                .await;
+            answer.assert_invalid("format.template.body", &format!("{reference}: {body}"));
+            assert!(
+                answer.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("bounded")),
+                "{reference}: {}",
+                answer.body
+            );
+        }
+    }
+
+    let at_the_bound = hookline
+        .create_endpoint("acme", endpoint(json!(vec!["{{actor.name}}"; 32])))
+        .await;
+    let id = at_the_bound["id"].as_str().expect("id");
+    let preview = hookline
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/acme/endpoints/{id}/preview"),
+            Some(json!({"event": {"type": "candidate.interested", "data": {},
+                                  "actor": {"name": "n".repeat(255 * 1024)}}})),
+        )
+        .await;
+    preview.assert_invalid("format", "32 copies of a 255 KB name pass 4 MiB");
+    assert!(
+        preview.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("4194304")),
+        "{}",
+        preview.body
+    );
+    hookline.stop().await;
+}

@@ -342,6 +342,18 @@ async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue(
             BasicProperties::default().with_message_id("bad2".into()),
         )
         .await;
+    // Within serde's recursion limit, so the body parses; every free-form field of the
+    // contract has the depth limit of data.
+    let deep_actor = (0..120).fold(json!(1), |inner, _| json!({"a": inner}));
+    hookline
+        .publish_direct(
+            "candidate.interested",
+            &serde_json::to_vec(&json!({"tenant": "acme", "type": "candidate.interested",
+                                        "data": {}, "actor": {"id": deep_actor}}))
+            .expect("json"),
+            BasicProperties::default().with_message_id("bad3".into()),
+        )
+        .await;
     hookline
         .publish_direct(
             "candidate.interested",
@@ -351,7 +363,7 @@ async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue(
         .await;
     let received = receiver.wait_for(1).await;
     assert_eq!(received[0].json()["data"], json!({"ok": true}));
-    let mut records = hookline.dead_letters(2).await;
+    let mut records = hookline.dead_letters(3).await;
     records.sort_by_key(|r| r["message_id"].as_str().unwrap_or_default().to_owned());
     for record in &records {
         assert_eq!(record["type"], "message_v1");
@@ -373,6 +385,14 @@ async fn unparseable_amqp_message_is_dead_lettered_and_does_not_block_the_queue(
             .starts_with("type:"),
         "{}",
         records[1]
+    );
+    assert!(
+        records[2]["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("actor.id:"),
+        "{}",
+        records[2]
     );
     hookline.stop().await;
 }

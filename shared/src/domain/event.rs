@@ -99,6 +99,39 @@ pub struct EventMessage {
     pub actor: Option<Actor>,
 }
 
+impl EventMessage {
+    /// Every value the caller writes as free-form JSON, named as errors name it. The
+    /// patterns list every field without `..`, so a field added to the contract does not
+    /// compile until it is listed here or known to be checked elsewhere: each of these
+    /// gets the limits of `data`, whatever the transport.
+    fn free_form_values(&self) -> Vec<(String, &Value)> {
+        let Self {
+            id: _,
+            tenant: _,
+            event_type: _,
+            occurred_at: _,
+            version: _,
+            data,
+            changes,
+            actor,
+        } = self;
+        let mut values = vec![("data".to_owned(), data)];
+        for (field, Change { from, to }) in changes.iter().flatten() {
+            values.push((format!("changes.{field}.from"), from));
+            values.push((format!("changes.{field}.to"), to));
+        }
+        if let Some(Actor {
+            id,
+            name: _,
+            email: _,
+        }) = actor
+        {
+            values.extend(id.iter().map(|id| ("actor.id".to_owned(), id)));
+        }
+        values
+    }
+}
+
 /// A validated event. Its `id` is stable for its whole life: it is the `webhook-id`
 /// subscribers deduplicate on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +163,9 @@ impl Event {
     /// Validates a message. `fallbacks` fill `id` and `occurred_at` when absent; a tenant
     /// given both ways must agree.
     pub fn from_message(message: EventMessage, fallbacks: Fallbacks) -> Result<Self, Invalid> {
+        for (field, value) in message.free_form_values() {
+            check_depth(&field, value)?;
+        }
         let tenant = match (message.tenant, fallbacks.tenant) {
             (Some(given), Some(expected)) if given != expected.as_str() => {
                 return Err(Invalid::new(
@@ -151,13 +187,6 @@ impl Event {
                 "version",
                 format_args!("must be 1 to {MAX_VERSION_LEN} characters"),
             ));
-        }
-        check_depth("data", &message.data)?;
-        if let Some(changes) = &message.changes {
-            for (field, change) in changes {
-                check_depth(&format!("changes.{field}.from"), &change.from)?;
-                check_depth(&format!("changes.{field}.to"), &change.to)?;
-            }
         }
         Ok(Self {
             id,
@@ -271,6 +300,40 @@ mod tests {
             let error = Event::from_message(message(body.clone()), fallbacks(tenant))
                 .expect_err(&body.to_string());
             assert_eq!(error.field, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn every_free_form_field_has_the_depth_limit_of_data() {
+        let nested = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({"a": inner}));
+        let place = |field: &str, value: Value| match field {
+            "data" => json!({"type": "a.b", "data": value}),
+            "changes.status.from" => {
+                json!({"type": "a.b", "data": {}, "changes": {"status": {"from": value, "to": 1}}})
+            }
+            "changes.status.to" => {
+                json!({"type": "a.b", "data": {}, "changes": {"status": {"from": 1, "to": value}}})
+            }
+            "actor.id" => json!({"type": "a.b", "data": {}, "actor": {"id": value, "name": "Jo"}}),
+            other => panic!("no placement for {other}"),
+        };
+        let fields = [
+            "data",
+            "changes.status.from",
+            "changes.status.to",
+            "actor.id",
+        ];
+        for field in fields {
+            for levels in [MAX_JSON_DEPTH + 1, 120] {
+                let body = place(field, nested(levels));
+                let error = Event::from_message(message(body), fallbacks(Some("acme")))
+                    .expect_err(&format!("{field} nested {levels} levels"));
+                assert_eq!(error.field, field, "{field} nested {levels} levels");
+                assert!(error.message.contains("deeper"), "{error}");
+            }
+            let at_the_limit = place(field, nested(MAX_JSON_DEPTH));
+            Event::from_message(message(at_the_limit), fallbacks(Some("acme")))
+                .unwrap_or_else(|error| panic!("{field} at the limit is accepted: {error}"));
         }
     }
 

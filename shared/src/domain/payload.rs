@@ -5,9 +5,12 @@
 
 use super::Invalid;
 use super::event::Event;
-use super::template::{self, MAX_RENDERED_BYTES, RenderContext, Template};
+use super::template::{
+    self, BoundedOutput, FormWriter, MAX_RENDERED_BYTES, OutputLimit, RenderContext, Template,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::io::Write;
 use std::sync::{Arc, LazyLock};
 use time::format_description::well_known::Rfc3339;
 
@@ -182,9 +185,17 @@ pub struct RenderedPayload {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RenderError {
-    #[error("rendered {bytes} bytes; at most {MAX_RENDERED_BYTES}")]
-    TooLarge { bytes: usize },
+    /// Stopped at the limit: the whole body would have been larger.
+    #[error("the body passes {limit} bytes, the most one delivery carries")]
+    TooLarge { limit: usize },
+}
+
+impl From<OutputLimit> for RenderError {
+    fn from(OutputLimit { limit }: OutputLimit) -> Self {
+        Self::TooLarge { limit }
+    }
 }
 
 /// Marks a delivery made by the "send test event" button rather than by the pipeline.
@@ -219,15 +230,34 @@ pub fn rfc3339(event: &Event) -> String {
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 
-/// The body a receiver gets. Test deliveries carry `"test": true` in Hookline's own
-/// envelope only: preset and template bodies keep the exact shape their receivers parse.
+/// The body a receiver gets, at most [`MAX_RENDERED_BYTES`]. Test deliveries carry
+/// `"test": true` in Hookline's own envelope only: preset and template bodies keep the
+/// exact shape their receivers parse.
 pub fn render(
     event: &Event,
     format: &PayloadFormat,
     context: RenderContext<'_>,
     purpose: Purpose,
 ) -> Result<RenderedPayload, RenderError> {
-    let rendered = match format.renderer() {
+    let mut out = BoundedOutput::new(MAX_RENDERED_BYTES);
+    let content_type = render_into(event, format, context, purpose, &mut out)?;
+    Ok(RenderedPayload {
+        content_type,
+        body: out.into_bytes(),
+    })
+}
+
+/// Renders into `out`, stopping as soon as the body passes its limit; answers the
+/// content type.
+pub fn render_into(
+    event: &Event,
+    format: &PayloadFormat,
+    context: RenderContext<'_>,
+    purpose: Purpose,
+    out: &mut BoundedOutput,
+) -> Result<&'static str, RenderError> {
+    let too_large = RenderError::TooLarge { limit: out.limit() };
+    match format.renderer() {
         Renderer::Envelope => {
             let envelope = JsonEnvelope {
                 id: &event.id,
@@ -239,57 +269,50 @@ pub fn render(
                 changes: event.changes.as_ref(),
                 test: purpose == Purpose::Test,
             };
-            RenderedPayload {
-                content_type: JSON,
-                // Serializing a tree of serde_json values and strings cannot fail.
-                body: serde_json::to_vec(&envelope).unwrap_or_default(),
-            }
+            // Serializing strings and JSON values fails only when the output is full.
+            serde_json::to_writer(&mut *out, &envelope).map_err(|_| too_large)?;
+            Ok(JSON)
         }
         Renderer::Fields => {
-            let mut fields: Vec<(String, String)> = vec![
-                ("type".into(), event.event_type.as_str().into()),
-                ("id".into(), event.id.clone()),
-                ("timestamp".into(), rfc3339(event)),
-            ];
-            if purpose == Purpose::Test {
-                fields.push(("test".into(), "true".into()));
-            }
-            match &event.data {
-                Value::Object(map) => fields.extend(
-                    map.iter()
-                        .map(|(key, value)| (key.clone(), template::form_value(value))),
-                ),
-                Value::Null => {}
-                other => fields.push(("data".into(), template::form_value(other))),
-            }
-            form(&fields)
+            write_fields(event, purpose, &mut FormWriter::new(out)).map_err(|_| too_large)?;
+            Ok(FORM)
         }
-        Renderer::Form(template) => form(&template.render_form(event, context)),
-        Renderer::Json(template) => RenderedPayload {
-            content_type: JSON,
-            body: serde_json::to_vec(&template.render(event, context)).unwrap_or_default(),
-        },
-    };
-    if rendered.body.len() > MAX_RENDERED_BYTES {
-        return Err(RenderError::TooLarge {
-            bytes: rendered.body.len(),
-        });
+        Renderer::Form(template) => {
+            template.render_form(event, context, out)?;
+            Ok(FORM)
+        }
+        Renderer::Json(template) => {
+            template.render_json(event, context, out)?;
+            Ok(JSON)
+        }
     }
-    Ok(rendered)
 }
 
-fn form(fields: &[(String, String)]) -> RenderedPayload {
-    RenderedPayload {
-        content_type: FORM,
-        body: serde_urlencoded::to_string(fields)
-            .unwrap_or_default()
-            .into_bytes(),
+fn write_fields(event: &Event, purpose: Purpose, form: &mut FormWriter<'_>) -> std::io::Result<()> {
+    form.field("type")?
+        .write_all(event.event_type.as_str().as_bytes())?;
+    form.field("id")?.write_all(event.id.as_bytes())?;
+    form.field("timestamp")?
+        .write_all(rfc3339(event).as_bytes())?;
+    if purpose == Purpose::Test {
+        form.field("test")?.write_all(b"true")?;
     }
+    match &event.data {
+        Value::Object(map) => {
+            for (key, value) in map {
+                template::write_text(value, &mut form.field(key)?)?;
+            }
+        }
+        Value::Null => {}
+        other => template::write_text(other, &mut form.field("data")?)?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::template::MAX_EVENT_SIZED_REFERENCES;
     use crate::domain::testing;
     use serde_json::json;
     use std::collections::BTreeMap;
@@ -437,22 +460,106 @@ mod tests {
         );
     }
 
+    /// Every format, fed an event whose every event-controlled field is large: with any
+    /// limit below the whole body the rendering fails with `TooLarge`, having written
+    /// only a prefix of the body and never holding more than the limit.
     #[test]
-    fn output_beyond_the_bound_is_refused() {
-        let format = PayloadFormat::from_value(json!({"template": {"body": [
-            "{{data}}", "{{data}}", "{{data}}", "{{data}}", "{{data}}"
-        ]}}))
+    fn rendering_stops_at_the_limit_in_every_format() {
+        let big = "x".repeat(16 * 1024);
+        let event = event(json!({
+            "type": "a.b",
+            "data": {"s": big, "candidate": {"first_name": big}},
+            "changes": {"s": {"from": big, "to": big}},
+            "actor": {"id": big, "name": big, "email": big}
+        }));
+        let template = |content_type: &str, body: Value| {
+            PayloadFormat::from_value(
+                json!({"template": {"content_type": content_type, "body": body}}),
+            )
+            .expect("template")
+        };
+        let mut formats: Vec<PayloadFormat> = PayloadFormat::PRESETS
+            .iter()
+            .map(|name| PayloadFormat::from_value(json!(name)).expect(name))
+            .collect();
+        for reference in [
+            "data",
+            "changes",
+            "actor",
+            "actor.id",
+            "actor.name",
+            "actor.email",
+        ] {
+            let copies = vec![format!("{{{{{reference}}}}}"); MAX_EVENT_SIZED_REFERENCES];
+            formats.push(template("json", json!(copies)));
+            formats.push(template("json", json!({"mixed": copies.concat()})));
+            let (half, other_half) = copies.split_at(MAX_EVENT_SIZED_REFERENCES / 2);
+            formats.push(template(
+                "form",
+                json!({"a": half.concat(), "b": other_half}),
+            ));
+        }
+        let metadata = BTreeMap::from([("export_key".to_owned(), "k".to_owned())]);
+        let empty = BTreeMap::new();
+        let context = RenderContext {
+            metadata: &metadata,
+            event_names: &empty,
+        };
+        for format in formats {
+            let full = render(&event, &format, context, Purpose::Live).expect("within 4 MiB");
+            let length = full.body.len();
+            for limit in [0, 1, 100, length / 2, length - 1] {
+                let mut out = BoundedOutput::new(limit);
+                let result = render_into(&event, &format, context, Purpose::Live, &mut out);
+                assert_eq!(result, Err(RenderError::TooLarge { limit }), "{format:?}");
+                assert!(
+                    out.capacity() <= limit,
+                    "{format:?} held {}",
+                    out.capacity()
+                );
+                assert!(full.body.starts_with(out.as_bytes()), "{format:?}");
+            }
+            let mut exact = BoundedOutput::new(length);
+            let content_type = render_into(&event, &format, context, Purpose::Live, &mut exact)
+                .expect("fits exactly");
+            assert_eq!(content_type, full.content_type);
+            assert_eq!(exact.into_bytes(), full.body, "{format:?}");
+        }
+    }
+
+    /// The amplification a template could reach before references to `actor` fields were
+    /// counted: 32 copies of a 255 KB name is 8 MB, refused without being written out.
+    #[test]
+    fn a_body_past_the_bound_is_refused_at_the_limit() {
+        let format = PayloadFormat::from_value(json!({"template": {"body": {
+            "names": vec!["{{actor.name}}"; MAX_EVENT_SIZED_REFERENCES]
+        }}}))
         .expect("template");
-        let big = "x".repeat(MAX_RENDERED_BYTES / 4);
-        let result = render(
-            &event(json!({"type": "a.b", "data": big})),
-            &format,
-            no_context(),
-            Purpose::Live,
+        let event = event(json!({"type": "a.b", "data": {},
+                                 "actor": {"name": "n".repeat(255 * 1024)}}));
+        let mut out = BoundedOutput::new(MAX_RENDERED_BYTES);
+        let result = render_into(&event, &format, no_context(), Purpose::Live, &mut out);
+        assert_eq!(
+            result,
+            Err(RenderError::TooLarge {
+                limit: MAX_RENDERED_BYTES
+            })
         );
-        assert!(
-            matches!(result, Err(RenderError::TooLarge { bytes }) if bytes > MAX_RENDERED_BYTES)
-        );
+        assert!(out.capacity() <= MAX_RENDERED_BYTES);
+    }
+
+    #[test]
+    fn presets_compile_under_the_template_limits() {
+        let presets = [
+            include_str!("presets/event_data.json"),
+            include_str!("presets/company.json"),
+            include_str!("presets/resource_event.json"),
+            include_str!("presets/candidate_form.json"),
+        ];
+        for preset in presets {
+            let body: Value = serde_json::from_str(preset).expect("preset is JSON");
+            Template::compile(&body).unwrap_or_else(|error| panic!("{error}: {preset}"));
+        }
     }
 
     /// The documented examples in docs/formats: each preset reproduces its example.

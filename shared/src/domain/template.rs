@@ -9,8 +9,10 @@
 
 use super::Invalid;
 use super::event::Event;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use time::format_description::OwnedFormatItem;
 use time::format_description::well_known::Rfc3339;
 
@@ -18,11 +20,14 @@ use time::format_description::well_known::Rfc3339;
 pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
 pub const MAX_TEMPLATE_DEPTH: usize = 16;
 pub const MAX_PLACEHOLDERS: usize = 256;
-/// References whose size depends on the event (`data`, `changes`, `actor` and paths into
-/// them). Each may copy up to a whole event, so their count bounds the output.
+/// References whose size the event controls: `data`, `changes` and `actor`, and every
+/// path into them (`actor.name` is as long as the sender makes it). Each may copy up to
+/// a whole event, so their count bounds the output; every other reference is at most a
+/// few hundred bytes (identifiers, metadata, event names).
 pub const MAX_EVENT_SIZED_REFERENCES: usize = 32;
-/// What one rendering may produce; beyond it the delivery is dead-lettered with reason
-/// `render_failed` instead of sending something the receiver cannot use.
+/// What one rendering may produce; the renderer stops at the first byte beyond it, and
+/// the delivery is dead-lettered with reason `render_failed` instead of sending
+/// something the receiver cannot use.
 pub const MAX_RENDERED_BYTES: usize = 4 * 1024 * 1024;
 
 const SOURCES: &str = "id, type, tenant, version, occurred_at, event_name, data[.path], \
@@ -150,20 +155,25 @@ impl Template {
         &self.metadata_keys
     }
 
-    pub fn render(&self, event: &Event, context: RenderContext<'_>) -> Value {
-        render_node(&self.root, event, context)
+    /// Writes the rendered JSON document to `out`, stopping at its limit.
+    pub fn render_json(
+        &self,
+        event: &Event,
+        context: RenderContext<'_>,
+        out: &mut BoundedOutput,
+    ) -> Result<(), OutputLimit> {
+        write_json(&self.root, event, context, out).map_err(|_| out.passed())
     }
 
-    /// Renders a template whose body must be an object as form fields, in template order:
+    /// Writes a template whose body must be an object as form fields, in template order:
     /// strings as they are, `null` as empty, anything else as compact JSON.
-    pub fn render_form(&self, event: &Event, context: RenderContext<'_>) -> Vec<(String, String)> {
-        match self.render(event, context) {
-            Value::Object(fields) => fields
-                .into_iter()
-                .map(|(name, value)| (name, form_value(&value)))
-                .collect(),
-            other => vec![("data".into(), form_value(&other))],
-        }
+    pub fn render_form(
+        &self,
+        event: &Event,
+        context: RenderContext<'_>,
+        out: &mut BoundedOutput,
+    ) -> Result<(), OutputLimit> {
+        write_form(&self.root, event, context, &mut FormWriter::new(out)).map_err(|_| out.passed())
     }
 
     /// Whether the body compiles to an object (form templates need one).
@@ -172,11 +182,175 @@ impl Template {
     }
 }
 
-pub fn form_value(value: &Value) -> String {
+/// Where a rendering goes: bytes up to a limit. A write that would pass the limit is
+/// refused, so a rendering stops at its first byte too many and never holds more than
+/// the limit, however often its template copies a large value. Growth is capped at the
+/// limit too, so the allocation is bounded as well as the length.
+#[derive(Debug)]
+pub struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+/// A rendering passed its output limit and was stopped there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the rendering passed its limit of {limit} bytes")]
+pub struct OutputLimit {
+    pub limit: usize,
+}
+
+impl BoundedOutput {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            limit,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The memory the output holds, which a rendering can never take past its limit.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Every writer a rendering uses ends in this output, which fails only at its limit:
+    /// a failed rendering is one that passed it.
+    fn passed(&self) -> OutputLimit {
+        OutputLimit { limit: self.limit }
+    }
+}
+
+impl Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let needed = self.bytes.len() + buf.len();
+        if needed > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                OutputLimit { limit: self.limit },
+            ));
+        }
+        if needed > self.bytes.capacity() {
+            let grown = self
+                .bytes
+                .capacity()
+                .saturating_mul(2)
+                .clamp(needed, self.limit);
+            self.bytes.reserve_exact(grown - self.bytes.len());
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `name=value` pairs joined by `&`, each side encoded as `serde_urlencoded` does.
+#[derive(Debug)]
+pub struct FormWriter<'a> {
+    out: &'a mut BoundedOutput,
+    fields: usize,
+}
+
+impl<'a> FormWriter<'a> {
+    pub fn new(out: &'a mut BoundedOutput) -> Self {
+        Self { out, fields: 0 }
+    }
+
+    /// Starts a field; its value is what is written to the answer.
+    pub fn field(&mut self, name: &str) -> io::Result<UrlEncoded<&mut BoundedOutput>> {
+        if self.fields > 0 {
+            self.out.write_all(b"&")?;
+        }
+        self.fields += 1;
+        UrlEncoded(&mut *self.out).write_all(name.as_bytes())?;
+        self.out.write_all(b"=")?;
+        Ok(UrlEncoded(&mut *self.out))
+    }
+}
+
+/// Form-urlencodes what passes through. The encoding is per byte, so a chunk may end
+/// inside a UTF-8 sequence.
+#[derive(Debug)]
+pub struct UrlEncoded<W>(W);
+
+impl<W: Write> Write for UrlEncoded<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for chunk in form_urlencoded::byte_serialize(buf) {
+            self.0.write_all(chunk.as_bytes())?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Escapes what passes through as the inside of a JSON string, byte for byte as
+/// serde_json does. Only ASCII bytes are escaped, so a chunk may end inside a UTF-8
+/// sequence.
+struct JsonEscaped<W>(W);
+
+impl<W: Write> Write for JsonEscaped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut plain = 0;
+        for (index, &byte) in buf.iter().enumerate() {
+            let control;
+            let escape: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0x00..=0x1f => {
+                    control = [
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(byte >> 4)],
+                        HEX[usize::from(byte & 0xf)],
+                    ];
+                    &control
+                }
+                _ => continue,
+            };
+            self.0.write_all(&buf[plain..index])?;
+            self.0.write_all(escape)?;
+            plain = index + 1;
+        }
+        self.0.write_all(&buf[plain..])?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A value as text, as a form field or a mixed string shows it: strings as they are,
+/// `null` as nothing, anything else as compact JSON.
+pub fn write_text(value: &Value, out: &mut impl Write) -> io::Result<()> {
     match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
+        Value::String(s) => out.write_all(s.as_bytes()),
+        Value::Null => Ok(()),
+        other => Ok(serde_json::to_writer(out, other)?),
     }
 }
 
@@ -252,7 +426,7 @@ impl Compiler {
         let reference = parts.next().unwrap_or_default().trim();
         let source = parse_source(reference).map_err(|message| Invalid::new(at, message))?;
         match &source {
-            Source::Data(_) | Source::Changes(_) | Source::Actor(None) => self.event_sized += 1,
+            Source::Data(_) | Source::Changes(_) | Source::Actor(_) => self.event_sized += 1,
             Source::Metadata(key) => self.metadata_keys.push(key.clone()),
             _ => {}
         }
@@ -352,68 +526,146 @@ fn parse_filter(filter: &str, source: &Source) -> Result<Filter, String> {
     }
 }
 
-fn render_node(node: &Node, event: &Event, context: RenderContext<'_>) -> Value {
+fn write_json(
+    node: &Node,
+    event: &Event,
+    context: RenderContext<'_>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     match node {
-        Node::Literal(value) => value.clone(),
-        Node::Object(fields) => Value::Object(
-            fields
-                .iter()
-                .map(|(key, child)| (key.clone(), render_node(child, event, context)))
-                .collect::<Map<_, _>>(),
-        ),
-        Node::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|child| render_node(child, event, context))
-                .collect(),
-        ),
-        Node::Whole(expr) => evaluate(expr, event, context),
-        Node::Text(pieces) => {
-            let mut text = String::new();
-            for piece in pieces {
-                match piece {
-                    Piece::Literal(literal) => text.push_str(literal),
-                    Piece::Expr(expr) => {
-                        text.push_str(&form_value(&evaluate(expr, event, context)))
-                    }
+        Node::Literal(value) => serde_json::to_writer(&mut *out, value)?,
+        Node::Object(fields) => {
+            out.write_all(b"{")?;
+            for (index, (key, child)) in fields.iter().enumerate() {
+                if index > 0 {
+                    out.write_all(b",")?;
                 }
+                serde_json::to_writer(&mut *out, key)?;
+                out.write_all(b":")?;
+                write_json(child, event, context, out)?;
             }
-            Value::String(text)
+            out.write_all(b"}")?;
         }
+        Node::Array(items) => {
+            out.write_all(b"[")?;
+            for (index, child) in items.iter().enumerate() {
+                if index > 0 {
+                    out.write_all(b",")?;
+                }
+                write_json(child, event, context, out)?;
+            }
+            out.write_all(b"]")?;
+        }
+        Node::Whole(expr) => serde_json::to_writer(&mut *out, &*evaluate(expr, event, context))?,
+        Node::Text(pieces) => {
+            out.write_all(b"\"")?;
+            write_pieces(pieces, event, context, &mut JsonEscaped(&mut *out))?;
+            out.write_all(b"\"")?;
+        }
+    }
+    Ok(())
+}
+
+fn write_form(
+    root: &Node,
+    event: &Event,
+    context: RenderContext<'_>,
+    form: &mut FormWriter<'_>,
+) -> io::Result<()> {
+    match root {
+        Node::Object(fields) => {
+            for (name, node) in fields {
+                write_text_node(node, event, context, &mut form.field(name)?)?;
+            }
+            Ok(())
+        }
+        other => write_text_node(other, event, context, &mut form.field("data")?),
     }
 }
 
-fn evaluate(expr: &Expr, event: &Event, context: RenderContext<'_>) -> Value {
+/// A node as text (see [`write_text`]): what a form field holds.
+fn write_text_node(
+    node: &Node,
+    event: &Event,
+    context: RenderContext<'_>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    match node {
+        Node::Literal(value) => write_text(value, out),
+        Node::Whole(expr) => write_text(&evaluate(expr, event, context), out),
+        Node::Text(pieces) => write_pieces(pieces, event, context, out),
+        Node::Object(_) | Node::Array(_) => write_json(node, event, context, out),
+    }
+}
+
+fn write_pieces(
+    pieces: &[Piece],
+    event: &Event,
+    context: RenderContext<'_>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    for piece in pieces {
+        match piece {
+            Piece::Literal(literal) => out.write_all(literal.as_bytes())?,
+            Piece::Expr(expr) => write_text(&evaluate(expr, event, context), out)?,
+        }
+    }
+    Ok(())
+}
+
+/// A reference's value, borrowed from the event where it can be: a rendering holds at
+/// most one value it made (a filter's result, `actor` or `changes` as a whole) beside
+/// its output.
+fn evaluate<'e>(expr: &Expr, event: &'e Event, context: RenderContext<'_>) -> Cow<'e, Value> {
+    let owned = |value: Value| Cow::Owned(value);
+    let null = || Cow::Owned(Value::Null);
     let mut value = match &expr.source {
-        Source::Id => Value::String(event.id.clone()),
-        Source::Type => Value::String(event.event_type.as_str().to_owned()),
-        Source::Tenant => Value::String(event.tenant.as_str().to_owned()),
-        Source::Version => event.version.clone().map_or(Value::Null, Value::String),
-        Source::OccurredAt => Value::String(super::payload::rfc3339(event)),
-        Source::EventName => Value::String(event_name(event.event_type.as_str(), context)),
-        Source::Data(path) => lookup(&event.data, path),
-        Source::Changes(path) => match &event.changes {
-            Some(changes) => {
-                let changes = serde_json::to_value(changes).unwrap_or(Value::Null);
-                lookup(&changes, path)
-            }
-            None => Value::Null,
+        Source::Id => owned(Value::String(event.id.clone())),
+        Source::Type => owned(Value::String(event.event_type.as_str().to_owned())),
+        Source::Tenant => owned(Value::String(event.tenant.as_str().to_owned())),
+        Source::Version => owned(event.version.clone().map_or(Value::Null, Value::String)),
+        Source::OccurredAt => owned(Value::String(super::payload::rfc3339(event))),
+        Source::EventName => owned(Value::String(event_name(
+            event.event_type.as_str(),
+            context,
+        ))),
+        Source::Data(path) => lookup(&event.data, path).map_or_else(null, Cow::Borrowed),
+        Source::Changes(path) => match (&event.changes, path.as_slice()) {
+            (None, _) => null(),
+            (Some(changes), []) => owned(serde_json::to_value(changes).unwrap_or(Value::Null)),
+            (Some(changes), [field, rest @ ..]) => match (changes.get(field), rest) {
+                (None, _) => null(),
+                (Some(change), []) => owned(serde_json::to_value(change).unwrap_or(Value::Null)),
+                (Some(change), [side, rest @ ..]) => {
+                    let side = match side.as_str() {
+                        "from" => Some(&change.from),
+                        "to" => Some(&change.to),
+                        _ => None,
+                    };
+                    side.and_then(|value| lookup(value, rest))
+                        .map_or_else(null, Cow::Borrowed)
+                }
+            },
         },
         Source::Actor(field) => match (&event.actor, field) {
-            (None, _) => Value::Null,
-            (Some(actor), None) => serde_json::to_value(actor).unwrap_or(Value::Null),
-            (Some(actor), Some(ActorField::Id)) => actor.id.clone().unwrap_or(Value::Null),
+            (None, _) => null(),
+            (Some(actor), None) => owned(serde_json::to_value(actor).unwrap_or(Value::Null)),
+            (Some(actor), Some(ActorField::Id)) => {
+                actor.id.as_ref().map_or_else(null, Cow::Borrowed)
+            }
             (Some(actor), Some(ActorField::Name)) => {
-                actor.name.clone().map_or(Value::Null, Value::String)
+                owned(actor.name.clone().map_or(Value::Null, Value::String))
             }
             (Some(actor), Some(ActorField::Email)) => {
-                actor.email.clone().map_or(Value::Null, Value::String)
+                owned(actor.email.clone().map_or(Value::Null, Value::String))
             }
         },
-        Source::Metadata(key) => context
-            .metadata
-            .get(key)
-            .map_or(Value::Null, |v| Value::String(v.clone())),
+        Source::Metadata(key) => owned(
+            context
+                .metadata
+                .get(key)
+                .map_or(Value::Null, |v| Value::String(v.clone())),
+        ),
     };
     for filter in &expr.filters {
         value = apply(filter, value, event);
@@ -421,57 +673,55 @@ fn evaluate(expr: &Expr, event: &Event, context: RenderContext<'_>) -> Value {
     value
 }
 
-fn apply(filter: &Filter, value: Value, event: &Event) -> Value {
+fn apply<'e>(filter: &Filter, value: Cow<'e, Value>, event: &Event) -> Cow<'e, Value> {
     match filter {
         Filter::Time(layout) => {
             let at = event.occurred_at.to_offset(time::UtcOffset::UTC);
-            match layout {
+            Cow::Owned(match layout {
                 TimeLayout::Rfc3339 => Value::String(at.format(&Rfc3339).unwrap_or_default()),
                 TimeLayout::UnixSeconds => Value::from(at.unix_timestamp()),
                 TimeLayout::UnixMillis => {
                     Value::from(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
                 }
                 TimeLayout::Custom(items) => Value::String(at.format(items).unwrap_or_default()),
-            }
+            })
         }
-        Filter::Upper => map_string(value, |s| s.to_uppercase()),
-        Filter::Lower => map_string(value, |s| s.to_lowercase()),
-        Filter::Number => match &value {
-            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
-                .parse::<u64>()
-                .map_or(value.clone(), |n| Value::Number(Number::from(n))),
+        Filter::Upper => map_string(value, str::to_uppercase),
+        Filter::Lower => map_string(value, str::to_lowercase),
+        Filter::Number => match &*value {
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<u64>().map_or(value.clone(), |n| {
+                    Cow::Owned(Value::Number(Number::from(n)))
+                })
+            }
             _ => value,
         },
-        Filter::Default(fallback) => match value {
-            Value::Null => fallback.clone(),
-            other => other,
+        Filter::Default(fallback) => match &*value {
+            Value::Null => Cow::Owned(fallback.clone()),
+            _ => value,
         },
     }
 }
 
-fn map_string(value: Value, f: impl Fn(&str) -> String) -> Value {
-    match value {
-        Value::String(s) => Value::String(f(&s)),
-        other => other,
+fn map_string<'e>(value: Cow<'e, Value>, f: impl Fn(&str) -> String) -> Cow<'e, Value> {
+    match &*value {
+        Value::String(s) => Cow::Owned(Value::String(f(s))),
+        _ => value,
     }
 }
 
 /// Follows a dotted path: object keys, or array indexes in decimal. Anything missing is
-/// `null`.
-fn lookup(root: &Value, path: &[String]) -> Value {
+/// `None`, rendered as `null`.
+fn lookup<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
     let mut current = root;
     for segment in path {
-        let next = match current {
-            Value::Object(map) => map.get(segment),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
+        current = match current {
+            Value::Object(map) => map.get(segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
         };
-        match next {
-            Some(value) => current = value,
-            None => return Value::Null,
-        }
     }
-    current.clone()
+    Some(current)
 }
 
 /// The event's name in an upper-case code: the endpoint's mapping when it has one, else
@@ -510,13 +760,27 @@ mod tests {
         let metadata = BTreeMap::from([("export_key".to_owned(), "k1".to_owned())]);
         let event_names =
             BTreeMap::from([("candidate.declined".to_owned(), "NOT_INTERESTED".to_owned())]);
-        Template::compile(&template).expect("compiles").render(
-            event,
-            RenderContext {
-                metadata: &metadata,
-                event_names: &event_names,
-            },
-        )
+        let mut out = BoundedOutput::new(MAX_RENDERED_BYTES);
+        Template::compile(&template)
+            .expect("compiles")
+            .render_json(
+                event,
+                RenderContext {
+                    metadata: &metadata,
+                    event_names: &event_names,
+                },
+                &mut out,
+            )
+            .expect("within the limit");
+        serde_json::from_slice(out.as_bytes()).expect("renders JSON")
+    }
+
+    fn no_context() -> RenderContext<'static> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        RenderContext {
+            metadata: &EMPTY,
+            event_names: &EMPTY,
+        }
     }
 
     #[test]
@@ -598,7 +862,7 @@ mod tests {
     #[test]
     fn rejections_name_the_place_and_the_problem() {
         let big = "x".repeat(MAX_TEMPLATE_BYTES);
-        let many: Map<String, Value> = (0..=MAX_PLACEHOLDERS)
+        let many: serde_json::Map<String, Value> = (0..=MAX_PLACEHOLDERS)
             .map(|i| (format!("k{i}"), json!("{{id}}")))
             .collect();
         let copies: Vec<Value> = (0..=MAX_EVENT_SIZED_REFERENCES)
@@ -650,6 +914,126 @@ mod tests {
             assert!(error.field.starts_with(field), "{template}: {error}");
             assert!(error.message.contains(message), "{template}: {error}");
         }
+    }
+
+    /// Every reference whose size the event controls counts toward the bound, however
+    /// it is written: whole, inside a mixed string, or behind a filter.
+    #[test]
+    fn every_event_sized_reference_counts_toward_the_bound() {
+        let event_sized = [
+            "data",
+            "data.a.b",
+            "changes",
+            "changes.status",
+            "changes.status.to",
+            "actor",
+            "actor.id",
+            "actor.name",
+            "actor.email",
+            "actor.name | upper",
+            "actor.email | default: \"\"",
+        ];
+        for reference in event_sized {
+            let placeholder = format!("{{{{{reference}}}}}");
+            let shapes = [
+                json!(vec![placeholder.clone(); MAX_EVENT_SIZED_REFERENCES + 1]),
+                json!({"mixed": placeholder.repeat(MAX_EVENT_SIZED_REFERENCES + 1)}),
+                json!({"a": vec![placeholder.clone(); MAX_EVENT_SIZED_REFERENCES], "b": format!("x{placeholder}")}),
+            ];
+            for template in shapes {
+                let error = Template::compile(&template).expect_err(&template.to_string());
+                assert_eq!(error.field, "body", "{template}");
+                assert!(error.message.contains("output stays bounded"), "{error}");
+            }
+            let at_the_bound = json!(vec![placeholder; MAX_EVENT_SIZED_REFERENCES]);
+            Template::compile(&at_the_bound).unwrap_or_else(|e| panic!("{at_the_bound}: {e}"));
+        }
+        // The rest are bounded by the endpoint or the contract, whatever the event says.
+        let bounded = [
+            "id",
+            "type",
+            "tenant",
+            "version",
+            "occurred_at",
+            "event_name",
+            "metadata.k",
+        ];
+        for reference in bounded {
+            let template = json!(vec![format!("{{{{{reference}}}}}"); MAX_PLACEHOLDERS]);
+            Template::compile(&template).unwrap_or_else(|e| panic!("{reference}: {e}"));
+        }
+    }
+
+    /// The amplifying template (256 copies of `actor.name`) cannot be written; at the
+    /// bound, a large name stops the rendering at the limit with a typed error, and the
+    /// output never holds more than the limit.
+    #[test]
+    fn rendering_stops_at_the_output_limit() {
+        let amplifying = json!(vec!["{{actor.name}}"; MAX_PLACEHOLDERS]);
+        assert!(Template::compile(&amplifying).is_err());
+
+        let name = "n".repeat(64 * 1024);
+        let event = event(json!({"type": "a.b", "data": {"s": name},
+                                 "actor": {"id": [name], "name": name, "email": name}}));
+        let references = [
+            "actor.name",
+            "actor.email",
+            "actor.id",
+            "actor",
+            "data",
+            "data.s",
+        ];
+        for reference in references {
+            let placeholder = format!("{{{{{reference}}}}}");
+            let shapes = [
+                json!(vec![placeholder.clone(); MAX_EVENT_SIZED_REFERENCES]),
+                json!({"text": placeholder.repeat(MAX_EVENT_SIZED_REFERENCES)}),
+            ];
+            for shape in shapes {
+                let template = Template::compile(&shape).expect("compiles");
+                for limit in [0, 10, 100_000, 1_000_000] {
+                    let mut json = BoundedOutput::new(limit);
+                    let result = template.render_json(&event, no_context(), &mut json);
+                    assert_eq!(result, Err(OutputLimit { limit }), "{reference}");
+                    assert!(json.capacity() <= limit, "{reference}: {}", json.capacity());
+                    let mut form = BoundedOutput::new(limit);
+                    let result = template.render_form(&event, no_context(), &mut form);
+                    assert_eq!(result, Err(OutputLimit { limit }), "{reference}");
+                    assert!(form.capacity() <= limit, "{reference}: {}", form.capacity());
+                }
+            }
+        }
+    }
+
+    /// Mixed strings are escaped on the way out rather than built and serialized: the
+    /// bytes are serde_json's, for every ASCII character and beyond.
+    #[test]
+    fn mixed_strings_are_escaped_as_serde_json_does() {
+        let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
+        let text = format!("{every_ascii} é € 😀 \u{2028}");
+        let event = event(json!({"type": "a.b", "data": {"s": text, "o": {"q": "\"\n"}}}));
+        let template = Template::compile(&json!(["{{data.s}}|{{data.o}}"])).expect("compiles");
+        let mut out = BoundedOutput::new(MAX_RENDERED_BYTES);
+        template
+            .render_json(&event, no_context(), &mut out)
+            .expect("renders");
+        let expected = json!([format!("{text}|{}", json!({"q": "\"\n"}))]);
+        assert_eq!(
+            out.as_bytes(),
+            serde_json::to_vec(&expected).expect("serialize")
+        );
+
+        let form =
+            Template::compile(&json!({"s": "{{data.s}}", "o": "{{data.o}}"})).expect("compiles");
+        let mut out = BoundedOutput::new(MAX_RENDERED_BYTES);
+        form.render_form(&event, no_context(), &mut out)
+            .expect("renders");
+        let expected = serde_urlencoded::to_string([
+            ("s", text.as_str()),
+            ("o", &json!({"q": "\"\n"}).to_string()),
+        ])
+        .expect("urlencoded");
+        assert_eq!(out.as_bytes(), expected.as_bytes());
     }
 
     #[test]
