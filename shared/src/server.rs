@@ -76,6 +76,7 @@ impl ConnectionLimits {
 #[derive(Debug, Clone)]
 pub struct ServerMetrics {
     open: IntGaugeVec,
+    cap: IntGaugeVec,
     closed: IntCounterVec,
 }
 
@@ -89,6 +90,14 @@ impl ServerMetrics {
             &["listener"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let cap = IntGaugeVec::new(
+            Opts::new(
+                "hookline_http_connections_max",
+                "The connection cap of each listener (max_connections): connections beyond it wait.",
+            ),
+            &["listener"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let closed = IntCounterVec::new(
             Opts::new(
                 "hookline_http_connections_closed_total",
@@ -98,8 +107,9 @@ impl ServerMetrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         register(registry, open.clone());
+        register(registry, cap.clone());
         register(registry, closed.clone());
-        Self { open, closed }
+        Self { open, cap, closed }
     }
 }
 
@@ -122,6 +132,10 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let open = metrics.open.with_label_values(&[name]);
+    metrics
+        .cap
+        .with_label_values(&[name])
+        .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -380,7 +394,8 @@ struct Tracked {
 impl tower::Service<hyper::Request<Incoming>> for Tracked {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    // A named future, not a boxed one: this runs for every request of the API.
+    type Future = Handling<tower::util::Oneshot<Router, hyper::Request<Incoming>>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -389,13 +404,30 @@ impl tower::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&mut self, mut request: hyper::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(ConnectInfo(self.peer));
         self.activity.request_started();
-        let activity = self.activity.clone();
-        let response = tower::ServiceExt::oneshot(self.inner.clone(), request);
-        Box::pin(async move {
-            let response = response.await;
-            activity.request_finished();
-            response
-        })
+        Handling {
+            response: tower::ServiceExt::oneshot(self.inner.clone(), request),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being handled; the connection's activity learns when it is answered.
+    struct Handling<F> {
+        #[pin]
+        response: F,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<F: Future> Future for Handling<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx));
+        this.activity.request_finished();
+        Poll::Ready(response)
     }
 }
 
