@@ -136,6 +136,10 @@ pub async fn serve(
         .cap
         .with_label_values(&[name])
         .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+    // Every reason starts at zero, so rates and alerts have a series from the start.
+    for reason in ["header_timeout", "idle_timeout"] {
+        metrics.closed.with_label_values(&[name, reason]);
+    }
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
