@@ -7,19 +7,23 @@ use crate::activity::ActivityLog;
 use crate::consumer::Handler;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
+use crate::message::{
+    delivery_count, event_as_stored, integer_header, parse_event, rejected, source, truncate,
+};
 use crate::metrics::DelivererMetrics;
 use crate::slots::EndpointSlots;
+use crate::throttle::Throttle;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::contract::{
-    DELIVERY_COUNT_HEADER, DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery,
-    RejectedMessage, SOURCE_AMQP, SOURCE_HEADER, SOURCE_HTTP, StoredPayload, delivery_id,
+    DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
+    StoredPayload, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
-use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
+use hookline_shared::domain::event::Event;
 use hookline_shared::domain::health::{Admission, HealthPolicy, HealthRecord, HealthState, admit};
 use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
@@ -33,20 +37,15 @@ use hookline_shared::store::health::{HealthStore, to_ms};
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How much of an unparseable message's body a dead-letter record keeps.
-const MAX_REJECTED_BODY: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Worker {
@@ -958,42 +957,6 @@ impl Worker {
     }
 }
 
-/// Lets something happen at most once per interval per endpoint in this replica: writing
-/// a healthy endpoint's success (enough to keep `last_success_at` fresh without a Redis
-/// write per delivery), or asking for an open circuit's probe lease.
-#[derive(Debug)]
-pub struct Throttle {
-    interval: Duration,
-    // A std Mutex: held for a map update, never across an await.
-    written: Mutex<HashMap<(String, String), Instant>>,
-}
-
-impl Throttle {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            written: Mutex::default(),
-        }
-    }
-
-    /// True (and marks it done) when the interval since the last time has passed.
-    fn due(&self, tenant: &hookline_shared::domain::event::TenantId, endpoint_id: &str) -> bool {
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let key = (tenant.as_str().to_owned(), endpoint_id.to_owned());
-        match written.get(&key) {
-            Some(at) if now.duration_since(*at) < self.interval => false,
-            _ => {
-                if written.len() > 100_000 {
-                    written.clear();
-                }
-                written.insert(key, now);
-                true
-            }
-        }
-    }
-}
-
 fn render(event: &Event, endpoint: &Endpoint) -> Result<Payload, RenderError> {
     let rendered = endpoint.spec.render(event, Purpose::Live)?;
     Ok(Payload {
@@ -1055,111 +1018,4 @@ fn dead_delivery(
 
 fn due_in(delay: Duration) -> i64 {
     to_ms(OffsetDateTime::now_utc() + delay)
-}
-
-/// Parses the public AMQP contract. An absent `id` falls back to the `message_id`
-/// property, then to a hash of the body — stable across redeliveries, so subscribers can
-/// still deduplicate on `webhook-id`.
-pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
-    let message: EventMessage =
-        serde_json::from_slice(&delivery.data).map_err(|e| format!("body: {e}"))?;
-    let id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_else(|| format!("evt_{}", &hex(&Sha256::digest(&delivery.data))[..32]));
-    let occurred_at = delivery
-        .properties
-        .timestamp()
-        .and_then(|seconds| i64::try_from(seconds).ok())
-        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
-        .unwrap_or_else(OffsetDateTime::now_utc);
-    Event::from_message(
-        message,
-        Fallbacks {
-            tenant: None,
-            id,
-            occurred_at,
-        },
-    )
-    .map_err(|invalid| invalid.to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The event as the history stores it. Ingest publishes exactly the serialized `Event`,
-/// so its bodies are stored as they came; anything else is serialized from the parsed
-/// event, with the defaults it was given.
-fn event_as_stored(event: &Event, delivery: &Delivery) -> Arc<str> {
-    if source(delivery) == SOURCE_HTTP
-        && let Ok(body) = std::str::from_utf8(&delivery.data)
-    {
-        return body.into();
-    }
-    serde_json::to_string(event).unwrap_or_default().into()
-}
-
-fn source(delivery: &Delivery) -> &'static str {
-    let from_ingest = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(SOURCE_HEADER))
-        .is_some_and(|value| matches!(value, AMQPValue::LongString(s) if s.as_bytes() == SOURCE_HTTP.as_bytes()));
-    if from_ingest {
-        SOURCE_HTTP
-    } else {
-        SOURCE_AMQP
-    }
-}
-
-fn delivery_count(delivery: &Delivery) -> Option<u64> {
-    integer_header(delivery, DELIVERY_COUNT_HEADER)
-}
-
-/// A non-negative integer header, whichever integer type the publisher chose.
-fn integer_header(delivery: &Delivery, name: &str) -> Option<u64> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
-        _ => None,
-    }
-}
-
-fn rejected(delivery: &Delivery, reason: DeadLetterReason, error: String) -> DeadLetter {
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned());
-    let body = String::from_utf8_lossy(&delivery.data).into_owned();
-    DeadLetter::MessageV1(RejectedMessage {
-        id: message_id
-            .clone()
-            .unwrap_or_else(|| format!("msg_{}", &hex(&Sha256::digest(&delivery.data))[..32])),
-        reason,
-        error,
-        routing_key: delivery.routing_key.as_str().to_owned(),
-        message_id,
-        body: truncate(body),
-        dead_lettered_at: OffsetDateTime::now_utc(),
-    })
-}
-
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_REJECTED_BODY {
-        let mut cut = MAX_REJECTED_BODY;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }

@@ -22,10 +22,12 @@ pub mod delivery;
 pub mod endpoint_cache;
 pub mod health_gauge;
 pub mod heartbeat;
+pub mod message;
 pub mod metrics;
 pub mod retries;
 pub mod settings;
 pub mod slots;
+pub mod throttle;
 
 use anyhow::Context;
 use hookline_shared::broker::publisher::Publisher;
@@ -144,7 +146,7 @@ impl Deliverer {
             max_hold: settings.delivery.max_hold,
             // Shorter than a scout's shortest wait (¾ of defer_delay, jittered), so a
             // scout coming back is a scout again unless another has taken its place.
-            held_scouts: delivery::Throttle::new(settings.delivery.defer_delay / 2),
+            held_scouts: throttle::Throttle::new(settings.delivery.defer_delay / 2),
             delivery_limit: settings.amqp.delivery_limit,
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client")?,
@@ -159,9 +161,9 @@ impl Deliverer {
             probe_lease: settings.delivery.timeout + Duration::from_secs(5),
             replica_id: uuid::Uuid::new_v4().to_string(),
             activity,
-            success_writes: delivery::Throttle::new(Duration::from_secs(30)),
-            probe_requests: delivery::Throttle::new(Duration::from_millis(250)),
-            recovery_checks: delivery::Throttle::new(Duration::from_millis(250)),
+            success_writes: throttle::Throttle::new(Duration::from_secs(30)),
+            probe_requests: throttle::Throttle::new(Duration::from_millis(250)),
+            recovery_checks: throttle::Throttle::new(Duration::from_millis(250)),
             retries: RetryStore::new(redis.clone(), keys.clone()),
             dead_letters: dead_letter::DeadLetters::new(
                 publisher,
