@@ -8,6 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Entries buffered before new ones are dropped (and counted).
 const BUFFER: usize = 50_000;
@@ -25,17 +26,41 @@ pub struct ActivityLog {
     dropped: IntCounter,
 }
 
+/// The task writing the history; [`HistoryWriter::finish`] stops it.
+#[derive(Debug)]
+pub struct HistoryWriter {
+    closing: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HistoryWriter {
+    /// Writes what is buffered (within `within`) and stops; entries recorded after this
+    /// are dropped and counted.
+    pub async fn finish(self, within: Duration) {
+        self.closing.cancel();
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            tracing::warn!("the delivery history was not written out in time; the rest is dropped");
+        }
+    }
+}
+
 impl ActivityLog {
-    /// Starts the writer; it drains what is buffered and stops when every clone of the
-    /// returned log is dropped.
+    /// Starts the writer.
     pub fn spawn(
         store: ActivityStore,
         retention: Retention,
         dropped: IntCounter,
-    ) -> (Self, JoinHandle<()>) {
+    ) -> (Self, HistoryWriter) {
         let (sender, receiver) = mpsc::channel(BUFFER);
-        let writer = tokio::spawn(write(receiver, store, retention, dropped.clone()));
-        (Self { sender, dropped }, writer)
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(write(
+            receiver,
+            store,
+            retention,
+            dropped.clone(),
+            closing.clone(),
+        ));
+        (Self { sender, dropped }, HistoryWriter { closing, task })
     }
 
     pub fn record(&self, activity: Activity) {
@@ -50,10 +75,23 @@ async fn write(
     store: ActivityStore,
     retention: Retention,
     dropped: IntCounter,
+    closing: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    // Under load, entries pile up while a batch is written, so batches grow by themselves.
-    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        // Under load, entries pile up while a batch is written, so batches grow by
+        // themselves. Once closing, the channel takes nothing new and what it holds is
+        // written out without gathering.
+        let received = tokio::select! {
+            received = receiver.recv_many(&mut batch, BATCH) => received,
+            () = closing.cancelled(), if !receiver.is_closed() => {
+                receiver.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         if let Err(error) = store
             .write(&batch, retention, OffsetDateTime::now_utc())
             .await
@@ -67,8 +105,11 @@ async fn write(
         }
         let full = batch.len() == BATCH;
         batch.clear();
-        if !full {
-            tokio::time::sleep(GATHER).await;
+        if !full && !closing.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
+                () = closing.cancelled() => {}
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::acks::AckWindow;
 use crate::activity::ActivityLog;
+use crate::admission::{self, Decision, Facts, Question, RateFact, Rules, SlotFact, Step};
 use crate::consumer::Handler;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
@@ -11,7 +12,9 @@ use crate::message::{
     delivery_count, event_as_stored, integer_header, parse_event, rejected, source, truncate,
 };
 use crate::metrics::DelivererMetrics;
-use crate::slots::EndpointSlots;
+use crate::probe::ProbeLease;
+use crate::settings::Settings;
+use crate::slots::{EndpointSlots, Slot};
 use crate::throttle::Throttle;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,21 +24,24 @@ use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
     StoredPayload, delivery_id,
 };
-use hookline_shared::dispatch::{AttemptReport, Dispatcher, Payload};
+use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::Event;
-use hookline_shared::domain::health::{Admission, HealthPolicy, HealthRecord, HealthState, admit};
+use hookline_shared::domain::health::{HealthPolicy, HealthRecord, HealthState};
 use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
-    AttemptOutcome, DeadLetterReason, Decision, Failure, RetrySchedule, decide,
+    self, AttemptOutcome, DeadLetterReason, Failure, RetrySchedule,
 };
 use hookline_shared::metrics::status_class;
 use hookline_shared::store::activity::{
     Activity, AttemptRecord, DeliveryState, DeliveryStatus, SUCCESS,
 };
+use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::{HealthStore, to_ms};
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
+use hookline_shared::store::sealing::Sealer;
+use hookline_shared::store::{Keyspace, RedisConnection};
 use lapin::message::Delivery;
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,46 +55,121 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug)]
 pub struct Worker {
-    pub schedule: RetrySchedule,
-    pub defer_delay: Duration,
-    /// How long a delivery held behind an open circuit waits unless a probe wakes it.
-    pub max_hold: Duration,
+    schedule: RetrySchedule,
+    /// When a delivery is attempted, held or refused.
+    admission: Rules,
     /// Picks the few held deliveries that come back on the doubling timer for the probe.
-    pub held_scouts: Throttle,
-    pub delivery_limit: u32,
-    pub dispatcher: Dispatcher,
-    pub endpoints: EndpointCache,
-    pub health_policy: HealthPolicy,
-    pub health: HealthStore,
-    pub rate: RateLimiter,
+    held_scouts: Throttle,
+    delivery_limit: u32,
+    dispatcher: Dispatcher,
+    endpoints: EndpointCache,
+    health_policy: HealthPolicy,
+    health: HealthStore,
+    rate: RateLimiter,
     /// How long an open circuit's probe is reserved: longer than one attempt can take.
-    pub probe_lease: Duration,
+    probe_lease: Duration,
     /// Names this replica as a probe's holder.
-    pub replica_id: String,
-    pub activity: ActivityLog,
-    pub success_writes: Throttle,
-    pub probe_requests: Throttle,
+    replica_id: String,
+    activity: ActivityLog,
+    success_writes: Throttle,
+    probe_requests: Throttle,
     /// How often a held delivery coming back may re-read its endpoint's health.
-    pub recovery_checks: Throttle,
+    recovery_checks: Throttle,
     pub retries: RetryStore,
-    pub dead_letters: DeadLetters,
+    dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
-    pub slots: EndpointSlots,
+    slots: EndpointSlots,
     /// A message's deliveries still in progress after this long are handed off to the
     /// retry pool, so the message can be acked.
-    pub handoff_after: Duration,
+    handoff_after: Duration,
     /// Bounds the deliveries in progress that no longer hold a message, and so the
     /// replica's memory: one permit per handed-off delivery.
-    pub handoff_permits: Arc<Semaphore>,
+    handoff_permits: Arc<Semaphore>,
     /// How long a claimed retry task is this replica's (`retry.lease`).
-    pub retry_lease: Duration,
+    retry_lease: Duration,
     /// Where deliveries outliving their message (handed off) and retries run, so
     /// shutdown waits for them.
-    pub handlers: TaskTracker,
+    handlers: TaskTracker,
     /// Cancelled when the shutdown grace ran out: work still waiting for Redis or the
     /// broker gives up and its message goes back to the queue.
+    abort: CancellationToken,
+}
+
+/// What the worker shares with the rest of the deliverer: connections, the history log,
+/// its metrics, and the task tracker and abort signal that shutdown drives.
+#[derive(Debug)]
+pub struct WorkerDeps {
+    pub redis: RedisConnection,
+    pub sealer: Arc<Sealer>,
+    pub keys: Keyspace,
+    pub dead_letters: DeadLetters,
+    pub activity: ActivityLog,
+    pub metrics: DelivererMetrics,
+    /// Where deliveries outliving their message and retries run.
+    pub handlers: TaskTracker,
+    /// Cancelled when the shutdown grace ran out.
     pub abort: CancellationToken,
 }
+
+impl Worker {
+    pub fn new(settings: &Settings, deps: WorkerDeps) -> Result<Self, DispatcherError> {
+        let WorkerDeps {
+            redis,
+            sealer,
+            keys,
+            dead_letters,
+            activity,
+            metrics,
+            handlers,
+            abort,
+        } = deps;
+        let delivery = &settings.delivery;
+        let health = HealthStore::new(redis.clone(), keys.clone());
+        Ok(Self {
+            schedule: delivery.retry_schedule.clone(),
+            admission: Rules {
+                defer_delay: delivery.defer_delay,
+                max_hold: delivery.max_hold,
+                rate_slack: RATE_SLACK,
+            },
+            // Shorter than a scout's shortest wait (¾ of defer_delay, jittered), so a
+            // scout coming back is a scout again unless another has taken its place.
+            held_scouts: Throttle::new(delivery.defer_delay / 2),
+            delivery_limit: settings.amqp.delivery_limit,
+            dispatcher: Dispatcher::new(&delivery.dispatch())?,
+            endpoints: EndpointCache::new(
+                EndpointStore::new(redis.clone(), keys.clone(), sealer),
+                health.clone(),
+                delivery.endpoint_cache_ttl,
+            ),
+            health_policy: settings.health.policy(),
+            health,
+            rate: RateLimiter::new(redis.clone(), keys.clone()),
+            probe_lease: delivery.timeout + Duration::from_secs(5),
+            replica_id: uuid::Uuid::new_v4().to_string(),
+            activity,
+            success_writes: Throttle::new(Duration::from_secs(30)),
+            probe_requests: Throttle::new(Duration::from_millis(250)),
+            recovery_checks: Throttle::new(Duration::from_millis(250)),
+            retries: RetryStore::new(redis, keys),
+            dead_letters,
+            metrics,
+            slots: EndpointSlots::new(
+                delivery.max_in_flight_per_endpoint,
+                delivery.slot_wait,
+                delivery.timeout,
+            ),
+            handoff_after: delivery.handoff_after,
+            handoff_permits: Arc::new(Semaphore::new(delivery.max_handed_off)),
+            retry_lease: settings.retry.lease,
+            handlers,
+            abort,
+        })
+    }
+}
+
+/// A reserved rate-limit slot this close is taken now rather than waited for in Redis.
+const RATE_SLACK: Duration = Duration::from_millis(20);
 
 /// What must be made durable for one delivery after its attempt.
 enum Action {
@@ -97,34 +178,6 @@ enum Action {
     DeadLetter(DeadLetter),
 }
 
-/// A deferred delivery waits `defer_delay` × 2^n, n at most this (64× the delay).
-const MAX_DEFERRAL_DOUBLINGS: u32 = 6;
-
-/// Why a delivery is put back without an attempt.
-#[derive(Debug, Clone, Copy)]
-enum HeldBy {
-    /// The endpoint is failing and another delivery holds its probe.
-    OpenCircuit,
-    /// Every one of this replica's slots for the endpoint is busy; if none has freed for
-    /// a while, one will by `stuck_until` at the latest (its attempt times out).
-    BusySlots {
-        stuck_until: Option<tokio::time::Instant>,
-    },
-}
-
-impl HeldBy {
-    /// The `outcome` label of `hookline_delivery_attempts_total`.
-    fn outcome(self) -> &'static str {
-        match self {
-            Self::OpenCircuit => "circuit_open",
-            Self::BusySlots { .. } => "endpoint_busy",
-        }
-    }
-}
-
-/// A reserved rate-limit slot this close is taken now rather than waited for in Redis.
-const RATE_SLACK: Duration = Duration::from_millis(20);
-
 /// What happened to a delivery before this attempt.
 #[derive(Debug, Default)]
 struct Prior {
@@ -132,6 +185,16 @@ struct Prior {
     deferrals: u32,
     last_error: Option<Failure>,
     rate_slot_ms: Option<i64>,
+}
+
+/// What the admission of one delivery has learned and holds: the facts for
+/// [`admission::decide`], the health record the attempt updates, and the probe lease and
+/// slot it took on the way (released when dropped).
+struct Admitting {
+    facts: Facts,
+    health: HealthRecord,
+    probe: Option<ProbeLease>,
+    slot: Option<Slot>,
 }
 
 /// Makes an endpoint's held deliveries due now.
@@ -391,52 +454,6 @@ impl Worker {
         ))
     }
 
-    /// Puts a delivery back in Redis without an attempt.
-    ///
-    /// Behind busy slots it waits longer each time in a row, and behind stuck ones until
-    /// a slot frees by its attempt's timeout, so a stuck endpoint's backlog does not
-    /// churn. Behind an open circuit it waits for the circuit to close: the probe
-    /// that closes it wakes everything held (`wake_held`), so a held delivery comes back
-    /// on its own only after `max_hold`, in case that wake was missed. Someone must still
-    /// come back to take the next probe: one deferral per half `defer_delay` per endpoint
-    /// in each replica is a scout, kept on the doubling timer. A held backlog then costs a
-    /// few Redis commands per endpoint per second instead of one round per held delivery
-    /// every minute.
-    fn defer(
-        &self,
-        event: &Event,
-        endpoint: &Endpoint,
-        payload: &Payload,
-        prior: Prior,
-        held_by: HeldBy,
-    ) -> Action {
-        self.metrics
-            .attempts
-            .with_label_values(&[held_by.outcome(), "none"])
-            .inc();
-        // Spread the wait so a held backlog does not come back all at once.
-        let jitter = 0.75 + rand::random::<f64>() / 2.0;
-        let doubling = self
-            .defer_delay
-            .saturating_mul(1 << prior.deferrals.min(MAX_DEFERRAL_DOUBLINGS))
-            .mul_f64(jitter);
-        let wait = match held_by {
-            HeldBy::OpenCircuit if !self.held_scouts.due(&event.tenant, &endpoint.id) => {
-                self.max_hold.mul_f64(jitter)
-            }
-            HeldBy::OpenCircuit | HeldBy::BusySlots { stuck_until: None } => doubling,
-            // Coming back before a slot can free would only park it again.
-            HeldBy::BusySlots {
-                stuck_until: Some(until),
-            } => doubling.max(until.saturating_duration_since(tokio::time::Instant::now())),
-        };
-        let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
-        task.deferrals = prior.deferrals + 1;
-        let due = due_in(wait);
-        task.held_until_ms = Some(due);
-        Action::Retry(task, due)
-    }
-
     /// Records the delivery's state for `GET …/events/{id}`.
     fn note_state(&self, event: &Event, event_json: &Arc<str>, endpoint_id: &str, action: &Action) {
         let now = OffsetDateTime::now_utc();
@@ -479,8 +496,8 @@ impl Worker {
         });
     }
 
-    /// One attempt at one endpoint — or, without an attempt, a deferral (endpoint busy in
-    /// this replica, circuit open, rate limit) or a refusal (endpoint disabled).
+    /// One endpoint's delivery: admitted (see [`admission::decide`]) and attempted, or
+    /// put back without an attempt, or refused.
     async fn deliver(
         &self,
         event: &Event,
@@ -489,74 +506,130 @@ impl Worker {
         payload: &Payload,
         prior: Prior,
     ) -> Action {
-        let mut health = tenant.health(&endpoint.id);
-        let mut state = health.state(endpoint.spec.enabled, &self.health_policy);
-        if state == HealthState::Disabled {
-            // Refusing dead-letters the delivery, so it must not rest on a cached view:
-            // the endpoint may have been re-enabled a moment ago (and this be its replay).
-            match self.fresh_state(event, endpoint).await {
-                Some((fresh_health, fresh_state)) if fresh_state != HealthState::Disabled => {
-                    health = fresh_health;
-                    state = fresh_state;
-                }
-                _ => return self.refuse(event, endpoint, prior),
-            }
-        }
-        if state == HealthState::Failing
-            && prior.deferrals > 0
-            && self.recovery_checks.due(&event.tenant, &endpoint.id)
-        {
-            // A held delivery coming back may have been woken by a probe that succeeded
-            // in another replica a moment ago: check before holding it again.
-            if let Some((fresh_health, fresh_state)) = self.fresh_state(event, endpoint).await {
-                health = fresh_health;
-                state = fresh_state;
-            }
-        }
-        let probe_taken = state == HealthState::Failing && self.take_probe(event, endpoint).await;
-        let probe = match admit(state, probe_taken) {
-            Admission::Attempt => false,
-            Admission::Probe => true,
-            Admission::Hold => {
-                return self.defer(event, endpoint, payload, prior, HeldBy::OpenCircuit);
-            }
-            Admission::Refuse => return self.refuse(event, endpoint, prior),
+        let health = tenant.health(&endpoint.id);
+        let mut admitting = Admitting {
+            facts: Facts {
+                state: health.state(endpoint.spec.enabled, &self.health_policy),
+                deferrals: prior.deferrals,
+                rate: match endpoint.spec.rate_limit_per_s {
+                    Some(_) => RateFact::Limited {
+                        reserved_at_ms: prior.rate_slot_ms,
+                    },
+                    None => RateFact::Unlimited,
+                },
+                ..Facts::default()
+            },
+            health,
+            probe: None,
+            slot: None,
         };
-        let _slot = match self.slots.acquire(&endpoint.id).await {
-            Ok(slot) => slot,
-            Err(busy) => {
-                if probe {
-                    self.release_probe(event, endpoint).await;
-                }
-                let held_by = HeldBy::BusySlots {
-                    stuck_until: busy.stuck_until,
-                };
-                return self.defer(event, endpoint, payload, prior, held_by);
+        let now_ms = to_ms(OffsetDateTime::now_utc());
+        let jitter = rand::random::<f64>();
+        let decision = loop {
+            match admission::decide(&admitting.facts, &self.admission, now_ms, jitter) {
+                Step::Ask(question) => self.answer(question, event, endpoint, &mut admitting).await,
+                Step::Decided(decision) => break decision,
             }
         };
-        if let Some(wait) = self.rate_limit_wait(event, endpoint, &prior).await {
-            if probe {
-                self.release_probe(event, endpoint).await;
+        match decision {
+            Decision::Attempt { .. } => {
+                self.attempt(event, endpoint, payload, prior, admitting)
+                    .await
             }
-            self.metrics
-                .attempts
-                .with_label_values(&["rate_limited", "none"])
-                .inc();
-            let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
-            task.deferrals = prior.deferrals;
-            let due = due_in(wait);
-            task.rate_slot_ms = Some(due);
-            return Action::Retry(task, due);
+            Decision::Hold { held_by, wait } => {
+                self.metrics
+                    .attempts
+                    .with_label_values(&[held_by.outcome(), "none"])
+                    .inc();
+                let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+                task.deferrals = prior.deferrals + 1;
+                let due = due_in(wait);
+                task.held_until_ms = Some(due);
+                Action::Retry(task, due)
+            }
+            Decision::AwaitRate { wait } => {
+                self.metrics
+                    .attempts
+                    .with_label_values(&["rate_limited", "none"])
+                    .inc();
+                let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+                task.deferrals = prior.deferrals;
+                let due = due_in(wait);
+                task.rate_slot_ms = Some(due);
+                Action::Retry(task, due)
+            }
+            Decision::Refuse => self.refuse(event, endpoint, prior),
         }
+    }
 
+    /// Learns one fact the admission asked for.
+    async fn answer(
+        &self,
+        question: Question,
+        event: &Event,
+        endpoint: &Endpoint,
+        admitting: &mut Admitting,
+    ) {
+        let facts = &mut admitting.facts;
+        match question {
+            Question::FreshState | Question::RecheckState => {
+                let read = question == Question::FreshState
+                    || self.recovery_checks.due(&event.tenant, &endpoint.id);
+                if read && let Some((health, state)) = self.fresh_state(event, endpoint).await {
+                    admitting.health = health;
+                    facts.state = state;
+                }
+                facts.state_is_fresh = true;
+            }
+            Question::Probe => {
+                admitting.probe = self.take_probe(event, endpoint).await;
+                facts.probe_taken = Some(admitting.probe.is_some());
+            }
+            Question::Scout => {
+                facts.scout = Some(self.held_scouts.due(&event.tenant, &endpoint.id));
+            }
+            Question::Slot => {
+                facts.slot = Some(match self.slots.acquire(&endpoint.id).await {
+                    Ok(slot) => {
+                        admitting.slot = Some(slot);
+                        SlotFact::Taken
+                    }
+                    Err(busy) => SlotFact::Busy {
+                        stuck_for: busy.stuck_until.map(|until| {
+                            until.saturating_duration_since(tokio::time::Instant::now())
+                        }),
+                    },
+                });
+            }
+            Question::RateSlot => {
+                facts.rate = self.reserve_rate_slot(event, endpoint).await;
+            }
+        }
+    }
+
+    /// The attempt of an admitted delivery, and what follows from its outcome.
+    async fn attempt(
+        &self,
+        event: &Event,
+        endpoint: &Endpoint,
+        payload: &Payload,
+        prior: Prior,
+        admitting: Admitting,
+    ) -> Action {
+        let Admitting {
+            health,
+            probe,
+            slot: _slot,
+            ..
+        } = admitting;
         self.metrics.in_flight.inc();
         let report = self.dispatcher.attempt(endpoint, &event.id, payload).await;
         self.metrics.in_flight.dec();
         let attempts = prior.attempts + 1;
         self.record_attempt(event, endpoint, attempts, &report);
         let disabled = self.update_health(event, endpoint, &health, &report).await;
-        if probe {
-            self.release_probe(event, endpoint).await;
+        if let Some(probe) = probe {
+            probe.release().await;
             if matches!(report.outcome, AttemptOutcome::Delivered { .. }) {
                 // The circuit is closed now: what this replica takes next must see it.
                 self.endpoints.invalidate(&event.tenant);
@@ -567,21 +640,21 @@ impl Worker {
             AttemptOutcome::Failed(failure) => Some(failure.clone()),
             AttemptOutcome::Delivered { .. } => None,
         };
-        match decide(&self.schedule, attempts, &report.outcome, rand::random()) {
-            Decision::Done => Action::Delivered { attempts },
+        match policy::decide(&self.schedule, attempts, &report.outcome, rand::random()) {
+            policy::Decision::Done => Action::Delivered { attempts },
             // The endpoint is off now: no retry would ever be attempted.
-            Decision::RetryAfter(_) if disabled => Action::DeadLetter(dead_delivery(
+            policy::Decision::RetryAfter(_) if disabled => Action::DeadLetter(dead_delivery(
                 event,
                 &endpoint.id,
                 DeadLetterReason::EndpointDisabled,
                 attempts,
                 last_error,
             )),
-            Decision::RetryAfter(delay) => Action::Retry(
+            policy::Decision::RetryAfter(delay) => Action::Retry(
                 pending(event, endpoint, payload, attempts, last_error),
                 due_in(delay),
             ),
-            Decision::DeadLetter(reason) => Action::DeadLetter(dead_delivery(
+            policy::Decision::DeadLetter(reason) => Action::DeadLetter(dead_delivery(
                 event,
                 &endpoint.id,
                 reason,
@@ -624,13 +697,13 @@ impl Worker {
         Some((health, state))
     }
 
-    async fn take_probe(&self, event: &Event, endpoint: &Endpoint) -> bool {
+    async fn take_probe(&self, event: &Event, endpoint: &Endpoint) -> Option<ProbeLease> {
         // While a probe is out, the deliveries behind it are held without asking Redis
         // each time.
         if !self.probe_requests.due(&event.tenant, &endpoint.id) {
-            return false;
+            return None;
         }
-        match self
+        let taken = self
             .health
             .try_probe(
                 &event.tenant,
@@ -638,59 +711,44 @@ impl Worker {
                 &self.replica_id,
                 self.probe_lease,
             )
-            .await
-        {
-            Ok(taken) => taken,
+            .await;
+        match taken {
+            Ok(true) => Some(ProbeLease::taken(
+                self.health.clone(),
+                event.tenant.clone(),
+                endpoint.id.clone(),
+                self.replica_id.clone(),
+            )),
+            Ok(false) => None,
             Err(error) => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(error)),
                     "taking a probe lease failed; holding the delivery"
                 );
-                false
+                None
             }
         }
     }
 
-    async fn release_probe(&self, event: &Event, endpoint: &Endpoint) {
-        // If this fails the lease simply runs out.
-        let _ = self
-            .health
-            .release_probe(&event.tenant, &endpoint.id, &self.replica_id)
-            .await;
-    }
-
-    /// How long this delivery must wait for the endpoint's rate limit, if at all.
-    async fn rate_limit_wait(
-        &self,
-        event: &Event,
-        endpoint: &Endpoint,
-        prior: &Prior,
-    ) -> Option<Duration> {
-        let per_second = endpoint.spec.rate_limit_per_s?;
-        let now = OffsetDateTime::now_utc();
-        let now_ms = to_ms(now);
-        let slack_ms = i64::try_from(RATE_SLACK.as_millis()).unwrap_or(0);
-        if prior
-            .rate_slot_ms
-            .is_some_and(|slot| slot <= now_ms + slack_ms)
-        {
-            // The slot was reserved when the delivery was put back; it is now.
-            return None;
-        }
-        let now_us = i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+    /// Reserves the next slot under the endpoint's rate limit.
+    async fn reserve_rate_slot(&self, event: &Event, endpoint: &Endpoint) -> RateFact {
+        let Some(per_second) = endpoint.spec.rate_limit_per_s else {
+            return RateFact::Unlimited;
+        };
+        let now_us = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
+            .unwrap_or(i64::MAX);
         match self
             .rate
             .reserve(&event.tenant, &endpoint.id, per_second, now_us)
             .await
         {
-            Ok(wait) if wait <= RATE_SLACK => None,
-            Ok(wait) => Some(wait),
+            Ok(wait) => RateFact::Reserved { wait },
             Err(error) => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(error)),
                     "rate limiter unavailable; delivery waits"
                 );
-                Some(self.defer_delay)
+                RateFact::Unavailable
             }
         }
     }

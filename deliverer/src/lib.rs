@@ -15,6 +15,7 @@
 
 pub mod acks;
 pub mod activity;
+pub mod admission;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dead_letter_index;
@@ -24,6 +25,7 @@ pub mod health_gauge;
 pub mod heartbeat;
 pub mod message;
 pub mod metrics;
+pub mod probe;
 pub mod retries;
 pub mod settings;
 pub mod slots;
@@ -32,7 +34,6 @@ pub mod throttle;
 use anyhow::Context;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
-use hookline_shared::dispatch::Dispatcher;
 use hookline_shared::lifecycle::open_store;
 use hookline_shared::metrics::{Readiness, new_registry, serve_admin};
 use hookline_shared::store::Keyspace;
@@ -40,9 +41,7 @@ use hookline_shared::store::activity::{ActivityStore, Retention};
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
-use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::replicas::ReplicaRegistry;
-use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,8 +128,8 @@ impl Deliverer {
         };
         let keys = Keyspace::new(&settings.prefix);
         let abort = CancellationToken::new();
-        let health = HealthStore::new(redis.clone(), keys.clone());
-        let (activity, activity_writer) = activity::ActivityLog::spawn(
+        let handlers = TaskTracker::new();
+        let (activity, history) = activity::ActivityLog::spawn(
             ActivityStore::new(redis.clone(), keys.clone()),
             Retention {
                 max_age: settings.retention.attempts,
@@ -139,119 +138,149 @@ impl Deliverer {
             },
             metrics.activity_dropped.clone(),
         );
-        let handlers = TaskTracker::new();
-        let worker = Arc::new(delivery::Worker {
-            schedule: settings.delivery.retry_schedule.clone(),
-            defer_delay: settings.delivery.defer_delay,
-            max_hold: settings.delivery.max_hold,
-            // Shorter than a scout's shortest wait (¾ of defer_delay, jittered), so a
-            // scout coming back is a scout again unless another has taken its place.
-            held_scouts: throttle::Throttle::new(settings.delivery.defer_delay / 2),
-            delivery_limit: settings.amqp.delivery_limit,
-            dispatcher: Dispatcher::new(&settings.delivery.dispatch())
-                .context("building the HTTP client")?,
-            endpoints: endpoint_cache::EndpointCache::new(
-                EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
-                health.clone(),
-                settings.delivery.endpoint_cache_ttl,
-            ),
-            health_policy: settings.health.policy(),
-            health: health.clone(),
-            rate: RateLimiter::new(redis.clone(), keys.clone()),
-            probe_lease: settings.delivery.timeout + Duration::from_secs(5),
-            replica_id: uuid::Uuid::new_v4().to_string(),
-            activity,
-            success_writes: throttle::Throttle::new(Duration::from_secs(30)),
-            probe_requests: throttle::Throttle::new(Duration::from_millis(250)),
-            recovery_checks: throttle::Throttle::new(Duration::from_millis(250)),
-            retries: RetryStore::new(redis.clone(), keys.clone()),
-            dead_letters: dead_letter::DeadLetters::new(
-                publisher,
-                topology.dead_letter_exchange.clone(),
-            ),
-            metrics,
-            slots: slots::EndpointSlots::new(
-                settings.delivery.max_in_flight_per_endpoint,
-                settings.delivery.slot_wait,
-                settings.delivery.timeout,
-            ),
-            handoff_after: settings.delivery.handoff_after,
-            handoff_permits: Arc::new(tokio::sync::Semaphore::new(
-                settings.delivery.max_handed_off,
-            )),
-            retry_lease: settings.retry.lease,
-            handlers: handlers.clone(),
-            abort: abort.clone(),
-        });
-
-        let promoter = retries::Promoter {
-            worker: worker.clone(),
-            poll_interval: settings.retry.poll_interval,
-            batch: settings.retry.batch,
-            lease: settings.retry.lease,
-            handlers: handlers.clone(),
-        };
-        let promoting = tokio::spawn(promoter.run(shutdown.clone()));
-        let gauge = tokio::spawn(
-            health_gauge::HealthGauge {
-                endpoints: EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
-                health,
-                policy: settings.health.policy(),
-                gauge: worker.metrics.endpoints.clone(),
-            }
-            .run(shutdown.clone()),
+        let endpoints_gauge = metrics.endpoints.clone();
+        let consumer_connected = metrics.consumer_connected.clone();
+        let worker = Arc::new(
+            delivery::Worker::new(
+                &settings,
+                delivery::WorkerDeps {
+                    redis: redis.clone(),
+                    sealer: sealer.clone(),
+                    keys: keys.clone(),
+                    dead_letters: dead_letter::DeadLetters::new(
+                        publisher,
+                        topology.dead_letter_exchange.clone(),
+                    ),
+                    activity,
+                    metrics,
+                    handlers: handlers.clone(),
+                    abort: abort.clone(),
+                },
+            )
+            .context("building the HTTP client")?,
         );
-        let heartbeat = tokio::spawn(
-            heartbeat::Heartbeat {
-                registry: ReplicaRegistry::new(redis.clone(), keys.clone()),
-                replica: heartbeat::replica_name(),
-                connected: worker.metrics.consumer_connected.clone(),
-            }
-            .run(shutdown.clone()),
-        );
-        let indexer = consumer::ConsumerLoop {
-            settings: settings.amqp.clone(),
-            queue: topology.dead_letter_index_queue.clone(),
-            topology: topology.clone(),
-            prefetch: 50,
-            handler: Arc::new(dead_letter_index::DeadLetterIndexer {
-                store: DeadLetterStore::new(redis, keys),
-                retention: settings.retention.dead_letters,
-                abort: abort.clone(),
-            }),
-            ready: readiness.flag("amqp_dead_letter_index"),
-            connected: None,
-            handlers: handlers.clone(),
-        };
-        let indexing = tokio::spawn(indexer.run(shutdown.clone()));
-        let consumer = consumer::ConsumerLoop {
-            settings: settings.amqp.clone(),
-            queue: topology.deliveries_queue.clone(),
-            topology,
-            prefetch: settings.amqp.prefetch,
-            handler: worker.clone(),
-            ready: readiness.flag("amqp_consumer"),
-            connected: Some(worker.metrics.consumer_connected.clone()),
-            handlers: handlers.clone(),
-        };
-        drop(worker);
-        let stopped = consumer.run(shutdown.clone()).await;
-        let _ = promoting.await;
-        let _ = gauge.await;
-        let _ = heartbeat.await;
-        let index_stopped = indexing.await.ok().flatten();
 
-        tracing::info!(grace = ?settings.shutdown.grace, "draining in-flight deliveries");
+        let side_tasks = vec![
+            tokio::spawn(
+                retries::Promoter {
+                    worker: worker.clone(),
+                    poll_interval: settings.retry.poll_interval,
+                    batch: settings.retry.batch,
+                    lease: settings.retry.lease,
+                    handlers: handlers.clone(),
+                }
+                .run(shutdown.clone()),
+            ),
+            tokio::spawn(
+                health_gauge::HealthGauge {
+                    endpoints: EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
+                    health: HealthStore::new(redis.clone(), keys.clone()),
+                    policy: settings.health.policy(),
+                    gauge: endpoints_gauge,
+                }
+                .run(shutdown.clone()),
+            ),
+            tokio::spawn(
+                heartbeat::Heartbeat {
+                    registry: ReplicaRegistry::new(redis.clone(), keys.clone()),
+                    replica: heartbeat::replica_name(),
+                    connected: consumer_connected.clone(),
+                }
+                .run(shutdown.clone()),
+            ),
+        ];
+        let consumers = vec![
+            tokio::spawn(
+                consumer::ConsumerLoop {
+                    settings: settings.amqp.clone(),
+                    queue: topology.dead_letter_index_queue.clone(),
+                    topology: topology.clone(),
+                    prefetch: 50,
+                    handler: Arc::new(dead_letter_index::DeadLetterIndexer {
+                        store: DeadLetterStore::new(redis, keys),
+                        retention: settings.retention.dead_letters,
+                        abort: abort.clone(),
+                    }),
+                    ready: readiness.flag("amqp_dead_letter_index"),
+                    connected: None,
+                    handlers: handlers.clone(),
+                }
+                .run(shutdown.clone()),
+            ),
+            tokio::spawn(
+                consumer::ConsumerLoop {
+                    settings: settings.amqp.clone(),
+                    queue: topology.deliveries_queue.clone(),
+                    topology,
+                    prefetch: settings.amqp.prefetch,
+                    handler: worker,
+                    ready: readiness.flag("amqp_consumer"),
+                    connected: Some(consumer_connected),
+                    handlers: handlers.clone(),
+                }
+                .run(shutdown.clone()),
+            ),
+        ];
+        Running {
+            consumers,
+            side_tasks,
+            handlers,
+            abort,
+            history,
+        }
+        .drain(&shutdown, settings.shutdown.grace)
+        .await;
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("deliverer stopped");
+        Ok(())
+    }
+}
+
+/// What runs until shutdown, and the order in which it stops.
+struct Running {
+    /// Consumers; each returns its connection and ack window when it stops consuming.
+    consumers: Vec<tokio::task::JoinHandle<Option<(lapin::Connection, acks::AckWindow)>>>,
+    /// The retry promoter, the health gauge and the heartbeat: they stop on shutdown.
+    side_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Every message handler, retry and handed-off delivery.
+    handlers: TaskTracker,
+    /// Tells work still waiting for Redis or the broker to give up.
+    abort: CancellationToken,
+    history: activity::HistoryWriter,
+}
+
+impl Running {
+    /// Waits for `shutdown`, then: stops consuming and promoting retries; gives the work
+    /// in progress `grace` to finish, then aborts what still waits for a dependency (its
+    /// message goes back to the queue); acks what settled and closes the channels, which
+    /// returns every message not acked; and writes out the delivery history.
+    async fn drain(self, shutdown: &CancellationToken, grace: Duration) {
+        let Self {
+            consumers,
+            side_tasks,
+            handlers,
+            abort,
+            history,
+        } = self;
+        shutdown.cancelled().await;
+        let mut stopped = Vec::new();
+        for consumer in consumers {
+            stopped.extend(consumer.await.ok().flatten());
+        }
+        for task in side_tasks {
+            let _ = task.await;
+        }
+
+        tracing::info!(?grace, "draining in-flight deliveries");
         handlers.close();
-        if tokio::time::timeout(settings.shutdown.grace, handlers.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, handlers.wait()).await.is_err() {
             tracing::warn!("shutdown grace ran out; returning unfinished messages to the queue");
             abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), handlers.wait()).await;
         }
-        for (connection, acks) in [stopped, index_stopped].into_iter().flatten() {
+        for (connection, acks) in stopped {
             acks.finish().await;
             // Closing the channel returns every delivery not acked above to the queue.
             let _ = tokio::time::timeout(
@@ -260,13 +289,6 @@ impl Deliverer {
             )
             .await;
         }
-        // The handlers are done, so the worker and its activity log are dropped: the
-        // writer drains what is buffered and stops.
-        let _ = tokio::time::timeout(Duration::from_secs(5), activity_writer).await;
-        background.cancel();
-        tasks.close();
-        tasks.wait().await;
-        tracing::info!("deliverer stopped");
-        Ok(())
+        history.finish(Duration::from_secs(5)).await;
     }
 }

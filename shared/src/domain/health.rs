@@ -27,9 +27,10 @@ impl Default for HealthPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
+    #[default]
     Healthy,
     Failing,
     Disabled,
