@@ -279,27 +279,27 @@ impl Worker {
                 )
             })
             .await?;
-        let matching: Vec<usize> = (0..tenant.endpoints.len())
-            .filter(|&index| {
-                let endpoint = &tenant.endpoints[index];
-                endpoint.subscribes_to(&event.event_type) && endpoint.accepts_data(&event.data)
-            })
-            .collect();
-        if matching.is_empty() {
+        let rendered = render_for_matching(&event, &tenant.endpoints);
+        if rendered.is_empty() {
             return Ok(());
         }
-        // One rendering per distinct format among the matching endpoints, shared by
-        // every attempt of every endpoint that renders alike.
-        let mut rendered: Vec<(usize, Result<Payload, RenderError>)> = Vec::new();
-        for &index in &matching {
-            let endpoint = &tenant.endpoints[index];
-            let payload = rendered
-                .iter()
-                .find(|(seen, _)| tenant.endpoints[*seen].spec.renders_like(&endpoint.spec))
-                .map_or_else(|| render(&event, endpoint), |(_, payload)| payload.clone());
-            rendered.push((index, payload));
-        }
         let event_json = event_as_stored(&event, delivery);
+        let actions = self
+            .deliver_or_hand_off(&event, &tenant, &event_json, rendered)
+            .await?;
+        self.make_durable(actions).await
+    }
+
+    /// Delivers to every endpoint at once and returns what must be made durable. What
+    /// is still in progress after `handoff_after` is handed off (see [`Self::hand_off`])
+    /// rather than waited for.
+    async fn deliver_or_hand_off(
+        self: &Arc<Self>,
+        event: &Arc<Event>,
+        tenant: &Arc<TenantEndpoints>,
+        event_json: &Arc<str>,
+        rendered: Vec<(usize, Result<Payload, RenderError>)>,
+    ) -> Result<Vec<Action>, Aborted> {
         let mut unsettled: Vec<(usize, Payload)> = rendered
             .iter()
             .filter_map(|(index, payload)| Some((*index, payload.as_ref().ok()?.clone())))
@@ -345,7 +345,7 @@ impl Worker {
                     let wanted = u32::try_from(unsettled.len()).unwrap_or(u32::MAX);
                     match self.handoff_permits.clone().try_acquire_many_owned(wanted) {
                         Ok(permits) => {
-                            self.hand_off(&event, &tenant, &unsettled, deliveries, permits)
+                            self.hand_off(event, tenant, &unsettled, deliveries, permits)
                                 .await?;
                             break;
                         }
@@ -358,7 +358,7 @@ impl Worker {
                 }
             }
         }
-        self.make_durable(actions).await
+        Ok(actions)
     }
 
     /// Takes the deliveries still in progress off the message: each is stored in the
@@ -1015,6 +1015,27 @@ impl Worker {
     }
 }
 
+/// The body for each endpoint (by index) that the event matches: subscribed to its type
+/// and accepted by its filter. One rendering per distinct format, shared by every
+/// endpoint that renders alike and by every attempt of each.
+fn render_for_matching(
+    event: &Event,
+    endpoints: &[Endpoint],
+) -> Vec<(usize, Result<Payload, RenderError>)> {
+    let mut rendered: Vec<(usize, Result<Payload, RenderError>)> = Vec::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        if !(endpoint.subscribes_to(&event.event_type) && endpoint.accepts_data(&event.data)) {
+            continue;
+        }
+        let payload = rendered
+            .iter()
+            .find(|(seen, _)| endpoints[*seen].spec.renders_like(&endpoint.spec))
+            .map_or_else(|| render(event, endpoint), |(_, payload)| payload.clone());
+        rendered.push((index, payload));
+    }
+    rendered
+}
+
 fn render(event: &Event, endpoint: &Endpoint) -> Result<Payload, RenderError> {
     let rendered = endpoint.spec.render(event, Purpose::Live)?;
     Ok(Payload {
@@ -1076,4 +1097,83 @@ fn dead_delivery(
 
 fn due_in(delay: Duration) -> i64 {
     to_ms(OffsetDateTime::now_utc() + delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hookline_shared::domain::endpoint::EndpointSpec;
+    use hookline_shared::domain::event::{EventMessage, Fallbacks, TenantId};
+    use hookline_shared::domain::signing::SigningSecret;
+    use serde_json::json;
+
+    fn endpoint(id: &str, spec: serde_json::Value) -> Endpoint {
+        let spec: EndpointSpec = serde_json::from_value(spec).expect("spec");
+        spec.validate().expect("valid spec");
+        Endpoint {
+            id: id.into(),
+            tenant: TenantId::parse("acme").expect("tenant"),
+            spec,
+            secret: SigningSecret::from_random_bytes([1; 32]),
+            retiring_secret: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn event(event_type: &str, data: serde_json::Value) -> Event {
+        let message: EventMessage =
+            serde_json::from_value(json!({"type": event_type, "data": data})).expect("message");
+        Event::from_message(
+            message,
+            Fallbacks {
+                tenant: Some(TenantId::parse("acme").expect("tenant")),
+                id: "evt_1".into(),
+                occurred_at: OffsetDateTime::UNIX_EPOCH,
+            },
+        )
+        .expect("event")
+    }
+
+    #[test]
+    fn only_matching_endpoints_are_rendered_and_alike_formats_share_one_body() {
+        let endpoints = [
+            endpoint(
+                "json_a",
+                json!({"url": "https://a.example", "event_types": ["candidate.*"]}),
+            ),
+            endpoint(
+                "other_type",
+                json!({"url": "https://b.example", "event_types": ["invoice.#"]}),
+            ),
+            endpoint(
+                "form",
+                json!({"url": "https://c.example", "event_types": ["#"], "format": "form"}),
+            ),
+            endpoint(
+                "json_b",
+                json!({"url": "https://d.example", "event_types": ["#"]}),
+            ),
+            endpoint(
+                "filtered_out",
+                json!({"url": "https://e.example", "event_types": ["#"], "filter": {"job.id": 7}}),
+            ),
+        ];
+        let rendered = render_for_matching(
+            &event("candidate.interested", json!({"job": {"id": 42}})),
+            &endpoints,
+        );
+        let indexes: Vec<usize> = rendered.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indexes, [0, 2, 3]);
+        let body = |position: usize| match &rendered[position].1 {
+            Ok(payload) => payload.body.clone(),
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(
+            body(0).as_ptr(),
+            body(2).as_ptr(),
+            "two JSON endpoints share one rendering"
+        );
+        assert_ne!(body(0), body(1), "the form endpoint has its own body");
+    }
 }
