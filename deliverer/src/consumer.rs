@@ -5,9 +5,9 @@
 
 use crate::acks::AckWindow;
 use futures::StreamExt;
-use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::broker::topology::Topology;
 use hookline_shared::metrics::ReadinessFlag;
+use hookline_shared::retry;
 use hookline_shared::settings::AmqpSettings;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -48,41 +48,34 @@ impl<H: Handler> ConsumerLoop<H> {
     /// handlers in `handlers` to finish (the caller bounds that by the grace period).
     /// Returns the connection so the caller can close it after the handlers finished.
     pub async fn run(self, shutdown: CancellationToken) -> Option<(Connection, AckWindow)> {
-        let mut backoff = Backoff::default();
+        let (settings, topology) = (&self.settings, &self.topology);
+        let (queue, prefetch) = (self.queue.as_str(), self.prefetch);
+        let attempt = move || async move {
+            let connection = hookline_shared::broker::connect(settings, "deliverer").await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            topology.declare(&channel).await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>((connection, channel, consumer))
+        };
         loop {
-            let attempt = async {
-                let connection =
-                    hookline_shared::broker::connect(&self.settings, "deliverer").await?;
-                let channel = connection.create_channel().await?;
-                channel
-                    .basic_qos(self.prefetch, BasicQosOptions::default())
-                    .await?;
-                self.topology.declare(&channel).await?;
-                let consumer = channel
-                    .basic_consume(
-                        self.queue.as_str().into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok::<_, anyhow::Error>((connection, channel, consumer))
+            let retrying =
+                retry::until_ok("consumer connection", retry::RECONNECT, &shutdown, attempt);
+            // Raced as a whole so that shutdown also drops a connect in progress.
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => None,
+                result = retrying => result.ok(),
             };
-            let (connection, channel, consumer) = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                result = attempt => match result {
-                    Ok(parts) => parts,
-                    Err(error) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "consumer connection failed");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return None,
-                            () = tokio::time::sleep(delay) => continue,
-                        }
-                    }
-                },
-            };
-            backoff.reset();
+            let (connection, channel, consumer) = connected?;
             let acks = AckWindow::start(channel.clone());
             self.ready.set(true);
             if let Some(gauge) = &self.connected {

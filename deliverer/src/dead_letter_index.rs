@@ -4,8 +4,8 @@
 
 use crate::acks::AckWindow;
 use crate::consumer::Handler;
-use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::contract::DeadLetter;
+use hookline_shared::retry;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use lapin::message::Delivery;
 use std::sync::Arc;
@@ -34,23 +34,13 @@ impl Handler for DeadLetterIndexer {
                 return acks.ack(tag);
             }
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match self.store.index(&record, self.retention).await {
-                Ok(()) => return acks.ack(tag),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
-                        retry_in = ?delay,
-                        "indexing a dead letter failed; holding it"
-                    );
-                    tokio::select! {
-                        () = self.abort.cancelled() => return acks.requeue(tag),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
+        let indexed = retry::until_ok("indexing a dead letter", retry::HOLD, &self.abort, || {
+            self.store.index(&record, self.retention)
+        })
+        .await;
+        match indexed {
+            Ok(()) => acks.ack(tag),
+            Err(retry::Cancelled) => acks.requeue(tag),
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   server (`/healthz`, `/readyz`, `/metrics`); [`server`]: the HTTP server both
 //!   listeners run on, with its connection limits.
 //! - [`broker`]: RabbitMQ topology and the supervised, confirming publisher.
+//! - [`retry`]: the one retry loop: capped, jittered backoff until success or
+//!   cancellation, for reconnecting and for holding work through an outage.
 //! - [`dispatch`]: one signed HTTP attempt behind the SSRF guard.
 //! - [`store`]: Redis key layout and the stores: endpoints, health, rate limits,
 //!   retries, the activity log and the dead-letter index.
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod metrics;
 pub mod properties;
+pub mod retry;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -1,8 +1,8 @@
 //! Process lifecycle shared by both binaries: the shutdown signal and waiting for
 //! dependencies at startup.
 
-use crate::broker::backoff::Backoff;
 use crate::metrics::ReadinessFlag;
+use crate::retry;
 use crate::settings::{RedisSettings, SecretsSettings, SettingsError};
 use crate::store::RedisConnection;
 use crate::store::sealing::Sealer;
@@ -40,20 +40,11 @@ pub async fn connect_redis(
     settings: &RedisSettings,
     shutdown: &CancellationToken,
 ) -> Option<RedisConnection> {
-    let mut backoff = Backoff::default();
-    loop {
-        match crate::store::connect(settings).await {
-            Ok(redis) => return Some(redis),
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), retry_in = ?delay, "connecting to Redis failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    retry::until_ok("connecting to Redis", retry::RECONNECT, shutdown, || {
+        crate::store::connect(settings)
+    })
+    .await
+    .ok()
 }
 
 /// Keeps a readiness flag true while Redis answers PING.

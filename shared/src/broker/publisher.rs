@@ -6,9 +6,9 @@
 //! confirm that timed out). lapin's own recovery is not relied on: after a `kill -9` of
 //! the broker a pending confirm was seen to stay unresolved for 17–32 s, once forever.
 
-use super::backoff::Backoff;
 use super::topology::Topology;
 use crate::metrics::ReadinessFlag;
+use crate::retry;
 use crate::settings::AmqpSettings;
 use futures::StreamExt;
 use lapin::Confirmation;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -167,12 +168,12 @@ async fn supervise(
     ready: ReadinessFlag,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
     let mut broken_reports = broken.subscribe();
     let mut generation = 0u64;
+    let (settings, topology) = (&settings, &topology);
     while !shutdown.is_cancelled() {
-        let attempt = async {
-            let connection = super::connect(&settings, role).await?;
+        let attempt = move || async move {
+            let connection = super::connect(settings, role).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -180,21 +181,16 @@ async fn supervise(
             topology.declare(&channel).await?;
             Ok::<_, anyhow::Error>((connection, channel))
         };
-        let (connection, channel) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            result = attempt => match result {
-                Ok(pair) => pair,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, role, "RabbitMQ connection failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            },
+        let retrying = retry::until_ok("RabbitMQ connection", retry::RECONNECT, &shutdown, attempt)
+            .instrument(tracing::warn_span!("publisher", role));
+        // Raced as a whole so that shutdown also drops a connect in progress.
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => None,
+            result = retrying => result.ok(),
         };
-        backoff.reset();
+        let Some((connection, channel)) = connected else {
+            break;
+        };
         generation += 1;
         let mut events = connection.events_listener();
         sender.send_replace(Some((generation, channel)));
