@@ -402,7 +402,11 @@ pub async fn update(
         state.health.reset(&endpoint.tenant, &endpoint.id).await?;
         let now_ms = to_ms(OffsetDateTime::now_utc());
         if let Err(error) = state.retries.wake_held(&endpoint.id, now_ms).await {
-            tracing::warn!(endpoint_id = %endpoint.id, %error, "waking held deliveries failed");
+            tracing::warn!(
+                endpoint_id = %endpoint.id,
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "waking held deliveries failed"
+            );
         }
         HealthRecord::default()
     } else {
