@@ -260,7 +260,8 @@ impl Worker {
         }
         let event = match parse_event(delivery) {
             Ok(event) => Arc::new(event),
-            Err(error) => {
+            Err(invalid) => {
+                let error = hookline_shared::telemetry::error_chain(&invalid);
                 tracing::warn!(error, routing_key, "invalid message dead-lettered");
                 let record = rejected(delivery, DeadLetterReason::InvalidMessage, error);
                 return self.dead_letter(record).await;
@@ -906,15 +907,16 @@ impl Worker {
         let Claimed { id, token, task } = claimed;
         let task = match task {
             Ok(task) => task,
-            Err((raw, error)) => {
+            Err(unreadable) => {
+                let error = hookline_shared::telemetry::error_chain(&unreadable);
                 tracing::error!(delivery.id = %id, error, "unreadable retry task dead-lettered");
                 let record = DeadLetter::MessageV1(RejectedMessage {
                     id: id.clone(),
                     reason: DeadLetterReason::InvalidMessage,
-                    error: format!("unreadable retry task: {error}"),
+                    error,
                     routing_key: String::new(),
                     message_id: None,
-                    body: truncate(raw),
+                    body: truncate(unreadable.raw),
                     dead_lettered_at: OffsetDateTime::now_utc(),
                 });
                 self.dead_letter(record).await?;

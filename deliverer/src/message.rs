@@ -5,6 +5,7 @@
 use hookline_shared::contract::{
     DELIVERY_COUNT_HEADER, DeadLetter, RejectedMessage, SOURCE_AMQP, SOURCE_HEADER, SOURCE_HTTP,
 };
+use hookline_shared::domain::Invalid;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use hookline_shared::domain::policy::DeadLetterReason;
 use lapin::message::Delivery;
@@ -16,12 +17,24 @@ use time::OffsetDateTime;
 /// How much of an unparseable message's body a dead-letter record keeps.
 const MAX_REJECTED_BODY: usize = 64 * 1024;
 
+/// Why a message is not an event. Its chain (`error_chain`) names the field first, as
+/// an API answer does: `body: expected value at line 1 column 1`, `type: …`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMessage {
+    /// The body is not an event message in JSON.
+    #[error("body")]
+    Body(#[source] serde_json::Error),
+    #[error(transparent)]
+    Event(#[from] Invalid),
+}
+
 /// Parses the public AMQP contract. An absent `id` falls back to the `message_id`
 /// property, then to a hash of the body — stable across redeliveries, so subscribers can
 /// still deduplicate on `webhook-id`.
-pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
+pub fn parse_event(delivery: &Delivery) -> Result<Event, InvalidMessage> {
     let message: EventMessage =
-        serde_json::from_slice(&delivery.data).map_err(|e| format!("body: {e}"))?;
+        serde_json::from_slice(&delivery.data).map_err(InvalidMessage::Body)?;
     let id = delivery
         .properties
         .message_id()
@@ -34,15 +47,14 @@ pub fn parse_event(delivery: &Delivery) -> Result<Event, String> {
         .and_then(|seconds| i64::try_from(seconds).ok())
         .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
         .unwrap_or_else(OffsetDateTime::now_utc);
-    Event::from_message(
+    Ok(Event::from_message(
         message,
         Fallbacks {
             tenant: None,
             id,
             occurred_at,
         },
-    )
-    .map_err(|invalid| invalid.to_string())
+    )?)
 }
 
 fn hex(bytes: &[u8]) -> String {

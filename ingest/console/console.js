@@ -7,7 +7,6 @@
 "use strict";
 
 const TOKEN_KEY = "hookline.token";
-const PRESETS = ["json", "form", "event_data", "company", "resource_event", "candidate_form"];
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const flashBox = document.getElementById("flash");
@@ -315,8 +314,22 @@ function mergePatch(existing, body) {
   return patch;
 }
 
+/** The preset format names, from the API's own description: the server's list is the
+ * only one, so a preset added there appears here without a console change. */
+let presets = null;
+async function presetNames() {
+  if (!presets) {
+    const description = await api("GET", "/openapi.json");
+    presets = description.components.schemas.Preset.enum;
+  }
+  return presets;
+}
+
 async function endpointForm(tenant, existing) {
-  const catalog = await api("GET", "/event-types").catch(() => ({ data: [] }));
+  const [catalog, presetList] = await Promise.all([
+    api("GET", "/event-types").catch(() => ({ data: [] })),
+    presetNames(),
+  ]);
   const known = (catalog.data || []).map((entry) => entry.type);
   const chosen = new Set(existing ? existing.event_types : []);
   const extra = [...chosen].filter((p) => !known.includes(p));
@@ -328,7 +341,7 @@ async function endpointForm(tenant, existing) {
     h("input", { type: "checkbox", name: "event_type", value: type, checked: chosen.has(type) }), type));
   const patterns = h("input", { type: "text", id: "patterns", value: extra.join(", "), placeholder: "profile.*.success, job.#" });
   const format = h("select", { id: "format" },
-    PRESETS.map((p) => h("option", { value: p, selected: existing ? existing.format === p : p === "json" }, p)),
+    presetList.map((p) => h("option", { value: p, selected: existing ? existing.format === p : p === "json" }, p)),
     h("option", { value: "template", selected: isTemplate }, "template…"));
   const template = h("textarea", { id: "template", rows: 8 },
     isTemplate ? JSON.stringify(existing.format.template, null, 2)

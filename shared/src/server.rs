@@ -315,7 +315,7 @@ async fn serve_connection(
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                    tracing::debug!(%peer, error = format!("{:#}", anyhow::Error::from(error)), "connection ended with an error");
                 }
                 return None;
             }

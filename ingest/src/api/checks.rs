@@ -4,7 +4,7 @@
 //! health or delivery metrics.
 
 use super::error::ApiError;
-use super::{AppState, body, endpoints::load};
+use super::{AppState, body, load_endpoint};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -47,7 +47,7 @@ pub async fn send_test(
     Path((raw_tenant, id)): Path<(String, String)>,
     request_body: Body,
 ) -> Result<Json<TestResult>, ApiError> {
-    let endpoint = load(&state, raw_tenant, &id).await?;
+    let endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let input: TestInput =
         body::parse_optional_json(request_body, state.settings.max_event_bytes).await?;
     let event_type = input.event_type.unwrap_or_else(|| PING_TYPE.to_owned());

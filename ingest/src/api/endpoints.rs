@@ -3,7 +3,7 @@
 use super::body::ApiQuery;
 use super::error::ApiError;
 use super::preview::Preview;
-use super::{AppState, body, tenant};
+use super::{AppState, body, load_endpoint, tenant};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -302,25 +302,11 @@ pub async fn list(
     }))
 }
 
-pub(super) async fn load(
-    state: &AppState,
-    raw_tenant: String,
-    id: &str,
-) -> Result<Endpoint, ApiError> {
-    let tenant = tenant(raw_tenant)?;
-    validate_endpoint_id(id).map_err(ApiError::bad_path)?;
-    state
-        .endpoints
-        .get(&tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("endpoint"))
-}
-
 pub async fn get(
     State(state): State<AppState>,
     Path((raw_tenant, id)): Path<(String, String)>,
 ) -> Result<Json<EndpointView>, ApiError> {
-    let endpoint = load(&state, raw_tenant, &id).await?;
+    let endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let health = state.health.get(&endpoint.tenant, &endpoint.id).await?;
     Ok(Json(EndpointView::of(&state, &endpoint, &health)))
 }
@@ -329,7 +315,7 @@ pub async fn secret(
     State(state): State<AppState>,
     Path((raw_tenant, id)): Path<(String, String)>,
 ) -> Result<Json<SecretView>, ApiError> {
-    let endpoint = load(&state, raw_tenant, &id).await?;
+    let endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     Ok(Json(secret_view(&endpoint)))
 }
 
@@ -351,7 +337,7 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     Path((raw_tenant, id)): Path<(String, String)>,
 ) -> Result<Json<SecretView>, ApiError> {
-    let mut endpoint = load(&state, raw_tenant, &id).await?;
+    let mut endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let now = OffsetDateTime::now_utc();
     let overlap = time::Duration::try_from(state.secret_overlap).unwrap_or(time::Duration::DAY);
     let fresh = SigningSecret::from_random_bytes(rand::random());
@@ -374,7 +360,7 @@ pub async fn update(
     Path((raw_tenant, id)): Path<(String, String)>,
     request_body: Body,
 ) -> Result<Json<EndpointView>, ApiError> {
-    let mut endpoint = load(&state, raw_tenant, &id).await?;
+    let mut endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let patch: Map<String, Value> =
         body::parse_json(request_body, state.settings.max_endpoint_bytes).await?;
     let re_enabling = patch.get("enabled") == Some(&Value::Bool(true));
@@ -416,7 +402,11 @@ pub async fn update(
         state.health.reset(&endpoint.tenant, &endpoint.id).await?;
         let now_ms = to_ms(OffsetDateTime::now_utc());
         if let Err(error) = state.retries.wake_held(&endpoint.id, now_ms).await {
-            tracing::warn!(endpoint_id = %endpoint.id, %error, "waking held deliveries failed");
+            tracing::warn!(
+                endpoint_id = %endpoint.id,
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "waking held deliveries failed"
+            );
         }
         HealthRecord::default()
     } else {

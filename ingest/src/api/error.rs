@@ -113,7 +113,10 @@ impl From<StoreError> for ApiError {
                 format!("the tenant already has the maximum of {max} endpoints"),
             ),
             error if error.is_unavailable() => {
-                tracing::warn!(error = format!("{error:#}"), "Redis unavailable");
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "Redis unavailable"
+                );
                 Self::unavailable("storage")
             }
             error => {

@@ -85,7 +85,7 @@ pub async fn ingest(
                 if let Err(error) = state.accepted.release(&event.tenant, &event.id).await {
                     // The claim expires on its own within a minute; the ATS's retry
                     // with the same id is answered 409 until then.
-                    tracing::warn!(error = format!("{error:#}"), event.id = %event.id, "releasing dedup claim failed");
+                    tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), event.id = %event.id, "releasing dedup claim failed");
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use super::body::ApiQuery;
 use super::error::ApiError;
-use super::{AppState, endpoints::load, tenant};
+use super::{AppState, load_endpoint, tenant};
 use axum::Json;
 use axum::extract::{Path, State};
 use hookline_shared::Invalid;
@@ -44,7 +44,7 @@ pub async fn attempts(
     ApiQuery(query): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<AttemptPage>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let endpoint = load(&state, raw_tenant, &id).await?;
+    let endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let data = state
         .activity
         .attempts(&endpoint.tenant, &endpoint.id, limit, query.before)

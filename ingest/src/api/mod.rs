@@ -26,6 +26,7 @@ use error::ApiError;
 use hookline_shared::broker::publisher::Publisher;
 use hookline_shared::broker::topology::Topology;
 use hookline_shared::dispatch::Dispatcher;
+use hookline_shared::domain::endpoint::{Endpoint, validate_endpoint_id};
 use hookline_shared::domain::event::TenantId;
 use hookline_shared::domain::health::HealthPolicy;
 use hookline_shared::store::activity::ActivityStore;
@@ -335,4 +336,19 @@ pub fn router(state: AppState) -> Router {
 
 fn tenant(raw: String) -> Result<TenantId, ApiError> {
     TenantId::parse(raw).map_err(ApiError::bad_path)
+}
+
+/// The endpoint a `/v1/tenants/{tenant}/endpoints/{id}/…` path names, or 404.
+async fn load_endpoint(
+    state: &AppState,
+    raw_tenant: String,
+    id: &str,
+) -> Result<Endpoint, ApiError> {
+    let tenant = tenant(raw_tenant)?;
+    validate_endpoint_id(id).map_err(ApiError::bad_path)?;
+    state
+        .endpoints
+        .get(&tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))
 }

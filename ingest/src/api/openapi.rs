@@ -6,6 +6,7 @@ use axum::Router;
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
+use hookline_shared::domain::payload::PayloadFormat;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -189,7 +190,7 @@ fn schemas() -> Value {
                 "event_types": {"type": "array", "items": {"type": "string"}, "description": "AMQP topic patterns: * one word, # zero or more"},
                 "description": {"type": "string"},
                 "format": {"description": "docs/formats.md", "oneOf": [
-                    {"type": "string", "enum": ["json", "form", "event_data", "company", "resource_event", "candidate_form"]},
+                    {"$ref": "#/components/schemas/Preset"},
                     {"type": "object", "required": ["template"], "properties": {"template": {
                         "type": "object", "required": ["body"], "properties": {
                             "content_type": {"type": "string", "enum": ["json", "form"]},
@@ -204,6 +205,8 @@ fn schemas() -> Value {
                 "verify": {"type": "boolean", "description": "send a hookline.ping first; refuse if it fails"},
             },
         },
+        // The console lists these in its format picker: the domain's list is the one source.
+        "Preset": {"type": "string", "enum": PayloadFormat::PRESETS, "description": "A built-in format"},
         "EndpointPatch": {"type": "object", "description": "A JSON merge patch (RFC 7396) of Endpoint fields"},
         "TestEvent": {"type": "object", "properties": {"type": {"type": "string"}, "data": {}}},
         "Replay": {"type": "object", "properties": {
@@ -252,6 +255,21 @@ mod tests {
         assert_eq!(list["parameters"][1]["in"], "query");
         for schema in ["TestEvent", "Event", "Endpoint", "Error"] {
             assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn the_preset_schema_is_the_domain_list_and_every_name_parses() {
+        let doc = Documented::<()>::default().openapi();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["Endpoint"]["properties"]["format"]["oneOf"][0]["$ref"],
+            "#/components/schemas/Preset"
+        );
+        let names = schemas["Preset"]["enum"].as_array().expect("enum");
+        assert_eq!(names.len(), PayloadFormat::PRESETS.len());
+        for name in names {
+            PayloadFormat::from_value(name.clone()).expect("a preset the API accepts");
         }
     }
 }

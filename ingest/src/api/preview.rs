@@ -2,7 +2,7 @@
 //! event — body and headers, signed — without sending anything.
 
 use super::error::ApiError;
-use super::{AppState, body, endpoints::load};
+use super::{AppState, body, load_endpoint};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -38,7 +38,7 @@ pub async fn preview(
     Path((raw_tenant, id)): Path<(String, String)>,
     request_body: Body,
 ) -> Result<Json<Preview>, ApiError> {
-    let endpoint = load(&state, raw_tenant, &id).await?;
+    let endpoint = load_endpoint(&state, raw_tenant, &id).await?;
     let input: PreviewInput =
         body::parse_optional_json(request_body, state.settings.max_event_bytes).await?;
     let message = match input.event {

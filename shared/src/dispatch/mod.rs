@@ -8,6 +8,7 @@ pub mod proxy;
 use crate::domain::endpoint::Endpoint;
 use crate::domain::policy::{AttemptOutcome, ErrorClass, Failure};
 use crate::domain::signing::signature_header;
+use crate::telemetry::error_chain;
 use address_guard::{AddressPolicy, BlockedAddress, GuardError, GuardedResolver};
 use bytes::Bytes;
 use proxy::{DeliveryProxy, InvalidProxy, Route};
@@ -355,17 +356,6 @@ fn request_failure(endpoint: &Endpoint, error: &reqwest::Error) -> AttemptOutcom
         retry_after: None,
         message: error_chain(error),
     })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// `Retry-After` is delay-seconds or an HTTP date.

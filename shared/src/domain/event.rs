@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 pub const MAX_TENANT_LEN: usize = 64;
 pub const MAX_EVENT_ID_LEN: usize = 128;
@@ -160,6 +161,13 @@ pub struct Fallbacks {
 }
 
 impl Event {
+    /// `occurred_at` as the event's wire form writes it, for bodies that render it.
+    pub fn occurred_at_rfc3339(&self) -> String {
+        // Formatting a valid OffsetDateTime as RFC 3339 fails only for years beyond
+        // 9999, which the parser that produced it never yields.
+        self.occurred_at.format(&Rfc3339).unwrap_or_default()
+    }
+
     /// Validates a message. `fallbacks` fill `id` and `occurred_at` when absent; a tenant
     /// given both ways must agree.
     pub fn from_message(message: EventMessage, fallbacks: Fallbacks) -> Result<Self, Invalid> {

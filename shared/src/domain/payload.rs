@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::Write;
 use std::sync::{Arc, LazyLock};
-use time::format_description::well_known::Rfc3339;
 
 /// How an endpoint's deliveries look. Presets serialize as their name (`"json"`), a
 /// template as `{"template": {"content_type", "body"}}`.
@@ -221,12 +220,6 @@ struct JsonEnvelope<'a> {
     test: bool,
 }
 
-pub fn rfc3339(event: &Event) -> String {
-    // Formatting a valid OffsetDateTime as RFC 3339 fails only for years beyond 9999,
-    // which the parser that produced it never yields.
-    event.occurred_at.format(&Rfc3339).unwrap_or_default()
-}
-
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -263,7 +256,7 @@ pub fn render_into(
                 id: &event.id,
                 event_type: event.event_type.as_str(),
                 tenant: event.tenant.as_str(),
-                timestamp: rfc3339(event),
+                timestamp: event.occurred_at_rfc3339(),
                 version: event.version.as_deref(),
                 data: &event.data,
                 changes: event.changes.as_ref(),
@@ -293,7 +286,7 @@ fn write_fields(event: &Event, purpose: Purpose, form: &mut FormWriter<'_>) -> s
         .write_all(event.event_type.as_str().as_bytes())?;
     form.field("id")?.write_all(event.id.as_bytes())?;
     form.field("timestamp")?
-        .write_all(rfc3339(event).as_bytes())?;
+        .write_all(event.occurred_at_rfc3339().as_bytes())?;
     if purpose == Purpose::Test {
         form.field("test")?.write_all(b"true")?;
     }

@@ -624,7 +624,7 @@ fn evaluate<'e>(expr: &Expr, event: &'e Event, context: RenderContext<'_>) -> Co
         Source::Type => owned(Value::String(event.event_type.as_str().to_owned())),
         Source::Tenant => owned(Value::String(event.tenant.as_str().to_owned())),
         Source::Version => owned(event.version.clone().map_or(Value::Null, Value::String)),
-        Source::OccurredAt => owned(Value::String(super::payload::rfc3339(event))),
+        Source::OccurredAt => owned(Value::String(event.occurred_at_rfc3339())),
         Source::EventName => owned(Value::String(event_name(
             event.event_type.as_str(),
             context,

@@ -59,12 +59,20 @@ return woken
 ";
 
 /// A task handed to one worker until `token` (its lease's end, in ms) passes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Claimed {
     pub id: String,
     pub token: i64,
-    /// The task, or the raw stored text and why it could not be read.
-    pub task: Result<PendingDelivery, (String, String)>,
+    pub task: Result<PendingDelivery, UnreadableTask>,
+}
+
+/// A stored task that this deliverer cannot read, with its raw text for the dead letter.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable retry task")]
+pub struct UnreadableTask {
+    pub raw: String,
+    #[source]
+    pub source: serde_json::Error,
 }
 
 #[derive(Debug, Clone)]
@@ -219,9 +227,29 @@ fn encode(task: &PendingDelivery) -> String {
     serde_json::to_string(&RetryTask::DeliveryV1(task.clone())).unwrap_or_default()
 }
 
-fn decode(json: &str) -> Result<PendingDelivery, (String, String)> {
+fn decode(json: &str) -> Result<PendingDelivery, UnreadableTask> {
     match serde_json::from_str(json) {
         Ok(RetryTask::DeliveryV1(task)) => Ok(task),
-        Err(error) => Err((json.to_owned(), error.to_string())),
+        Err(source) => Err(UnreadableTask {
+            raw: json.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+    use crate::telemetry::error_chain;
+
+    #[test]
+    fn an_unreadable_task_keeps_its_text_and_says_why() {
+        let unreadable = decode(r#"{"type":"delivery_v9"}"#).expect_err("unknown version");
+        assert_eq!(unreadable.raw, r#"{"type":"delivery_v9"}"#);
+        let error = error_chain(&unreadable);
+        assert!(
+            error.starts_with("unreadable retry task: unknown variant"),
+            "{error}"
+        );
     }
 }
