@@ -19,7 +19,6 @@ use crate::throttle::Throttle;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use hookline_shared::broker::backoff::Backoff;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
     StoredPayload, delivery_id,
@@ -33,6 +32,7 @@ use hookline_shared::domain::policy::{
     self, AttemptOutcome, DeadLetterReason, Failure, RetrySchedule,
 };
 use hookline_shared::metrics::status_class;
+use hookline_shared::retry;
 use hookline_shared::store::activity::{
     Activity, AttemptRecord, DeliveryState, DeliveryStatus, SUCCESS,
 };
@@ -219,7 +219,7 @@ impl HeldWaker {
             }
             Err(error) => tracing::warn!(
                 %endpoint_id,
-                error = format!("{error:#}"),
+                error = format!("{:#}", anyhow::Error::from(error)),
                 "waking held deliveries failed; they come back on their own after max_hold"
             ),
         }
@@ -994,26 +994,15 @@ impl Worker {
 
     /// Retries `operation` with backoff until it succeeds or the shutdown grace ends.
     /// This is how an outage of Redis or RabbitMQ holds work instead of losing it.
-    async fn until_durable<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, Aborted>
+    async fn until_durable<T, E, F, Fut>(&self, what: &str, operation: F) -> Result<T, Aborted>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: Into<anyhow::Error>,
     {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match operation().await {
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = format!("{:#}", error.into()), retry_in = ?delay, "{what} failed; holding the work");
-                    tokio::select! {
-                        () = self.abort.cancelled() => return Err(Aborted),
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        retry::until_ok(what, retry::HOLD, &self.abort, operation)
+            .await
+            .map_err(|retry::Cancelled| Aborted)
     }
 }
 

@@ -1,7 +1,6 @@
 //! RabbitMQ: the topology both binaries declare, connecting, and the supervised
 //! publisher that answers only after the broker confirmed.
 
-pub mod backoff;
 pub mod publisher;
 pub mod topology;
 
