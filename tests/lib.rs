@@ -413,19 +413,7 @@ impl Hookline {
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
-                (metric == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-            })
-            .sum()
+        hookline_tools::scrape::sum(&text, name, labels)
     }
 
     /// Stops every service, waits for them to exit, and removes this test's queues,
@@ -489,18 +477,34 @@ pub async fn answer(response: reqwest::Response) -> Answer {
 }
 
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, condition).await;
+}
+
+/// [`eventually`] with a limit of its own, for waits longer than one test's, such as a
+/// chaos run draining. Polls every 20 ms within [`PATIENCE`]; beyond it every 100 ms, as
+/// a long wait's conditions read the brokers that the run is loading.
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let pause = if limit > PATIENCE {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(20)
+    };
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 

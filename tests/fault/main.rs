@@ -4,7 +4,7 @@
 //! These tests restart brokers, so they run serially against their own broker instance
 //! (`make test` starts the `chaos` instance and runs this binary with one thread).
 
-use hookline_tests::{Receiver, TOKEN, answer, eventually};
+use hookline_tests::{Receiver, TOKEN, answer, eventually, eventually_within};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -224,10 +224,7 @@ async fn metric(http: &reqwest::Client, admin: u16, name: &str) -> f64 {
         return 0.0;
     };
     let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    hookline_tools::scrape::sum(&text, name, &[])
 }
 
 /// Waits until the process at `admin` reports `name` above zero (a count of one or more).
@@ -395,6 +392,10 @@ async fn a_redis_restart_holds_deliveries_until_it_is_back() {
     hookline.stop().await;
 }
 
+/// How long the chaos run may take to reach a fault or to drain: sized for the run of
+/// `make chaos`, not for one test.
+const CHAOS_PATIENCE: Duration = Duration::from_secs(900);
+
 /// The chaos scenario: mixed HTTP and direct AMQP load over several tenants and
 /// endpoints (one failing for a while), while a deliverer is SIGKILLed twice (and
 /// replaced), RabbitMQ restarts once and Redis restarts once. Then it reconciles every
@@ -465,9 +466,11 @@ async fn chaos_loses_nothing() {
         (0.6, "kill"),
         (0.8, "redis"),
     ] {
-        wait_until("the load reaches the next fault", || async {
-            progress() >= at(threshold)
-        })
+        eventually_within(
+            "the load reaches the next fault",
+            CHAOS_PATIENCE,
+            || async { progress() >= at(threshold) },
+        )
         .await;
         match fault {
             "kill" => {
@@ -516,12 +519,16 @@ async fn chaos_loses_nothing() {
             .count()
     };
     let drain_started = std::time::Instant::now();
-    wait_until("every pair is delivered or dead-lettered", || async {
-        for record in take_dead_letters(&hookline.prefix).await {
-            dead_letters.borrow_mut().insert(record);
-        }
-        unsettled(&dead_letters.borrow()) == 0
-    })
+    eventually_within(
+        "every pair is delivered or dead-lettered",
+        CHAOS_PATIENCE,
+        || async {
+            for record in take_dead_letters(&hookline.prefix).await {
+                dead_letters.borrow_mut().insert(record);
+            }
+            unsettled(&dead_letters.borrow()) == 0
+        },
+    )
     .await;
     let drain = drain_started.elapsed();
     let lost = unsettled(&dead_letters.borrow());
@@ -544,22 +551,6 @@ async fn chaos_loses_nothing() {
     );
     assert_eq!(lost, 0);
     hookline.stop().await;
-}
-
-/// Like `eventually`, with a limit sized for the chaos run rather than one test.
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn post(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> bool {

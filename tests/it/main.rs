@@ -2,10 +2,17 @@
 
 mod abuse;
 mod api;
+mod circuit;
 mod console;
+mod disabling;
 mod egress;
+mod endpoints;
 mod formats;
-mod lifecycle;
+mod history;
 mod metrics;
+mod pacing;
 mod pipeline;
 mod redis_topologies;
+
+/// Helpers shared by the modules about endpoints.
+mod support;

@@ -1,12 +1,11 @@
-//! `make bench`: Hookline measured against the broker ceiling on the same machine, in the
-//! same run. Starts the release binaries as child processes (so their peak RSS can be
-//! read), a minimal receiver and a load generator in this process, and prints one line per
-//! scenario — `name: value unit (ratio)` — plus the same as JSON under `target/bench/`.
+//! What the scenarios drive: Hookline's release binaries as child processes, the
+//! receiver and the load generators in this process, the raw broker ceiling, and the
+//! CPU and memory each process used.
 
+use crate::{Args, Brokers};
 use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use clap::Parser;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::options::{
@@ -31,616 +30,6 @@ const DELIVERER_ADMIN: &str = "127.0.0.1:19091";
 /// Enough to drain any scenario on a healthy run; a stuck run fails instead of hanging.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Parser)]
-struct Args {
-    /// Events for the throughput scenarios (1 endpoint, direct AMQP, isolation).
-    #[arg(long, default_value_t = 50_000)]
-    events: usize,
-    /// Events for the fan-out scenario (each goes to 10 endpoints).
-    #[arg(long, default_value_t = 10_000)]
-    fanout_events: usize,
-    /// Messages for the raw broker ceiling.
-    #[arg(long, default_value_t = 50_000)]
-    ceiling_messages: usize,
-    /// Concurrent HTTP clients in closed-loop scenarios: each waits for its 202, so also
-    /// the most publisher confirms ingest can have outstanding.
-    #[arg(long, default_value_t = 256)]
-    clients: usize,
-    /// Fixed arrival rate (events/s) of the latency scenario, and its duration.
-    #[arg(long, default_value_t = 1_000)]
-    latency_rate: u64,
-    #[arg(long, default_value = "30s", value_parser = humantime_parse)]
-    latency_duration: Duration,
-    /// Where the release binaries are.
-    #[arg(long, default_value = "target/release")]
-    bin_dir: PathBuf,
-    /// Queue type, as Hookline is configured (quorum is the production default).
-    #[arg(long, default_value = "quorum")]
-    queue_type: String,
-    #[arg(long, default_value_t = 200)]
-    prefetch: u16,
-    /// Run only these scenarios (comma-separated: ceiling, single, fanout, mixed, direct,
-    /// latency, isolation, held); all by default. Ratios to a scenario left out are omitted.
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
-    /// Events held behind an open circuit in the held-backlog scenario, and how long
-    /// its cost is measured after the last of them was accepted.
-    #[arg(long, default_value_t = 20_000)]
-    held_events: usize,
-    #[arg(long, default_value = "30s", value_parser = humantime_parse)]
-    held_window: Duration,
-    /// Pairs of isolation runs: each hanging run beside a run of (2); the median of the
-    /// pairs' ratios is reported.
-    #[arg(long, default_value_t = 7)]
-    isolation_pairs: usize,
-    /// Runs of (2), each between two ceiling runs; the median ratio is reported.
-    #[arg(long, default_value_t = 3)]
-    repeat: usize,
-}
-
-impl Args {
-    fn wants(&self, scenario: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
-    }
-}
-
-fn humantime_parse(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))
-}
-
-#[derive(Debug, Clone)]
-struct Brokers {
-    amqp_url: String,
-    redis_url: String,
-}
-
-#[derive(Debug, Default, Clone, serde::Serialize)]
-struct Line {
-    name: String,
-    value: f64,
-    unit: String,
-    ratio: Option<f64>,
-    ratio_to: Option<String>,
-    note: Option<String>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let brokers = Brokers {
-        amqp_url: std::env::var("HOOKLINE__AMQP__URL")
-            .context("HOOKLINE__AMQP__URL (run via `make bench`)")?,
-        redis_url: std::env::var("HOOKLINE__REDIS__URL")
-            .context("HOOKLINE__REDIS__URL (run via `make bench`)")?,
-    };
-    let mut report = Vec::<Line>::new();
-    let started = Instant::now();
-
-    // The ceiling and (2) alternate — C S C S … C — and each run of (2) is divided by the
-    // mean of the ceilings either side of it; the report takes the median of those
-    // ratios. This machine's speed drifts by ±15 % within minutes, and one ceiling
-    // measured long before or after a scenario lets that drift into the ratio.
-    let mut ceilings = Vec::new();
-    let mut singles = Vec::new();
-    if args.wants("ceiling") {
-        eprintln!(
-            "[1/8] ceiling: raw RabbitMQ publish+consume, {} × 1 KiB",
-            args.ceiling_messages
-        );
-        ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
-    }
-    if args.wants("single") {
-        for round in 1..=args.repeat {
-            eprintln!(
-                "[2/8] throughput to 1 endpoint: {} events over HTTP (run {round} of {})",
-                args.events, args.repeat
-            );
-            singles.push(
-                throughput(
-                    &brokers,
-                    &args,
-                    Scenario::Http {
-                        endpoints: 1,
-                        events: args.events,
-                        second: Second::None,
-                        formats: Formats::Json,
-                    },
-                )
-                .await?,
-            );
-            if !ceilings.is_empty() {
-                eprintln!("[1/8] ceiling again");
-                ceilings.push(ceiling(&brokers, &args, CEILING_IN_FLIGHT).await?);
-            }
-        }
-    }
-
-    let ceiling_rate = (!ceilings.is_empty()).then(|| {
-        let rates: Vec<f64> = ceilings.iter().map(|(rate, _)| *rate).collect();
-        let median_rate = median(&rates);
-        report.push(line(
-            "ceiling",
-            median_rate,
-            "msgs/s",
-            None,
-            Some("median of the runs around (2)"),
-        ));
-        report.push(line(
-            "ceiling_runs",
-            rates.len() as f64,
-            "runs",
-            None,
-            Some(&format!("{rates:.0?}")),
-        ));
-        for (process, us) in &ceilings[0].1 {
-            report.push(line(
-                &format!("ceiling_cpu_per_message_{process}"),
-                *us,
-                "µs",
-                None,
-                Some("during the first ceiling run"),
-            ));
-        }
-        median_rate
-    });
-    let against_ceiling = ceiling_rate.map(|c| (c, "ceiling"));
-
-    // Each run of (2) against the ceilings either side of it.
-    let ratios: Vec<f64> = singles
-        .iter()
-        .zip(ceilings.windows(2))
-        .map(|(single, pair)| single.events_per_s / ((pair[0].0 + pair[1].0) / 2.0))
-        .collect();
-    // The run whose ratio is the median stands for (2): its figures are reported.
-    let representative = if ratios.is_empty() {
-        singles.len().checked_sub(1)
-    } else {
-        let wanted = median(&ratios);
-        ratios.iter().position(|ratio| *ratio == wanted)
-    };
-    let single = representative
-        .and_then(|index| singles.get(index))
-        .map(|single| {
-            let mut throughput = line(
-                "throughput_1_endpoint",
-                single.events_per_s,
-                "events/s",
-                against_ceiling,
-                None,
-            );
-            if !ratios.is_empty() {
-                throughput.ratio = Some(median(&ratios));
-                throughput.ratio_to = Some("ceiling".into());
-                throughput.note = Some(format!(
-                    "median run; each run over the ceilings either side: {ratios:.2?}"
-                ));
-            }
-            report.push(throughput);
-            report.push(line(
-                "throughput_1_endpoint_runs",
-                singles.len() as f64,
-                "runs",
-                None,
-                Some(&format!(
-                    "{:.0?} events/s, {ratios:.2?} of the ceilings either side",
-                    singles.iter().map(|s| s.events_per_s).collect::<Vec<_>>()
-                )),
-            ));
-            report_cpu(
-                &mut report,
-                "cpu_per_event",
-                single,
-                "during throughput_1_endpoint",
-            );
-            report.push(line(
-                "ingest_peak_rss",
-                mib(single.ingest_rss),
-                "MiB",
-                None,
-                Some("during throughput_1_endpoint"),
-            ));
-            report.push(line(
-                "deliverer_peak_rss",
-                mib(single.deliverer_rss),
-                "MiB",
-                None,
-                Some("during throughput_1_endpoint"),
-            ));
-            single.events_per_s
-        });
-
-    if let (Some(ceiling_rate), Some(single)) = (ceiling_rate, single) {
-        // Not a denominator, an explanation: ingest answers each request after its
-        // confirm, so it can never have more confirms outstanding than there are
-        // clients, and RabbitMQ spends more per message when they come in smaller
-        // batches. This is the broker alone at that depth.
-        eprintln!("[1/8] ceiling with {} confirms outstanding", args.clients);
-        let (shallow, cpu) = ceiling(&brokers, &args, args.clients).await?;
-        report.push(line(
-            "ceiling_at_client_depth",
-            shallow,
-            "msgs/s",
-            Some((ceiling_rate, "ceiling")),
-            Some("the ceiling with as many confirms outstanding as the load generator has clients"),
-        ));
-        if let Some((_, us)) = cpu.iter().find(|(process, _)| *process == "rabbitmq") {
-            report.push(line(
-                "ceiling_at_client_depth_cpu_per_message_rabbitmq",
-                *us,
-                "µs",
-                None,
-                None,
-            ));
-        }
-        report.push(line(
-            "throughput_1_endpoint_vs_client_depth",
-            single,
-            "events/s",
-            Some((shallow, "ceiling_at_client_depth")),
-            None,
-        ));
-    }
-
-    let fanout_in = |formats| Scenario::Http {
-        endpoints: 10,
-        events: args.fanout_events,
-        second: Second::None,
-        formats,
-    };
-    let fanout = if args.wants("fanout") {
-        eprintln!(
-            "[3/8] fan-out to 10 endpoints: {} events over HTTP",
-            args.fanout_events
-        );
-        let fanout = throughput(&brokers, &args, fanout_in(Formats::Json)).await?;
-        report.push(line(
-            "fanout_10_deliveries",
-            fanout.deliveries_per_s,
-            "deliveries/s",
-            against_ceiling,
-            None,
-        ));
-        report.push(line(
-            "fanout_10_events",
-            fanout.events_per_s,
-            "events/s",
-            against_ceiling,
-            None,
-        ));
-        report_cpu(
-            &mut report,
-            "fanout_cpu_per_event",
-            &fanout,
-            "CPU per event (10 deliveries, 1 rendering)",
-        );
-        Some(fanout.deliveries_per_s)
-    } else {
-        None
-    };
-
-    if args.wants("mixed") {
-        eprintln!(
-            "[3b/8] fan-out to 10 endpoints in 8 formats (6 presets, 2 templates): {} events",
-            args.fanout_events
-        );
-        let mixed = throughput(&brokers, &args, fanout_in(Formats::Mixed)).await?;
-        report.push(line(
-            "fanout_10_mixed_formats_deliveries",
-            mixed.deliveries_per_s,
-            "deliveries/s",
-            fanout.map(|f| (f, "fanout_10_deliveries")),
-            None,
-        ));
-        report_cpu(
-            &mut report,
-            "fanout_mixed_cpu_per_event",
-            &mixed,
-            "CPU per event (10 deliveries, 8 renderings)",
-        );
-    }
-
-    if args.wants("direct") {
-        eprintln!(
-            "[4/8] direct AMQP ingest: {} events published to the exchange",
-            args.events
-        );
-        let direct = throughput(
-            &brokers,
-            &args,
-            Scenario::Amqp {
-                events: args.events,
-            },
-        )
-        .await?;
-        report.push(line(
-            "direct_amqp_1_endpoint",
-            direct.events_per_s,
-            "events/s",
-            against_ceiling,
-            None,
-        ));
-        report_cpu(
-            &mut report,
-            "direct_cpu_per_event",
-            &direct,
-            "during direct_amqp_1_endpoint",
-        );
-    }
-
-    if args.wants("latency") {
-        eprintln!(
-            "[5/8] latency at {} events/s for {:?}",
-            args.latency_rate, args.latency_duration
-        );
-        let latency = latency(&brokers, &args).await?;
-        for (name, value) in [
-            ("latency_p50", latency.0),
-            ("latency_p99", latency.1),
-            ("latency_p999", latency.2),
-        ] {
-            report.push(line(
-                name,
-                value,
-                "ms",
-                None,
-                Some("send to receipt, same clock"),
-            ));
-        }
-    }
-
-    if args.wants("isolation") {
-        eprintln!(
-            "[6/8] isolation: throughput to 1 endpoint while another tenant's endpoint hangs"
-        );
-        // Alternating with runs of (2): the machine's speed drifts by more than the effect
-        // measured, so each hanging run is compared with the run of (2) next to it and the
-        // median of those ratios is reported.
-        // One control of the same traffic with the second endpoint answering separates the
-        // hanging endpoint's effect from the extra events of its tenant.
-        let mut isolated_runs = Vec::new();
-        let mut beside_runs = Vec::new();
-        let mut control_runs = Vec::new();
-        for round in 0..args.isolation_pairs.max(1) {
-            let mut kinds = vec![
-                (Second::Hanging, &mut isolated_runs),
-                (Second::None, &mut beside_runs),
-            ];
-            // Every other pair runs (2) first, so a drift in one direction does not
-            // favour either side of the pairs.
-            if round % 2 == 1 {
-                kinds.reverse();
-            }
-            if round == 0 {
-                kinds.push((Second::Answering, &mut control_runs));
-            }
-            for (second, runs) in kinds {
-                let run = throughput(
-                    &brokers,
-                    &args,
-                    Scenario::Http {
-                        endpoints: 1,
-                        events: args.events,
-                        second,
-                        formats: Formats::Json,
-                    },
-                )
-                .await?;
-                runs.push(run);
-            }
-        }
-        let rates = |runs: &[Throughput]| runs.iter().map(|r| r.events_per_s).collect::<Vec<_>>();
-        let isolated = median_run(&isolated_runs);
-        let control = median_run(&control_runs);
-        // Each hanging run over the run of (2) beside it, as (2) is over its ceilings.
-        let pair_ratios: Vec<f64> = isolated_runs
-            .iter()
-            .zip(&beside_runs)
-            .map(|(hanging, beside)| hanging.events_per_s / beside.events_per_s)
-            .collect();
-        let mut healthy = line(
-            "isolation_healthy_throughput",
-            isolated.events_per_s,
-            "events/s",
-            None,
-            Some(
-                "median run; a second tenant's endpoint never answers (15 s timeout); 1 in 20 events is theirs, on top",
-            ),
-        );
-        healthy.ratio = Some(median(&pair_ratios));
-        healthy.ratio_to = Some("throughput_1_endpoint run alongside".into());
-        report.push(healthy);
-        report.push(line(
-            "isolation_runs",
-            isolated_runs.len() as f64,
-            "runs",
-            None,
-            Some(&format!(
-                "{:.0?} events/s hanging, {:.0?} of (2) alongside (each pair {pair_ratios:.2?}), {:.0?} with the second endpoint answering",
-                rates(&isolated_runs),
-                rates(&beside_runs),
-                rates(&control_runs)
-            )),
-        ));
-        if let Some(single) = single {
-            report.push(line(
-                "isolation_vs_first_throughput_1_endpoint",
-                isolated.events_per_s,
-                "events/s",
-                Some((single, "throughput_1_endpoint")),
-                Some("against (2) as measured minutes earlier: moved by the machine's drift"),
-            ));
-        }
-        report.push(line(
-            "isolation_vs_same_load",
-            isolated.events_per_s,
-            "events/s",
-            Some((
-                control.events_per_s,
-                "the same traffic with the second endpoint answering",
-            )),
-            Some("separates the hanging endpoint's effect from its tenant's extra load"),
-        ));
-        report_cpu(
-            &mut report,
-            "isolation_cpu_per_event",
-            isolated,
-            "CPU per healthy event, the hanging tenant's work included",
-        );
-        report_cpu(
-            &mut report,
-            "isolation_control_cpu_per_event",
-            control,
-            "CPU per healthy event with the second endpoint answering",
-        );
-        let peak = |rss: fn(&Throughput) -> u64| isolated_runs.iter().map(rss).max().unwrap_or(0);
-        report.push(line(
-            "isolation_ingest_peak_rss",
-            mib(peak(|run| run.ingest_rss)),
-            "MiB",
-            None,
-            Some("the highest of the hanging runs"),
-        ));
-        report.push(line(
-            "isolation_deliverer_peak_rss",
-            mib(peak(|run| run.deliverer_rss)),
-            "MiB",
-            None,
-            Some("the highest of the hanging runs"),
-        ));
-    }
-
-    if args.wants("held") {
-        eprintln!(
-            "[7/8] held backlog: {} events for an endpoint that refuses connections, then {:?} idle",
-            args.held_events, args.held_window
-        );
-        let held = held_backlog(&brokers, &args).await?;
-        let window_s = args.held_window.as_secs_f64();
-        let core_share = |us: f64| us / window_s / 1e4;
-        report.push(line(
-            "held_backlog_cpu",
-            core_share(held.cpu_us.iter().map(|(_, us)| us).sum()),
-            "% of a core",
-            None,
-            Some("deliverer, Redis and RabbitMQ while nothing but the held deliveries exists"),
-        ));
-        for (process, us) in &held.cpu_us {
-            report.push(line(
-                &format!("held_backlog_cpu_{process}"),
-                core_share(*us),
-                "% of a core",
-                None,
-                None,
-            ));
-        }
-        report.push(line(
-            "held_backlog_deferrals",
-            held.deferrals / window_s,
-            "per s",
-            None,
-            Some("held back without an attempt within the window, including once each attempt that failed before the circuit opened and came back on its retry schedule"),
-        ));
-        report.push(line(
-            "held_backlog_size",
-            held.pool as f64,
-            "deliveries",
-            None,
-            Some("in the retry pool at the end of the window"),
-        ));
-    }
-
-    eprintln!("[8/8] done in {:?}", started.elapsed());
-    println!();
-    println!(
-        "Hookline benchmark (2 cores shared by broker, Redis, Hookline, receiver and load generator)"
-    );
-    for entry in &report {
-        let ratio = match (entry.ratio, &entry.ratio_to) {
-            (Some(ratio), Some(to)) => format!(" ({ratio:.2} of {to})"),
-            _ => String::new(),
-        };
-        // Repeated runs show what each gave, so the spread is on the page.
-        let runs = match (&entry.note, entry.unit == "runs") {
-            (Some(note), true) => format!(": {note}"),
-            _ => String::new(),
-        };
-        println!(
-            "{}: {:.1} {}{}{}",
-            entry.name, entry.value, entry.unit, ratio, runs
-        );
-    }
-    write_json(&report, &args)?;
-    Ok(())
-}
-
-fn line(
-    name: &str,
-    value: f64,
-    unit: &str,
-    ratio: Option<(f64, &str)>,
-    note: Option<&str>,
-) -> Line {
-    Line {
-        name: name.into(),
-        value,
-        unit: unit.into(),
-        ratio: ratio.map(|(denominator, _)| value / denominator),
-        ratio_to: ratio.map(|(_, to)| to.into()),
-        note: note.map(Into::into),
-    }
-}
-
-fn report_cpu(report: &mut Vec<Line>, prefix: &str, run: &Throughput, note: &str) {
-    for (process, us) in &run.cpu_per_event {
-        report.push(line(
-            &format!("{prefix}_{process}"),
-            *us,
-            "µs",
-            None,
-            Some(note),
-        ));
-    }
-}
-
-/// The run with the median rate (the lower middle one for an even count).
-fn median_run(runs: &[Throughput]) -> &Throughput {
-    let mut sorted: Vec<&Throughput> = runs.iter().collect();
-    sorted.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
-    sorted[(sorted.len() - 1) / 2]
-}
-
-/// The middle value (the lower of the two middle ones for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted
-        .get((sorted.len().saturating_sub(1)) / 2)
-        .copied()
-        .unwrap_or(0.0)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn write_json(report: &[Line], args: &Args) -> anyhow::Result<()> {
-    let dir = PathBuf::from("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let document = json!({
-        "unix_time": stamp,
-        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
-        "parameters": {"events": args.events, "fanout_events": args.fanout_events, "clients": args.clients,
-                        "latency_rate": args.latency_rate, "queue_type": args.queue_type, "prefetch": args.prefetch},
-        "results": report,
-    });
-    let text = serde_json::to_string_pretty(&document)?;
-    std::fs::write(dir.join(format!("bench-{stamp}.json")), &text)?;
-    std::fs::write(dir.join("latest.json"), &text)?;
-    eprintln!("wrote target/bench/latest.json and target/bench/bench-{stamp}.json");
-    Ok(())
-}
-
 fn padding() -> String {
     "x".repeat(880)
 }
@@ -663,15 +52,22 @@ fn queue_arguments(queue_type: &str) -> FieldTable {
 
 /// Confirms the ceiling's publisher keeps outstanding, as the reference figures were
 /// measured.
-const CEILING_IN_FLIGHT: usize = 1000;
+pub const CEILING_IN_FLIGHT: usize = 1000;
+
+pub struct Ceiling {
+    /// Messages/s from the first publish to the last ack.
+    pub rate: f64,
+    /// CPU µs per message, by process.
+    pub cpu_per_message: Vec<(&'static str, f64)>,
+}
 
 /// Raw broker ceiling: publish with pipelined confirms and consume with one manual ack per
 /// message, together, on the queue type and prefetch Hookline uses.
-async fn ceiling(
+pub async fn ceiling(
     brokers: &Brokers,
     args: &Args,
     in_flight_limit: usize,
-) -> anyhow::Result<(f64, Vec<(&'static str, f64)>)> {
+) -> anyhow::Result<Ceiling> {
     let queue = format!("bench-ceiling-{}", std::process::id());
     let consumer_connection =
         Connection::connect(&brokers.amqp_url, ConnectionProperties::default()).await?;
@@ -749,7 +145,10 @@ async fn ceiling(
         .await?;
     let _ = publisher_connection.close(200, "done".into()).await;
     let _ = consumer_connection.close(200, "done".into()).await;
-    Ok((rate, cpu_per_message))
+    Ok(Ceiling {
+        rate,
+        cpu_per_message,
+    })
 }
 
 /// CPU µs each process spent per item between two snapshots of the same processes.
@@ -1029,7 +428,7 @@ fn peak_rss(pid: Option<u32>) -> u64 {
 /// A second tenant beside the measured one, with its own endpoint and a share of the
 /// traffic on top of the measured events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Second {
+pub enum Second {
     None,
     /// Its endpoint never answers (until the delivery timeout).
     Hanging,
@@ -1040,7 +439,7 @@ enum Second {
 /// One in this many events is the second tenant's.
 const SECOND_TENANT_SHARE: usize = 20;
 
-enum Scenario {
+pub enum Traffic {
     Http {
         endpoints: usize,
         events: usize,
@@ -1054,7 +453,7 @@ enum Scenario {
 
 /// What the healthy tenant's endpoints ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Formats {
+pub enum Formats {
     /// Hookline's envelope everywhere: one rendering per event.
     Json,
     /// Every preset plus two templates across the endpoints: one rendering per distinct
@@ -1080,13 +479,13 @@ fn mixed_format(index: usize) -> Value {
     formats[index % formats.len()].clone()
 }
 
-struct Throughput {
-    events_per_s: f64,
-    deliveries_per_s: f64,
-    ingest_rss: u64,
-    deliverer_rss: u64,
+pub struct Throughput {
+    pub events_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub ingest_rss: u64,
+    pub deliverer_rss: u64,
     /// CPU µs per event, by process, while the scenario ran.
-    cpu_per_event: Vec<(&'static str, f64)>,
+    pub cpu_per_event: Vec<(&'static str, f64)>,
 }
 
 /// User + system CPU time of a process so far, in µs.
@@ -1149,43 +548,43 @@ fn event_bytes(padding: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn throughput(
+pub async fn throughput(
     brokers: &Brokers,
     args: &Args,
-    scenario: Scenario,
+    traffic: Traffic,
 ) -> anyhow::Result<Throughput> {
-    let name = match scenario {
-        Scenario::Http {
+    let name = match traffic {
+        Traffic::Http {
             endpoints: 1,
             second: Second::None,
             ..
         } => "single",
-        Scenario::Http {
+        Traffic::Http {
             second: Second::Hanging,
             ..
         } => "isolation",
-        Scenario::Http {
+        Traffic::Http {
             second: Second::Answering,
             ..
         } => "isolation-control",
-        Scenario::Http {
+        Traffic::Http {
             formats: Formats::Mixed,
             ..
         } => "fanout-mixed",
-        Scenario::Http { .. } => "fanout",
-        Scenario::Amqp { .. } => "amqp",
+        Traffic::Http { .. } => "fanout",
+        Traffic::Amqp { .. } => "amqp",
     };
     let services = start_services(brokers, args, name).await?;
     let counter = Arc::new(Counter::default());
     let base = start_receiver(counter.clone()).await?;
-    let (endpoints, events, second, formats) = match scenario {
-        Scenario::Http {
+    let (endpoints, events, second, formats) = match traffic {
+        Traffic::Http {
             endpoints,
             events,
             second,
             formats,
         } => (endpoints, events, second, formats),
-        Scenario::Amqp { events } => (1, events, Second::None, Formats::Json),
+        Traffic::Amqp { events } => (1, events, Second::None, Formats::Json),
     };
     for index in 0..endpoints {
         let format = match formats {
@@ -1212,9 +611,9 @@ async fn throughput(
     let with_second = second != Second::None;
     let cpu_before = cpu_snapshot(&services);
     let started_us = now_us();
-    match scenario {
-        Scenario::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
-        Scenario::Http { .. } => {
+    match traffic {
+        Traffic::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
+        Traffic::Http { .. } => {
             let total = if with_second {
                 events + events / (SECOND_TENANT_SHARE - 1)
             } else {
@@ -1278,19 +677,19 @@ async fn send_over_http(
     Ok(())
 }
 
-struct HeldBacklog {
+pub struct HeldBacklog {
     /// CPU µs by process over the window.
-    cpu_us: Vec<(&'static str, f64)>,
+    pub cpu_us: Vec<(&'static str, f64)>,
     /// Deliveries held back without an attempt during the window.
-    deferrals: f64,
+    pub deferrals: f64,
     /// Deliveries in the retry pool at the end.
-    pool: u64,
+    pub pool: u64,
 }
 
 /// What a backlog held behind an open circuit costs while nothing else happens: events
 /// for an endpoint that refuses connections (its circuit opens after a few failures),
 /// then the CPU and the deferrals over a window in which no event arrives.
-async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<HeldBacklog> {
+pub async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<HeldBacklog> {
     let services = start_services(brokers, args, "held").await?;
     // A port nothing listens on: every attempt is refused at once.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1337,13 +736,17 @@ async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<HeldBack
 async fn held_again(services: &Services) -> anyhow::Result<f64> {
     let attempts = "hookline_delivery_attempts_total";
     Ok(
-        deliverer_metric(services, attempts, &[r#"outcome="circuit_open""#]).await?
-            + deliverer_metric(services, attempts, &[r#"outcome="endpoint_busy""#]).await?,
+        deliverer_metric(services, attempts, &[("outcome", "circuit_open")]).await?
+            + deliverer_metric(services, attempts, &[("outcome", "endpoint_busy")]).await?,
     )
 }
 
-/// The sum of a deliverer metric's series whose labels contain every one of `labels`.
-async fn deliverer_metric(services: &Services, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+/// The sum of a deliverer metric's series whose labels include every one of `labels`.
+async fn deliverer_metric(
+    services: &Services,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<f64> {
     let text = services
         .http
         .get(format!("http://{DELIVERER_ADMIN}/metrics"))
@@ -1351,15 +754,7 @@ async fn deliverer_metric(services: &Services, name: &str, labels: &[&str]) -> a
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(hookline_tools::scrape::sum(&text, name, labels))
 }
 
 /// One closed-loop client of the event API: a keep-alive HTTP/1.1 connection driven by
@@ -1440,7 +835,7 @@ async fn publish_direct(brokers: &Brokers, prefix: &str, events: usize) -> anyho
 }
 
 /// Open loop at a fixed rate: latency from send to receipt, p50/p99/p99.9 in ms.
-async fn latency(brokers: &Brokers, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
+pub async fn latency(brokers: &Brokers, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
     let services = start_services(brokers, args, "latency").await?;
     let counter = Arc::new(Counter::default());
     counter.record_latency.store(true, Ordering::Relaxed);

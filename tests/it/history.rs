@@ -1,0 +1,126 @@
+//! What a tenant can read back: the attempt log, each event's state per endpoint, and
+//! the cap on how many states are kept.
+
+use crate::support::endpoint_path;
+use hookline_tests::{Hookline, Receiver, eventually};
+use serde_json::json;
+
+#[tokio::test]
+async fn attempt_log_pages_newest_first_and_event_state_shows_each_endpoint() {
+    let hookline = Hookline::builder()
+        .retry_schedule("100ms,100ms,100ms")
+        .start()
+        .await;
+    let flaky = Receiver::answering(&[500, 502]).await;
+    let steady = Receiver::start().await;
+    let flaky_endpoint = hookline
+        .create_endpoint("acme", json!({"url": flaky.url(), "event_types": ["#"]}))
+        .await;
+    let steady_endpoint = hookline
+        .create_endpoint("acme", json!({"url": steady.url(), "event_types": ["#"]}))
+        .await;
+    let accepted = hookline
+        .post_event(
+            "acme",
+            json!({"id": "evt-log-1", "type": "a.b", "data": {}}),
+        )
+        .await;
+    assert_eq!(accepted.status, 202);
+    flaky.wait_for(3).await;
+    let event_path = "/v1/tenants/acme/events/evt-log-1";
+    let flaky_id = flaky_endpoint["id"].as_str().expect("id");
+    let steady_id = steady_endpoint["id"].as_str().expect("id");
+    eventually("both deliveries recorded as delivered", || async {
+        let view = hookline.get(event_path).await.body;
+        view["deliveries"][flaky_id]["status"] == "delivered"
+            && view["deliveries"][steady_id]["status"] == "delivered"
+    })
+    .await;
+    let view = hookline.get(event_path).await.body;
+    assert_eq!(view["event"]["id"], "evt-log-1");
+    assert_eq!(view["deliveries"][flaky_id]["attempts"], 3);
+    assert_eq!(view["deliveries"][steady_id]["attempts"], 1);
+
+    let attempts_path = format!("{}/attempts", endpoint_path("acme", &flaky_endpoint));
+    let first_page = hookline.get(&format!("{attempts_path}?limit=2")).await.body;
+    let page: Vec<(u64, String)> = first_page["data"]
+        .as_array()
+        .expect("page")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap_or(0),
+                a["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        page,
+        vec![(3, "success".to_owned()), (2, "http_error".to_owned())]
+    );
+    assert_eq!(first_page["data"][1]["status"], 502);
+    let before = first_page["next_before"].as_i64().expect("cursor");
+    let second_page = hookline
+        .get(&format!("{attempts_path}?limit=2&before={before}"))
+        .await
+        .body;
+    assert_eq!(second_page["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second_page["data"][0]["attempt"], 1);
+    assert_eq!(second_page["data"][0]["status"], 500);
+    assert!(second_page["next_before"].is_null());
+
+    let missing = hookline.get("/v1/tenants/acme/events/nope").await;
+    assert_eq!(missing.status, 404);
+    let bad_limit = hookline.get(&format!("{attempts_path}?limit=0")).await;
+    bad_limit.assert_invalid("limit", "limit=0");
+    hookline.stop().await;
+}
+
+#[tokio::test]
+async fn event_states_beyond_the_tenant_cap_are_trimmed_oldest_first() {
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__RETENTION__EVENTS_PER_TENANT", "3")
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["job.#"]}),
+        )
+        .await;
+    let state = |n: usize| {
+        let hookline = &hookline;
+        async move {
+            hookline
+                .get(&format!("/v1/tenants/acme/events/capped-{n}"))
+                .await
+                .status
+        }
+    };
+    // One at a time, each recorded before the next, so "oldest" is well defined.
+    for n in 1..=6 {
+        let accepted = hookline
+            .post_event(
+                "acme",
+                json!({"id": format!("capped-{n}"), "type": "job.created", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(accepted.status, 202);
+        eventually("the event's state is recorded", || async {
+            state(n).await == 200
+        })
+        .await;
+    }
+    eventually("only the three newest states remain", || async {
+        let mut kept = Vec::new();
+        for n in 1..=6 {
+            if state(n).await == 200 {
+                kept.push(n);
+            }
+        }
+        kept == [4, 5, 6]
+    })
+    .await;
+    hookline.stop().await;
+}
