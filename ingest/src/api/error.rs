@@ -8,6 +8,7 @@ use hookline_shared::Invalid;
 use hookline_shared::broker::publisher::PublishError;
 use hookline_shared::store::StoreError;
 use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -106,20 +107,27 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        match error {
+        Self::from(Arc::new(error))
+    }
+}
+
+/// A store error shared by every request that waited on one cached read.
+impl From<Arc<StoreError>> for ApiError {
+    fn from(error: Arc<StoreError>) -> Self {
+        match &*error {
             StoreError::QuotaExceeded { max } => Self::new(
                 StatusCode::CONFLICT,
                 "quota_exceeded",
                 format!("the tenant already has the maximum of {max} endpoints"),
             ),
-            error if error.is_unavailable() => {
+            shared if shared.is_unavailable() => {
                 tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(error)),
+                    error = hookline_shared::telemetry::error_chain(shared),
                     "Redis unavailable"
                 );
                 Self::unavailable("storage")
             }
-            error => {
+            _ => {
                 tracing::error!(
                     error = format!("{:#}", anyhow::Error::from(error)),
                     "storage error"

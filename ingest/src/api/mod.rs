@@ -29,6 +29,7 @@ use hookline_shared::dispatch::Dispatcher;
 use hookline_shared::domain::endpoint::{Endpoint, validate_endpoint_id};
 use hookline_shared::domain::event::TenantId;
 use hookline_shared::domain::health::HealthPolicy;
+use hookline_shared::store::StoreError;
 use hookline_shared::store::activity::ActivityStore;
 use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
@@ -40,8 +41,8 @@ use hookline_shared::store::retries::RetryStore;
 use openapi::{Doc, Documented};
 use secrecy::SecretString;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
@@ -71,14 +72,25 @@ pub struct Inner {
     pub rate: RateLimiter,
 }
 
-/// The catalog's type names, cached briefly for `require_known_event_types`.
-#[derive(Debug, Default)]
+/// The catalog's type names, cached briefly for `require_known_event_types`; misses
+/// that overlap share one read of the catalog.
+#[derive(Debug)]
 pub struct KnownTypes {
-    // A std Mutex: held to read or replace the set, never across an await.
-    cached: Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
+    cached: moka::future::Cache<(), Arc<HashSet<String>>>,
 }
 
 const KNOWN_TYPES_TTL: Duration = Duration::from_secs(5);
+
+impl Default for KnownTypes {
+    fn default() -> Self {
+        Self {
+            cached: moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(KNOWN_TYPES_TTL)
+                .build(),
+        }
+    }
+}
 
 impl KnownTypes {
     pub async fn contains(
@@ -86,35 +98,19 @@ impl KnownTypes {
         catalog: &CatalogStore,
         event_type: &str,
     ) -> Result<bool, ApiError> {
-        let fresh = self
-            .cached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < KNOWN_TYPES_TTL)
-            .map(|(_, types)| types.clone());
-        let types = match fresh {
-            Some(types) => types,
-            None => {
-                let types: Arc<HashSet<String>> = Arc::new(
-                    catalog
-                        .list()
-                        .await?
-                        .into_iter()
-                        .map(|e| e.event_type)
-                        .collect(),
-                );
-                *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), types.clone()));
-                types
-            }
+        let read = async {
+            let entries = catalog.list().await?;
+            Ok::<_, StoreError>(Arc::new(
+                entries.into_iter().map(|entry| entry.event_type).collect(),
+            ))
         };
+        let types = self.cached.try_get_with((), read).await?;
         Ok(types.contains(event_type))
     }
 
     /// Drops the cache after a catalog change made here.
     pub fn forget(&self) {
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.cached.invalidate_all();
     }
 }
 
