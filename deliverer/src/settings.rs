@@ -8,7 +8,7 @@ use hookline_shared::settings::{
     RetentionSettings, SecretsSettings, SettingsError, ShutdownSettings,
 };
 use ipnet::IpNet;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -99,13 +99,7 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
-        DeliveryProxy::from_setting(self.delivery.proxy.expose_secret()).map_err(|error| {
-            SettingsError::invalid(
-                "delivery.proxy",
-                "HOOKLINE__DELIVERY__PROXY",
-                error.to_string(),
-            )
-        })?;
+        DeliveryProxy::validate_setting(&self.delivery.proxy)?;
         let durations = [
             (
                 self.delivery.timeout,

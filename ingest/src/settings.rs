@@ -161,13 +161,7 @@ impl Settings {
             ("http.idle_timeout", "HOOKLINE__HTTP__IDLE_TIMEOUT"),
             ("http.max_connections", "HOOKLINE__HTTP__MAX_CONNECTIONS"),
         ])?;
-        DeliveryProxy::from_setting(self.delivery.proxy.expose_secret()).map_err(|error| {
-            SettingsError::invalid(
-                "delivery.proxy",
-                "HOOKLINE__DELIVERY__PROXY",
-                error.to_string(),
-            )
-        })?;
+        DeliveryProxy::validate_setting(&self.delivery.proxy)?;
         if let Some(pairs) = &self.api.tenant_tokens {
             let listed = pairs
                 .expose_secret()

@@ -51,6 +51,23 @@ pub enum InvalidProxy {
 }
 
 impl DeliveryProxy {
+    /// Checks `delivery.proxy` at start, the same in both binaries; the error names the
+    /// setting and never repeats the URL's credentials.
+    pub fn validate_setting(
+        raw: &secrecy::SecretString,
+    ) -> Result<(), crate::settings::SettingsError> {
+        use secrecy::ExposeSecret;
+        Self::from_setting(raw.expose_secret())
+            .map(|_| ())
+            .map_err(|error| {
+                crate::settings::SettingsError::invalid(
+                    "delivery.proxy",
+                    "HOOKLINE__DELIVERY__PROXY",
+                    error.to_string(),
+                )
+            })
+    }
+
     /// The setting's value; empty means no proxy.
     pub fn from_setting(raw: &str) -> Result<Option<Self>, InvalidProxy> {
         let raw = raw.trim();
