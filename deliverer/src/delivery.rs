@@ -524,9 +524,10 @@ impl Worker {
             probe: None,
             slot: None,
         };
-        let now_ms = to_ms(OffsetDateTime::now_utc());
         let jitter = rand::random::<f64>();
         let decision = loop {
+            // The clock is read at each step: taking a slot may have waited a while.
+            let now_ms = to_ms(OffsetDateTime::now_utc());
             match admission::decide(&admitting.facts, &self.admission, now_ms, jitter) {
                 Step::Ask(question) => self.answer(question, event, endpoint, &mut admitting).await,
                 Step::Decided(decision) => break decision,
