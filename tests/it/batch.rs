@@ -87,7 +87,7 @@ async fn invalid_events_are_answered_each_by_index_while_the_valid_ones_arrive()
         json!({"id": "b-3", "type": "candidate.created", "data": {}, "tenant": "beta"}),
         json!("not an object"),
         json!({"id": "b-5", "type": "candidate.created", "data": {"pad": "x".repeat(2000)}}),
-        json!({"id": "b-6", "type": "candidate.updated", "data": {}, "surprise": 1}),
+        json!({"id": "b-6", "type": "candidate.updated", "data": {}, "occurred_at": "yesterday"}),
         json!({"id": "b-7", "type": "candidate.updated", "data": {}}),
     ];
     let answer = post_batch(&hookline, "acme", events).await;
@@ -98,7 +98,7 @@ async fn invalid_events_are_answered_each_by_index_while_the_valid_ones_arrive()
         (3, "events[3].tenant"),
         (4, "events[4]"),
         (5, "events[5]"),
-        (6, "events[6].surprise"),
+        (6, "events[6].occurred_at"),
     ];
     for (index, field) in expected {
         let error = &results[index]["error"];

@@ -538,3 +538,63 @@ async fn release(state: &AppState, tenant: &TenantId, ids: &[&str]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_body_is_refused_whole_only_for_its_own_shape() {
+        // (body, status, field); each event's own shape is left to `parse_one`.
+        type Refusal = Option<(u16, &'static str)>;
+        let cases: [(&[u8], Refusal); 7] = [
+            (
+                br#"{"events": [{"type": "a.b", "data": {}}, 1, "x", {"bad": true}]}"#,
+                None,
+            ),
+            (br#"{"events": []}"#, None),
+            (br#"{"events": {"type": "a.b"}}"#, Some((422, "events"))),
+            (br#"{}"#, Some((422, "events"))),
+            (br#"{"events": [], "extra": 1}"#, Some((422, "extra"))),
+            (br#"{"events": [{"type": "a.b"},"#, Some((400, ""))),
+            // serde reads a list as the struct's fields in order: the first is `events`.
+            (br#"[{"type": "a.b", "data": {}}]"#, Some((422, "[0]"))),
+        ];
+        for (body, refused) in cases {
+            let parsed = body::parse_json_bytes::<Batch>(body);
+            let context = String::from_utf8_lossy(body);
+            match (parsed, refused) {
+                (Ok(_), None) => {}
+                (Err(error), Some((status, field))) => {
+                    assert_eq!(error.status().as_u16(), status, "{context}");
+                    assert_eq!(error.field().unwrap_or(""), field, "{context}");
+                }
+                (parsed, _) => panic!("{context}: {parsed:?}"),
+            }
+        }
+        let batch = body::parse_json_bytes::<Batch>(br#"{"events": [{"type": "a.b"}, 1]}"#)
+            .expect("a list");
+        let raw: Vec<&str> = batch.events.iter().map(|event| event.get()).collect();
+        assert_eq!(raw, [r#"{"type": "a.b"}"#, "1"], "each event kept as sent");
+    }
+
+    #[test]
+    fn an_error_inside_a_batch_names_the_event_and_its_field() {
+        let cases = [
+            (Some("type"), "events[3].type"),
+            (Some("data.a"), "events[3].data.a"),
+            (Some("[0]"), "events[3][0]"),
+            (None, "events[3]"),
+        ];
+        for (field, placed) in cases {
+            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "m");
+            let error = match field {
+                Some(field) => error.with_field(field),
+                None => error,
+            };
+            let detail = error.within("events[3]").detail();
+            assert_eq!(detail["field"], placed, "{field:?}");
+            assert_eq!(detail["code"], "invalid_field");
+        }
+    }
+}
