@@ -187,7 +187,7 @@ async fn a_batch_over_a_limit_or_malformed_is_refused_whole_naming_events() {
         "{}",
         too_many.body
     );
-    let padded = json!({"type": "candidate.created", "data": {"pad": "x".repeat(900)}});
+    let padded = json!({"type": "candidate.created", "data": {"pad": "x".repeat(1500)}});
     let too_big = post_batch(&hookline, "acme", vec![padded; 3]).await;
     assert_eq!(too_big.status, 413, "{}", too_big.body);
     assert_eq!(too_big.body["error"]["field"], "events");
