@@ -32,6 +32,7 @@ use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::RetryStore;
 use settings::Settings;
@@ -157,6 +158,11 @@ impl Ingest {
             auth_failures: api::throttle::AuthFailures::new(settings.api.auth_failures),
             trusted_proxies: settings.http.trusted_proxies.clone(),
             rate: RateLimiter::new(redis.clone(), keys.clone()),
+            quotas: api::quota::TenantQuotas::new(
+                settings.api.tenant_quota,
+                QuotaOverrides::new(redis.clone(), keys.clone()),
+            ),
+            quota_overrides: QuotaOverrides::new(redis.clone(), keys.clone()),
             accepted: accepted::AcceptedEvents::new(redis, keys, settings.api.dedup_window),
             metrics,
         });

@@ -64,14 +64,14 @@ impl IngestMetrics {
             throttled: IntCounterVec::new(
                 Opts::new(
                     "hookline_http_throttled_total",
-                    "API requests answered 429 for a limit on abuse, by reason (auth_failures, test_deliveries).",
+                    "API requests answered 429 for a limit on abuse, by reason (auth_failures, test_deliveries, tenant_quota).",
                 ),
                 &["reason"],
             )
             .unwrap_or_else(|e| unreachable!("{e}")),
             seen_types: Mutex::new(HashSet::new()),
         };
-        for reason in ["auth_failures", "test_deliveries"] {
+        for reason in ["auth_failures", "test_deliveries", "tenant_quota"] {
             metrics.throttled.with_label_values(&[reason]);
         }
         register(registry, metrics.throttled.clone());

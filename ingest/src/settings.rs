@@ -51,6 +51,12 @@ pub struct ApiSettings {
     #[serde(default)]
     pub extra_tokens: Option<SecretString>,
     pub max_event_bytes: usize,
+    /// Events in one `POST …/events/batch`.
+    pub max_batch_events: usize,
+    /// A batch's body; unset, [`BATCH_BYTES_FACTOR`] × `max_event_bytes` (see
+    /// [`ApiSettings::max_batch_bytes`]).
+    #[serde(default)]
+    pub max_batch_bytes: Option<usize>,
     pub max_endpoint_bytes: usize,
     pub max_endpoints_per_tenant: u32,
     #[serde(with = "humantime_serde")]
@@ -71,9 +77,17 @@ pub struct ApiSettings {
     /// Test deliveries (`…/test`, `verify` on create) per endpoint and per tenant.
     pub test_deliveries_per_endpoint: Quota,
     pub test_deliveries_per_tenant: Quota,
+    /// Events a tenant may send, per minute with a burst; `per_minute` 0 is unlimited.
+    /// An operator can override it per tenant (`PUT /v1/tenants/{t}/quota`).
+    pub tenant_quota: Quota,
     /// The console's CSP `frame-ancestors` sources (see [`crate::console::frame_ancestors`]).
     pub console_frame_ancestors: String,
 }
+
+/// A batch's body may be this many times an event's: batches of small events (a few KiB
+/// each) fit hundreds, while a batch cannot make ingest hold more than this many
+/// maximal events' worth of bytes per request.
+pub const BATCH_BYTES_FACTOR: usize = 8;
 
 /// A portal link is as strong as the key that signs it: HMAC-SHA256 keys shorter than its
 /// output can be guessed faster than the MAC, and an empty one by anybody.
@@ -112,6 +126,13 @@ impl DeliverySettings {
 }
 
 impl ApiSettings {
+    /// The largest batch body: `api.max_batch_bytes`, or [`BATCH_BYTES_FACTOR`] ×
+    /// `api.max_event_bytes` when unset.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+            .unwrap_or(self.max_event_bytes.saturating_mul(BATCH_BYTES_FACTOR))
+    }
+
     /// `(tenant, token)` for every tenant-scoped token.
     pub fn scoped_tokens(&self) -> Vec<(String, SecretString)> {
         self.tenant_tokens
@@ -252,6 +273,34 @@ impl Settings {
                 }
             }
         }
+        if let Err(invalid) = self.api.tenant_quota.check() {
+            let (key, env) = if invalid.field == "burst" {
+                (
+                    "api.tenant_quota.burst",
+                    "HOOKLINE__API__TENANT_QUOTA__BURST",
+                )
+            } else {
+                (
+                    "api.tenant_quota.per_minute",
+                    "HOOKLINE__API__TENANT_QUOTA__PER_MINUTE",
+                )
+            };
+            return Err(SettingsError::invalid(key, env, invalid.message));
+        }
+        if self.api.max_batch_events == 0 {
+            return Err(SettingsError::invalid(
+                "api.max_batch_events",
+                "HOOKLINE__API__MAX_BATCH_EVENTS",
+                "must be at least 1",
+            ));
+        }
+        if self.api.max_batch_bytes() < self.api.max_event_bytes {
+            return Err(SettingsError::invalid(
+                "api.max_batch_bytes",
+                "HOOKLINE__API__MAX_BATCH_BYTES",
+                "must be at least api.max_event_bytes",
+            ));
+        }
         if self.api.max_event_bytes < 1024 {
             return Err(SettingsError::invalid(
                 "api.max_event_bytes",
@@ -368,6 +417,61 @@ mod tests {
             error
                 .to_string()
                 .contains("HOOKLINE__API__CONSOLE_FRAME_ANCESTORS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn batch_limits_and_the_tenant_quota_default_to_off_and_eight_events_worth() {
+        let settings =
+            Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t")])).expect("valid");
+        assert_eq!(settings.api.max_batch_events, 500);
+        assert_eq!(
+            settings.api.max_batch_bytes(),
+            BATCH_BYTES_FACTOR * settings.api.max_event_bytes
+        );
+        assert_eq!(settings.api.tenant_quota.limited(), None, "off by default");
+        let settings = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__API__TOKEN", "t"),
+            ("HOOKLINE__API__MAX_EVENT_BYTES", "2048"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            settings.api.max_batch_bytes(),
+            16384,
+            "follows max_event_bytes"
+        );
+        for (key, value, named) in [
+            ("HOOKLINE__API__TENANT_QUOTA__PER_MINUTE", "600", ""),
+            (
+                "HOOKLINE__API__MAX_BATCH_EVENTS",
+                "0",
+                "api.max_batch_events",
+            ),
+            (
+                "HOOKLINE__API__MAX_BATCH_BYTES",
+                "1024",
+                "api.max_batch_bytes",
+            ),
+        ] {
+            let loaded =
+                Settings::from_defaults_with(env(&[("HOOKLINE__API__TOKEN", "t"), (key, value)]));
+            match loaded {
+                Ok(_) => assert!(named.is_empty(), "{key}={value} accepted"),
+                Err(error) => assert!(
+                    error.to_string().contains(named) && !named.is_empty(),
+                    "{error}"
+                ),
+            }
+        }
+        let error = Settings::from_defaults_with(env(&[
+            ("HOOKLINE__API__TOKEN", "t"),
+            ("HOOKLINE__API__TENANT_QUOTA__PER_MINUTE", "600"),
+            ("HOOKLINE__API__TENANT_QUOTA__BURST", "0"),
+        ]))
+        .expect_err("a quota without a burst");
+        assert!(
+            error.to_string().contains("api.tenant_quota.burst"),
             "{error}"
         );
     }

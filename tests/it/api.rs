@@ -595,6 +595,8 @@ async fn openapi_describes_every_route_and_every_described_route_is_served() {
         "/v1/tenants/{tenant}/dead-letters/replay",
         "/v1/event-types/{event_type}",
         "/v1/tenants/{tenant}/portal-links",
+        "/v1/tenants/{tenant}/events/batch",
+        "/v1/tenants/{tenant}/quota",
     ] {
         assert!(paths.contains_key(expected), "{expected} missing");
     }

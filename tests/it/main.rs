@@ -2,6 +2,7 @@
 
 mod abuse;
 mod api;
+mod batch;
 mod circuit;
 mod console;
 mod disabling;
@@ -12,6 +13,7 @@ mod history;
 mod metrics;
 mod pacing;
 mod pipeline;
+mod quota;
 mod redis_topologies;
 
 /// Helpers shared by the modules about endpoints.

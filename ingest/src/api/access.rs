@@ -144,6 +144,10 @@ pub fn permits(scope: &Scope, method: &Method, path: &str) -> Result<(), Denied>
     let mut segments = path.trim_start_matches('/').split('/');
     match (segments.next(), segments.next()) {
         (Some("tenants"), Some(t)) if t != tenant => Err(Denied::OtherTenant),
+        // A tenant's quota is the operator's to set; the tenant may read it.
+        (Some("tenants"), Some(_)) if !tenant_may_change(method, segments.clone().next()) => {
+            Err(Denied::OperatorOnly)
+        }
         (Some("tenants"), Some(_)) => match via {
             Credential::ApiToken => Ok(()),
             Credential::PortalLink if portal_session_may(method, segments.next()) => Ok(()),
@@ -155,6 +159,12 @@ pub fn permits(scope: &Scope, method: &Method, path: &str) -> Result<(), Denied>
     }
 }
 
+/// Whether a tenant-scoped caller may call `method` on its `resource`: everything but
+/// changing its own quota.
+fn tenant_may_change(method: &Method, resource: Option<&str>) -> bool {
+    resource != Some("quota") || method == Method::GET
+}
+
 /// The tenant resources a portal session may use: what the console shows a customer.
 /// Everything else under the tenant needs an API token: publishing events is the ATS's
 /// job, minting portal links would let a link renew itself past its TTL, and a tenant
@@ -163,6 +173,7 @@ fn portal_session_may(method: &Method, resource: Option<&str>) -> bool {
     match resource {
         Some("endpoints" | "dead-letters") => true,
         Some("events") => method == Method::GET,
+        Some("quota") => method == Method::GET,
         _ => false,
     }
 }
@@ -258,6 +269,12 @@ mod tests {
             ("/tenants/acme/dead-letters/replay", &post, Ok(()), Ok(()), Ok(())),
             ("/tenants/acme/events/evt-1", &get, Ok(()), Ok(()), Ok(())),
             ("/tenants/acme/events", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            ("/tenants/acme/events/batch", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
+            // The quota is the operator's to set; the tenant reads its own.
+            ("/tenants/acme/quota", &get, Ok(()), Ok(()), Ok(())),
+            ("/tenants/acme/quota", &put, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
+            ("/tenants/acme/quota", &delete, Ok(()), Err(OperatorOnly), Err(OperatorOnly)),
+            ("/tenants/beta/quota", &get, Ok(()), Err(OtherTenant), Err(OtherTenant)),
             // A link that mints links would never expire.
             ("/tenants/acme/portal-links", &post, Ok(()), Ok(()), Err(ApiTokenRequired)),
             // Tenant routes not listed for portal sessions (erasure, say) need a token.

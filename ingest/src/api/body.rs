@@ -37,14 +37,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// Reads at most `limit` bytes, then parses. Syntax errors (including invalid UTF-8)
 /// are 400; a well-formed document of the wrong shape is 422 naming the field.
 pub async fn parse_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    parse_json_bytes(&read(body, limit).await?)
+}
+
+/// The body, if it is at most `limit` bytes; otherwise 413.
+pub async fn read(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the body exceeds {limit} bytes"),
         )
-    })?;
-    parse_json_bytes(&bytes)
+    })
 }
 
 /// Like [`parse_json`], but an empty body means `T::default()`: for actions whose
@@ -53,13 +57,7 @@ pub async fn parse_optional_json<T: DeserializeOwned + Default>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body exceeds {limit} bytes"),
-        )
-    })?;
+    let bytes = read(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -48,6 +48,27 @@ impl ApiError {
         self
     }
 
+    /// The same error for one item of a list, e.g. field `type` of the fourth event of a
+    /// batch becomes `events[3].type` (and no field becomes `events[3]`).
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = Some(match self.field.take() {
+            None => parent.to_owned(),
+            Some(field) if field.starts_with('[') => format!("{parent}{field}"),
+            Some(field) => format!("{parent}.{field}"),
+        });
+        self
+    }
+
+    /// `{"code", "message", "field"?}`: what the answer's `error` holds, also used for
+    /// one item's result inside a 200 answer.
+    pub fn detail(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = &self.field {
+            error["field"] = field.as_str().into();
+        }
+        error
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -161,10 +182,7 @@ impl From<PublishError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
-        if let Some(field) = self.field {
-            error["field"] = field.into();
-        }
+        let error = self.detail();
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -15,6 +15,7 @@ pub mod openapi;
 mod operator;
 mod portal;
 mod preview;
+pub mod quota;
 pub mod throttle;
 
 use crate::accepted::AcceptedEvents;
@@ -35,6 +36,7 @@ use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
+use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::replicas::ReplicaRegistry;
 use hookline_shared::store::retries::RetryStore;
@@ -70,6 +72,8 @@ pub struct Inner {
     pub auth_failures: throttle::AuthFailures,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub rate: RateLimiter,
+    pub quotas: quota::TenantQuotas,
+    pub quota_overrides: QuotaOverrides,
 }
 
 /// The catalog's type names, cached briefly for `require_known_event_types`; misses
@@ -140,6 +144,44 @@ pub fn api() -> Documented<AppState> {
                 (202, "The event id and whether it was a duplicate"),
             )
             .body("Event"),
+        )
+        .op(
+            M::POST,
+            "/tenants/{tenant}/events/batch",
+            events::ingest_batch,
+            Doc::new(
+                "Accept up to api.max_batch_events events at once; answers after the broker confirmed every accepted one",
+                (200, "One result per event, in order: {id, duplicate} or {error} naming events[i]"),
+            )
+            .body("EventBatch"),
+        )
+        .op(
+            M::GET,
+            "/tenants/{tenant}/quota",
+            quota::get,
+            Doc::new(
+                "The tenant's ingest quota: its override, or the default (per_minute 0: unlimited)",
+                (200, "per_minute, burst and source"),
+            ),
+        )
+        .op(
+            M::PUT,
+            "/tenants/{tenant}/quota",
+            quota::put,
+            Doc::new(
+                "Operators: set the tenant's ingest quota in place of the default",
+                (200, "The quota now applying"),
+            )
+            .body("Quota"),
+        )
+        .op(
+            M::DELETE,
+            "/tenants/{tenant}/quota",
+            quota::delete,
+            Doc::new(
+                "Operators: remove the tenant's override; the default applies again",
+                (204, "Removed"),
+            ),
         )
         .op(
             M::POST,

@@ -182,6 +182,21 @@ fn schemas() -> Value {
                 "actor": {"type": "object", "properties": {"id": {}, "name": {"type": "string"}, "email": {"type": "string"}}},
             },
         },
+        "EventBatch": {
+            "type": "object",
+            "required": ["events"],
+            "properties": {"events": {"type": "array", "minItems": 1,
+                "items": {"$ref": "#/components/schemas/Event"},
+                "description": "at most api.max_batch_events (500) events"}},
+        },
+        "Quota": {
+            "type": "object",
+            "required": ["per_minute"],
+            "properties": {
+                "per_minute": {"type": "integer", "minimum": 0, "description": "events a minute on average; 0: unlimited"},
+                "burst": {"type": "integer", "minimum": 1, "description": "events at once; required when per_minute > 0"},
+            },
+        },
         "Endpoint": {
             "type": "object",
             "required": ["url", "event_types"],

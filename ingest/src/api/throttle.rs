@@ -60,7 +60,7 @@ impl AuthFailures {
         self.failures
             .entry(client_key(client))
             .and_compute_with(|entry| {
-                match quota::admit(quota, entry.map(|e| e.into_value()), now) {
+                match quota::admit(quota, entry.map(|e| e.into_value()), now, 1) {
                     Ok(tat) => moka::ops::compute::Op::Put(tat),
                     Err(_) => moka::ops::compute::Op::Nop,
                 }

@@ -39,6 +39,14 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
 }
 
+/// One message of [`Publisher::publish_many`].
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
 /// A confirm-mode channel and the number of the connection it belongs to.
 type Current = Option<(u64, Channel)>;
 
@@ -123,7 +131,77 @@ impl Publisher {
                 .await?;
             confirm.await
         };
-        match tokio::time::timeout(self.confirm_timeout, publish).await {
+        let outcome = tokio::time::timeout(self.confirm_timeout, publish).await;
+        self.settle(generation, outcome, exchange, routing_key)
+    }
+
+    /// Publishes every message as [`Publisher::publish`] does, all of them before
+    /// waiting for any confirm, then waits for all the confirms together: one round
+    /// trip to the broker for the batch, not one per message. The confirm timeout runs
+    /// once, for the whole batch.
+    ///
+    /// Refused whole (`Err`, nothing published) only when no channel is available; once
+    /// publishing started each message has its own result, in order. A message that
+    /// cannot be sent because the channel broke under an earlier one of the batch is
+    /// [`PublishError::Unavailable`].
+    pub async fn publish_many(
+        &self,
+        exchange: &str,
+        messages: Vec<Outgoing<'_>>,
+    ) -> Result<Vec<Result<(), PublishError>>, PublishError> {
+        let Some((generation, channel)) = self.channel.borrow().clone() else {
+            return Err(PublishError::Unavailable);
+        };
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let mut sent = Vec::with_capacity(messages.len());
+        let mut broken = false;
+        for message in &messages {
+            if broken {
+                sent.push(None);
+                continue;
+            }
+            let publish = channel.basic_publish(
+                exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                message.body,
+                message.properties.clone().with_delivery_mode(2),
+            );
+            let confirm = match tokio::time::timeout_at(deadline, publish).await {
+                Ok(Ok(confirm)) => Ok(confirm),
+                Ok(Err(error)) => Err(Ok(Err(error))),
+                Err(elapsed) => Err(Err(elapsed)),
+            };
+            broken = confirm.is_err();
+            sent.push(Some(confirm));
+        }
+        let settled = sent
+            .into_iter()
+            .zip(&messages)
+            .map(|(sent, message)| async move {
+                let outcome = match sent {
+                    None => return Err(PublishError::Unavailable),
+                    Some(Err(failed)) => failed,
+                    Some(Ok(confirm)) => tokio::time::timeout_at(deadline, confirm).await,
+                };
+                self.settle(generation, outcome, exchange, message.routing_key)
+            });
+        Ok(futures::future::join_all(settled).await)
+    }
+
+    /// What a publish's outcome means; a timeout or a channel error marks the channel
+    /// broken, so the supervisor reconnects.
+    fn settle(
+        &self,
+        generation: u64,
+        outcome: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), PublishError> {
+        match outcome {
             Err(_) => {
                 self.broken.send_replace(generation);
                 Err(PublishError::ConfirmTimeout(self.confirm_timeout))

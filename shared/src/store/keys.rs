@@ -63,6 +63,12 @@ impl Keyspace {
         }
     }
 
+    /// String: the quota an operator set for the tenant (`{"per_minute", "burst"}` JSON),
+    /// in place of the installation's default for quota `name`.
+    pub fn quota_override(&self, tenant: &TenantId, name: &str) -> String {
+        self.tenant_key(tenant, &format!("quota-override:{name}"))
+    }
+
     /// Sorted set: attempt JSON scored by attempt time (ms), newest kept.
     pub fn attempts(&self, tenant: &TenantId, endpoint_id: &str) -> String {
         self.tenant_key(tenant, &format!("attempts:{endpoint_id}"))
@@ -162,6 +168,8 @@ mod tests {
             keys.dead_letters(&tenant),
             keys.dead_letter_index(&tenant),
             keys.accepted_event(&tenant, "evt"),
+            keys.quota(&tenant, "ingest", None),
+            keys.quota_override(&tenant, "ingest"),
         ];
         for key in &tenant_keys {
             assert!(key.starts_with("hl:{acme}:"), "{key}");

@@ -10,6 +10,7 @@ pub mod dead_letters;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
+pub mod quotas;
 pub mod rate;
 pub mod replicas;
 pub mod retries;

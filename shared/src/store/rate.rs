@@ -27,21 +27,23 @@ return string.format('%.0f', start - now)
     )
 });
 
-/// KEYS: one TAT (µs) per quota. ARGV: now (µs), then interval and tolerance (µs) per
-/// key. [`crate::domain::quota::admit`] for every key: all admit and every TAT moves, or
-/// none moves and the answer is the longest wait, in µs (0: admitted).
+/// KEYS: one TAT (µs) per quota. ARGV: now (µs), cost (units), then interval and
+/// tolerance (µs) per key. [`crate::domain::quota::admit`] for every key: all admit
+/// `cost` units and every TAT moves, or none moves and the answer is the longest wait,
+/// in µs (0: admitted).
 static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
 local wait = 0
 local next = {}
 for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = tonumber(ARGV[2 * i + 1])
+  local interval = tonumber(ARGV[2 * i + 1])
+  local tolerance = tonumber(ARGV[2 * i + 2])
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now then tat = now end
-  next[i] = tat + interval
+  next[i] = tat + interval * cost
   local over = next[i] - now - tolerance
   if over > wait then wait = over end
 end
@@ -54,6 +56,9 @@ return '0'
     )
 });
 
+/// The name of the tenant's ingest quota, in its TAT key and its override's.
+pub const INGEST: &str = "ingest";
+
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     redis: RedisConnection,
@@ -65,11 +70,17 @@ impl RateLimiter {
         Self { redis, keys }
     }
 
-    /// Admits one request under every `(key, quota)` at once, or answers how long until it
-    /// would be admitted; a refusal uses none of them up.
-    pub async fn admit(&self, quotas: &[(String, Quota)], now_us: u64) -> Result<(), Refused> {
+    /// Admits `cost` units (one per event or request) under every `(key, quota)` at
+    /// once, or answers how long until they would be admitted; a refusal uses none of
+    /// them up.
+    pub async fn admit(
+        &self,
+        quotas: &[(String, Quota)],
+        now_us: u64,
+        cost: u32,
+    ) -> Result<(), Refused> {
         let mut invocation = ADMIT.prepare_invoke();
-        invocation.arg(now_us);
+        invocation.arg(now_us).arg(cost);
         for (key, quota) in quotas {
             invocation
                 .key(key)
@@ -102,6 +113,23 @@ impl RateLimiter {
                 (self.keys.quota(tenant, "test", None), per_tenant),
             ],
             now_us,
+            1,
+        )
+        .await
+    }
+
+    /// Admits `events` under the tenant's ingest quota, all or none.
+    pub async fn admit_events(
+        &self,
+        tenant: &TenantId,
+        quota: Quota,
+        events: u32,
+        now_us: u64,
+    ) -> Result<(), Refused> {
+        self.admit(
+            &[(self.keys.quota(tenant, INGEST, None), quota)],
+            now_us,
+            events,
         )
         .await
     }

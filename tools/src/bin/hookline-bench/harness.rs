@@ -449,6 +449,13 @@ pub enum Traffic {
     Amqp {
         events: usize,
     },
+    /// (2) sent as `POST …/events/batch` of `size` events each, from `clients`
+    /// closed-loop clients.
+    Batch {
+        events: usize,
+        size: usize,
+        clients: usize,
+    },
 }
 
 /// What the healthy tenant's endpoints ask for.
@@ -573,6 +580,7 @@ pub async fn throughput(
         } => "fanout-mixed",
         Traffic::Http { .. } => "fanout",
         Traffic::Amqp { .. } => "amqp",
+        Traffic::Batch { .. } => "batch",
     };
     let services = start_services(brokers, args, name).await?;
     let counter = Arc::new(Counter::default());
@@ -584,7 +592,9 @@ pub async fn throughput(
             second,
             formats,
         } => (endpoints, events, second, formats),
-        Traffic::Amqp { events } => (1, events, Second::None, Formats::Json),
+        Traffic::Amqp { events } | Traffic::Batch { events, .. } => {
+            (1, events, Second::None, Formats::Json)
+        }
     };
     for index in 0..endpoints {
         let format = match formats {
@@ -613,6 +623,11 @@ pub async fn throughput(
     let started_us = now_us();
     match traffic {
         Traffic::Amqp { events } => publish_direct(brokers, &services.prefix, events).await?,
+        Traffic::Batch {
+            events,
+            size,
+            clients,
+        } => send_batches_over_http(clients, events, size).await?,
         Traffic::Http { .. } => {
             let total = if with_second {
                 events + events / (SECOND_TENANT_SHARE - 1)
@@ -668,6 +683,42 @@ async fn send_over_http(
                 ingest
                     .send_event(tenant_of(index), event_bytes(&padding))
                     .await?;
+            }
+        }));
+    }
+    for client in running {
+        client.await??;
+    }
+    Ok(())
+}
+
+/// Sends `total` events in batches of `size` from `clients` closed-loop clients, all to
+/// the measured tenant.
+async fn send_batches_over_http(clients: usize, total: usize, size: usize) -> anyhow::Result<()> {
+    let size = size.max(1);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut running = Vec::new();
+    for _ in 0..clients {
+        let sent = sent.clone();
+        let padding = padding();
+        running.push(tokio::spawn(async move {
+            let mut ingest = IngestConnection::open().await?;
+            loop {
+                let first = sent.fetch_add(size, Ordering::Relaxed);
+                if first >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let count = size.min(total - first);
+                let mut body = Vec::with_capacity(count * (padding.len() + 96) + 16);
+                body.extend_from_slice(b"{\"events\":[");
+                for index in 0..count {
+                    if index > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(&event_bytes(&padding));
+                }
+                body.extend_from_slice(b"]}");
+                ingest.send_batch("healthy", body).await?;
             }
         }));
     }
@@ -789,6 +840,32 @@ impl IngestConnection {
         // Read the answer to the end so the connection can carry the next request.
         let answer = response.into_body().collect().await?.to_bytes();
         if status != StatusCode::ACCEPTED {
+            bail!(
+                "ingest answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl IngestConnection {
+    /// Sends one batch and checks every event of it was accepted.
+    async fn send_batch(&mut self, tenant: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        use http_body_util::BodyExt;
+        let request = axum::http::Request::post(format!("/v1/tenants/{tenant}/events/batch"))
+            .header(axum::http::header::HOST, API)
+            .header(axum::http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let answer = response.into_body().collect().await?.to_bytes();
+        // A refused event is an `"error"` among the results; searching the bytes costs
+        // the load generator less than parsing every answer.
+        let refused = answer.windows(8).any(|window| window == b"\"error\":");
+        if status != StatusCode::OK || refused {
             bail!(
                 "ingest answered {status}: {}",
                 String::from_utf8_lossy(&answer)

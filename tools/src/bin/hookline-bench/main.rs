@@ -51,8 +51,8 @@ pub struct Args {
     pub queue_type: String,
     #[arg(long, default_value_t = 200)]
     pub prefetch: u16,
-    /// Run only these scenarios (comma-separated: ceiling, single, fanout, mixed, direct,
-    /// latency, isolation, held); all by default. Ratios to a scenario left out are omitted.
+    /// Run only these scenarios (comma-separated: ceiling, single, batch, fanout, mixed,
+    /// direct, latency, isolation, held); all by default. Ratios to a scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Events held behind an open circuit in the held-backlog scenario, and how long
@@ -61,6 +61,12 @@ pub struct Args {
     pub held_events: usize,
     #[arg(long, default_value = "30s", value_parser = humantime_parse)]
     pub held_window: Duration,
+    /// Events per request in the batch scenario, and its closed-loop clients (each waits
+    /// for its batch's answer, so `batch_size × batch_clients` events are in flight).
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_clients: usize,
     /// Pairs of isolation runs: each hanging run beside a run of (2); the median of the
     /// pairs' ratios is reported.
     #[arg(long, default_value_t = 7)]
@@ -110,6 +116,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         names: &["ceiling", "single"],
         run: |bench, report| Box::pin(scenarios::ceiling_at_client_depth(bench, report)),
+    },
+    Scenario {
+        names: &["batch"],
+        run: |bench, report| Box::pin(scenarios::batch(bench, report)),
     },
     Scenario {
         names: &["fanout"],

@@ -164,6 +164,42 @@ pub async fn ceiling_at_client_depth(bench: &Bench, report: &mut Report) -> anyh
     Ok(())
 }
 
+/// (2b) (2) with the same events sent in batches (`POST …/events/batch`), as a ratio to
+/// (2): what answering once per batch instead of once per event saves.
+pub async fn batch(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let args = &bench.args;
+    eprintln!(
+        "[2b/8] throughput to 1 endpoint in batches: {} events over HTTP, {} a batch, {} clients",
+        args.events, args.batch_size, args.batch_clients
+    );
+    let batched = harness::throughput(
+        &bench.brokers,
+        args,
+        Traffic::Batch {
+            events: args.events,
+            size: args.batch_size,
+            clients: args.batch_clients,
+        },
+    )
+    .await?;
+    report.push(line(
+        "throughput_batch_1_endpoint",
+        batched.events_per_s,
+        "events/s",
+        report.against("throughput_1_endpoint"),
+        Some(&format!(
+            "batches of {} from {} clients",
+            args.batch_size, args.batch_clients
+        )),
+    ));
+    report.cpu(
+        "batch_cpu_per_event",
+        &batched,
+        "during throughput_batch_1_endpoint",
+    );
+    Ok(())
+}
+
 /// (3) Deliveries/s with ten endpoints of one tenant.
 pub async fn fanout(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let args = &bench.args;
