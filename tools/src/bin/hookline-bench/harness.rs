@@ -2,6 +2,8 @@
 //! receiver and the load generators in this process, the raw broker ceiling, and the
 //! CPU and memory each process used.
 
+use crate::drain::{self, Drain};
+use crate::report::quantile;
 use crate::{Args, Brokers};
 use anyhow::{Context, bail};
 use axum::body::Bytes;
@@ -175,30 +177,61 @@ fn ceiling_cpu() -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// A receiver that counts, timestamps, optionally records latencies, or hangs.
+/// What a receiver keeps of each delivery it counts, beyond the count and the time of the
+/// last one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    #[default]
+    Count,
+    /// When each arrived. The body is not parsed, so the receiver costs about what a bare
+    /// count does and the run it measures stays comparable with (2).
+    Arrivals,
+    /// When each was sent (the body's `sent_at_us`, same clock) and when it arrived.
+    SentAndArrivals,
+}
+
+/// One delivery a receiver kept, in µs since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Arrival {
+    sent_us: Option<u64>,
+    received_us: u64,
+}
+
+/// A receiver that counts, timestamps, optionally keeps each arrival, or hangs.
 #[derive(Debug, Default)]
 struct Counter {
     received: AtomicUsize,
     target: AtomicUsize,
     last_us: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
-    record_latency: std::sync::atomic::AtomicBool,
+    keep: Keep,
+    arrivals: Mutex<Vec<Arrival>>,
     reached: Notify,
 }
 
 impl Counter {
+    fn keeping(keep: Keep) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+
     fn count(&self, body: &[u8]) {
-        if self.record_latency.load(Ordering::Relaxed)
-            && let Ok(value) = serde_json::from_slice::<Value>(body)
-            && let Some(sent) = value["data"]["sent_at_us"].as_u64()
-        {
-            let latency = now_us().saturating_sub(sent);
-            self.latencies_us
+        let received_us = now_us();
+        if self.keep != Keep::Count {
+            let sent_us = (self.keep == Keep::SentAndArrivals)
+                .then(|| serde_json::from_slice::<Value>(body).ok())
+                .flatten()
+                .and_then(|value| value["data"]["sent_at_us"].as_u64());
+            self.arrivals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(latency);
+                .push(Arrival {
+                    sent_us,
+                    received_us,
+                });
         }
-        self.last_us.store(now_us(), Ordering::Relaxed);
+        self.last_us.store(received_us, Ordering::Relaxed);
         let seen = self.received.fetch_add(1, Ordering::Relaxed) + 1;
         if seen >= self.target.load(Ordering::Relaxed) {
             self.reached.notify_waiters();
@@ -245,6 +278,10 @@ async fn start_receiver(counter: Arc<Counter>) -> anyhow::Result<String> {
 }
 
 impl Counter {
+    fn take_arrivals(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *self.arrivals.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     async fn wait_for(&self, target: usize) -> anyhow::Result<()> {
         self.target.store(target, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
@@ -265,64 +302,102 @@ impl Counter {
 
 struct Services {
     ingest: Child,
-    deliverer: Child,
+    /// None until [`Services::start_deliverer`]: a scenario may let a backlog build up
+    /// before anything consumes it.
+    deliverer: Option<Child>,
     http: reqwest::Client,
     prefix: String,
+    scenario: String,
 }
 
+/// Ingest and the deliverer, both ready.
 async fn start_services(
     brokers: &Brokers,
     args: &Args,
     scenario: &str,
 ) -> anyhow::Result<Services> {
+    let mut services = start_ingest(brokers, args, scenario).await?;
+    services.start_deliverer(brokers, args).await?;
+    Ok(services)
+}
+
+/// Ingest alone, ready. It declares the whole topology, so the events it accepts wait in
+/// the deliveries queue until [`Services::start_deliverer`].
+async fn start_ingest(brokers: &Brokers, args: &Args, scenario: &str) -> anyhow::Result<Services> {
     let prefix = format!("bench-{scenario}-{}", std::process::id());
-    let logs = PathBuf::from("target/bench/logs");
-    std::fs::create_dir_all(&logs)?;
-    let spawn = |binary: &str| -> anyhow::Result<Child> {
-        let log = std::fs::File::create(logs.join(format!("{scenario}-{binary}.log")))?;
-        let mut command = Command::new(args.bin_dir.join(binary));
-        command
-            .env("HOOKLINE__PREFIX", &prefix)
-            .env("HOOKLINE__AMQP__URL", &brokers.amqp_url)
-            .env("HOOKLINE__REDIS__URL", &brokers.redis_url)
-            .env("HOOKLINE__AMQP__QUEUE_TYPE", &args.queue_type)
-            .env("HOOKLINE__AMQP__PREFETCH", args.prefetch.to_string())
-            .env("HOOKLINE__API__TOKEN", TOKEN)
-            .env("HOOKLINE__HTTP__LISTEN", API)
-            .env("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-            .env("HOOKLINE__LOG__FILTER", "warn")
-            .env(
-                "HOOKLINE__ADMIN__LISTEN",
-                if binary == "hookline-ingest" {
-                    INGEST_ADMIN
-                } else {
-                    DELIVERER_ADMIN
-                },
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {binary} (build with cargo build --release)"))
-    };
     let services = Services {
-        ingest: spawn("hookline-ingest")?,
-        deliverer: spawn("hookline-deliverer")?,
+        ingest: spawn_service("hookline-ingest", brokers, args, scenario, &prefix)?,
+        deliverer: None,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .build()?,
         prefix,
+        scenario: scenario.to_owned(),
     };
-    for admin in [INGEST_ADMIN, DELIVERER_ADMIN] {
+    services.wait_ready(INGEST_ADMIN).await?;
+    Ok(services)
+}
+
+/// Starts one of Hookline's binaries with the bench's settings, its log under
+/// `target/bench/logs`.
+fn spawn_service(
+    binary: &str,
+    brokers: &Brokers,
+    args: &Args,
+    scenario: &str,
+    prefix: &str,
+) -> anyhow::Result<Child> {
+    let logs = PathBuf::from("target/bench/logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = std::fs::File::create(logs.join(format!("{scenario}-{binary}.log")))?;
+    Command::new(args.bin_dir.join(binary))
+        .env("HOOKLINE__PREFIX", prefix)
+        .env("HOOKLINE__AMQP__URL", &brokers.amqp_url)
+        .env("HOOKLINE__REDIS__URL", &brokers.redis_url)
+        .env("HOOKLINE__AMQP__QUEUE_TYPE", &args.queue_type)
+        .env("HOOKLINE__AMQP__PREFETCH", args.prefetch.to_string())
+        .env("HOOKLINE__API__TOKEN", TOKEN)
+        .env("HOOKLINE__HTTP__LISTEN", API)
+        .env("HOOKLINE__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+        .env("HOOKLINE__LOG__FILTER", "warn")
+        .env(
+            "HOOKLINE__ADMIN__LISTEN",
+            if binary == "hookline-ingest" {
+                INGEST_ADMIN
+            } else {
+                DELIVERER_ADMIN
+            },
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {binary} (build with cargo build --release)"))
+}
+
+impl Services {
+    /// Starts the deliverer beside the running ingest and waits until it is ready, which
+    /// includes its consumer on the deliveries queue.
+    async fn start_deliverer(&mut self, brokers: &Brokers, args: &Args) -> anyhow::Result<()> {
+        if self.deliverer.is_some() {
+            bail!("the deliverer of {} is already running", self.scenario);
+        }
+        self.deliverer = Some(spawn_service(
+            "hookline-deliverer",
+            brokers,
+            args,
+            &self.scenario,
+            &self.prefix,
+        )?);
+        self.wait_ready(DELIVERER_ADMIN).await
+    }
+
+    async fn wait_ready(&self, admin: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = services
-                .http
-                .get(format!("http://{admin}/readyz"))
-                .send()
-                .await;
+            let ready = self.http.get(format!("http://{admin}/readyz")).send().await;
             if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("{admin} did not become ready; see target/bench/logs");
@@ -330,7 +405,6 @@ async fn start_services(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok(services)
 }
 
 impl Services {
@@ -368,8 +442,9 @@ impl Services {
 
     /// Peak RSS of (ingest, deliverer), then SIGTERM and wait.
     async fn stop(mut self, brokers: &Brokers) -> anyhow::Result<(u64, u64)> {
-        let peaks = (peak_rss(self.ingest.id()), peak_rss(self.deliverer.id()));
-        for child in [&self.ingest, &self.deliverer] {
+        let deliverer = self.deliverer.as_ref().and_then(Child::id);
+        let peaks = (peak_rss(self.ingest.id()), peak_rss(deliverer));
+        for child in std::iter::once(&self.ingest).chain(self.deliverer.as_ref()) {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
                     .arg("-TERM")
@@ -378,7 +453,7 @@ impl Services {
                     .await;
             }
         }
-        for child in [&mut self.ingest, &mut self.deliverer] {
+        for child in std::iter::once(&mut self.ingest).chain(self.deliverer.as_mut()) {
             if tokio::time::timeout(Duration::from_secs(40), child.wait())
                 .await
                 .is_err()
@@ -527,7 +602,10 @@ fn broker_pid(name: &str) -> Option<u32> {
 fn cpu_snapshot(services: &Services) -> Vec<(&'static str, u64)> {
     vec![
         ("ingest", cpu_us(services.ingest.id())),
-        ("deliverer", cpu_us(services.deliverer.id())),
+        (
+            "deliverer",
+            cpu_us(services.deliverer.as_ref().and_then(Child::id)),
+        ),
         ("rabbitmq", cpu_us(broker_pid("rabbitmq"))),
         ("redis", cpu_us(broker_pid("redis"))),
         (
@@ -914,8 +992,7 @@ async fn publish_direct(brokers: &Brokers, prefix: &str, events: usize) -> anyho
 /// Open loop at a fixed rate: latency from send to receipt, p50/p99/p99.9 in ms.
 pub async fn latency(brokers: &Brokers, args: &Args) -> anyhow::Result<(f64, f64, f64)> {
     let services = start_services(brokers, args, "latency").await?;
-    let counter = Arc::new(Counter::default());
-    counter.record_latency.store(true, Ordering::Relaxed);
+    let counter = Arc::new(Counter::keeping(Keep::SentAndArrivals));
     let base = start_receiver(counter.clone()).await?;
     services
         .create_endpoint("healthy", format!("{base}/ok"))
@@ -948,16 +1025,103 @@ pub async fn latency(brokers: &Brokers, args: &Args) -> anyhow::Result<(f64, f64
         );
     }
     services.stop(brokers).await?;
-    let mut latencies = std::mem::take(
-        &mut *counter
-            .latencies_us
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
-    latencies.sort_unstable();
-    let quantile = |q: f64| {
-        let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index] as f64 / 1000.0
-    };
-    Ok((quantile(0.5), quantile(0.99), quantile(0.999)))
+    let mut latencies: Vec<f64> = counter
+        .take_arrivals()
+        .into_iter()
+        .filter_map(|arrival| Some(arrival.received_us.saturating_sub(arrival.sent_us?) as f64))
+        .map(|us| us / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q| quantile(&latencies, q).context("no event carried its send time");
+    Ok((at(0.5)?, at(0.99)?, at(0.999)?))
+}
+
+pub struct NoisyNeighbour {
+    pub drain: Drain,
+    /// The quiet tenant's events sent in all; some may have been sent once the backlog
+    /// had drained, and [`Drain::quiet`] leaves those out.
+    pub quiet_sent: usize,
+}
+
+/// A backlog of one tenant ("heavy") accumulated while no deliverer runs, then drained
+/// while another tenant ("quiet") sends at a fixed rate from the moment the deliverer is
+/// ready until the backlog's last event arrives. Each tenant has its own endpoint and
+/// its own receiver, so the two share nothing past the deliverer.
+pub async fn noisy_neighbour(brokers: &Brokers, args: &Args) -> anyhow::Result<NoisyNeighbour> {
+    if args.noisy_backlog == 0 || args.noisy_quiet_rate == 0 {
+        bail!("--noisy-backlog and --noisy-quiet-rate must be above 0");
+    }
+    let mut services = start_ingest(brokers, args, "noisy").await?;
+    let heavy = Arc::new(Counter::keeping(Keep::Arrivals));
+    let quiet = Arc::new(Counter::keeping(Keep::SentAndArrivals));
+    let heavy_base = start_receiver(heavy.clone()).await?;
+    let quiet_base = start_receiver(quiet.clone()).await?;
+    services
+        .create_endpoint("heavy", format!("{heavy_base}/ok"))
+        .await?;
+    services
+        .create_endpoint("quiet", format!("{quiet_base}/ok"))
+        .await?;
+    // Ingest answers each event after the broker's confirm: once every client is done,
+    // the whole backlog is in the deliveries queue.
+    send_over_http(args.clients, args.noisy_backlog, |_| "heavy").await?;
+    services.start_deliverer(brokers, args).await?;
+    let ready_us = now_us();
+
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / args.noisy_quiet_rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let drained = heavy.wait_for(args.noisy_backlog);
+    tokio::pin!(drained);
+    let mut sending = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            drained = &mut drained => {
+                drained?;
+                break;
+            }
+            _ = ticker.tick() => {
+                let http = services.http.clone();
+                sending.push(tokio::spawn(async move {
+                    http.post(format!("http://{API}/v1/tenants/quiet/events"))
+                        .bearer_auth(TOKEN)
+                        .json(&event_body(None))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+                }));
+            }
+        }
+    }
+    let quiet_sent = sending.len();
+    let mut refused = 0;
+    for send in sending {
+        if !send.await? {
+            refused += 1;
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} of the quiet tenant's {quiet_sent} events were not accepted");
+    }
+    quiet.wait_for(quiet_sent).await?;
+    services.stop(brokers).await?;
+
+    let backlog: Vec<u64> = heavy
+        .take_arrivals()
+        .iter()
+        .map(|arrival| arrival.received_us)
+        .collect();
+    let quiet: Vec<(u64, u64)> = quiet
+        .take_arrivals()
+        .iter()
+        .map(|arrival| {
+            let sent = arrival
+                .sent_us
+                .context("a quiet event arrived without its send time")?;
+            Ok((sent, arrival.received_us))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let drain = drain::summarise(ready_us, &backlog, &quiet).context("no backlog event arrived")?;
+    Ok(NoisyNeighbour { drain, quiet_sent })
 }

@@ -7,10 +7,12 @@
 //! - `main.rs`: the flags and the table of scenarios, run in order.
 //! - `scenarios.rs`: one function per scenario — what it runs and the lines it reports.
 //! - `paired.rs`: the order of paired runs and their ratios, the defence against drift.
+//! - `drain.rs`: the noisy neighbour's figures from the arrivals its receivers kept.
 //! - `harness.rs`: services, receiver, load generators, the raw broker ceiling, CPU and
 //!   memory readings.
 //! - `report.rs`: the lines, printed and written as JSON.
 
+mod drain;
 mod harness;
 mod paired;
 mod report;
@@ -52,7 +54,8 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub prefetch: u16,
     /// Run only these scenarios (comma-separated: ceiling, single, batch, fanout, mixed,
-    /// direct, latency, isolation, held); all by default. Ratios to a scenario left out are omitted.
+    /// direct, latency, isolation, held, noisy_neighbour); all by default. Ratios to a
+    /// scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Events held behind an open circuit in the held-backlog scenario, and how long
@@ -71,6 +74,13 @@ pub struct Args {
     /// pairs' ratios is reported.
     #[arg(long, default_value_t = 7)]
     pub isolation_pairs: usize,
+    /// Events of one tenant queued with no deliverer running in the noisy-neighbour
+    /// scenario, and the fixed rate (events/s) at which a quiet tenant sends while they
+    /// drain.
+    #[arg(long, default_value_t = 30_000)]
+    pub noisy_backlog: usize,
+    #[arg(long, default_value_t = 20)]
+    pub noisy_quiet_rate: u64,
     /// Runs of (2), each between two ceiling runs; the median ratio is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -144,6 +154,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         names: &["held"],
         run: |bench, report| Box::pin(scenarios::held_backlog(bench, report)),
+    },
+    Scenario {
+        names: &["noisy_neighbour"],
+        run: |bench, report| Box::pin(scenarios::noisy_neighbour(bench, report)),
     },
 ];
 

@@ -86,7 +86,8 @@ impl Report {
             "unix_time": stamp,
             "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
             "parameters": {"events": args.events, "fanout_events": args.fanout_events, "clients": args.clients,
-                            "latency_rate": args.latency_rate, "queue_type": args.queue_type, "prefetch": args.prefetch},
+                            "latency_rate": args.latency_rate, "queue_type": args.queue_type, "prefetch": args.prefetch,
+                            "noisy_backlog": args.noisy_backlog, "noisy_quiet_rate": args.noisy_quiet_rate},
             "results": self.lines,
         });
         let text = serde_json::to_string_pretty(&document)?;
@@ -122,6 +123,13 @@ pub fn median(values: &[f64]) -> f64 {
         .get((sorted.len().saturating_sub(1)) / 2)
         .copied()
         .unwrap_or(0.0)
+}
+
+/// The nearest-rank quantile `q` (0 < q ≤ 1) of values sorted ascending; `None` when there
+/// are none.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
 }
 
 pub fn mib(bytes: u64) -> f64 {

@@ -4,7 +4,7 @@
 use crate::Bench;
 use crate::harness::{self, CEILING_IN_FLIGHT, Ceiling, Formats, Second, Throughput, Traffic};
 use crate::paired::{self, Order, Side};
-use crate::report::{Report, line, median, mib};
+use crate::report::{Report, line, median, mib, quantile};
 
 /// (1) and (2), interleaved: the raw broker ceiling — publish with confirms and consume
 /// with manual acks — and throughput to one endpoint over HTTP, each run of (2) divided
@@ -451,6 +451,83 @@ pub async fn held_backlog(bench: &Bench, report: &mut Report) -> anyhow::Result<
         "deliveries",
         None,
         Some("in the retry pool at the end of the window"),
+    ));
+    Ok(())
+}
+
+/// (9) The noisy neighbour: one tenant's backlog, queued while no deliverer ran, drains
+/// while a quiet tenant sends at a fixed rate. How long the quiet events take, whether
+/// they wait behind the backlog, and how fast the backlog drains, as a ratio to (2) when
+/// it ran. Issue 17's targets, for the change that makes delivery fair: quiet p95 under
+/// 100 ms and max under 500 ms, drain at least 0.9 of (2).
+pub async fn noisy_neighbour(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let args = &bench.args;
+    eprintln!(
+        "[7b/8] noisy neighbour: {} events of one tenant queued with no deliverer, then drained while another sends {}/s",
+        args.noisy_backlog, args.noisy_quiet_rate
+    );
+    let noisy = harness::noisy_neighbour(&bench.brokers, args).await?;
+    let quiet = &noisy.drain.quiet;
+    report.push(line(
+        "noisy_neighbour_runs",
+        1.0,
+        "runs",
+        None,
+        Some(&format!(
+            "{} of the quiet tenant's {} events were sent while the backlog of {} drained ({:.2} s); targets: quiet p95 < 100 ms, max < 500 ms, drain ≥ 0.9 of throughput_1_endpoint",
+            quiet.len(),
+            noisy.quiet_sent,
+            args.noisy_backlog,
+            noisy.drain.seconds
+        )),
+    ));
+    let mut latencies: Vec<f64> = quiet
+        .iter()
+        .map(|event| event.latency_us as f64 / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let latency_note = format!(
+        "quiet tenant at {}/s, send to receipt, while another tenant's backlog drains",
+        args.noisy_quiet_rate
+    );
+    for (name, q) in [
+        ("noisy_quiet_latency_p50", 0.5),
+        ("noisy_quiet_latency_p95", 0.95),
+        ("noisy_quiet_latency_max", 1.0),
+    ] {
+        if let Some(value) = quantile(&latencies, q) {
+            report.push(line(name, value, "ms", None, Some(&latency_note)));
+        }
+    }
+    report.push(line(
+        "noisy_quiet_events",
+        quiet.len() as f64,
+        "events",
+        None,
+        Some("the quiet events sent while the backlog drained: the ones the latencies are of"),
+    ));
+    let before: Vec<f64> = quiet
+        .iter()
+        .map(|event| event.backlog_before as f64)
+        .collect();
+    if !before.is_empty() {
+        report.push(line(
+            "noisy_backlog_before_quiet",
+            median(&before),
+            "events",
+            None,
+            Some(&format!(
+                "median over the quiet events of the backlog's events (of {}) received when each arrived: near the backlog's size, quiet events wait behind it",
+                args.noisy_backlog
+            )),
+        ));
+    }
+    report.push(line(
+        "noisy_drain_rate",
+        noisy.drain.events_per_s,
+        "events/s",
+        report.against("throughput_1_endpoint"),
+        Some("the backlog's events from the deliverer ready to the last of them; ingest carries only the quiet tenant meanwhile, unlike in (2)"),
     ));
     Ok(())
 }
