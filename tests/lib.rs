@@ -107,7 +107,9 @@ impl HooklineBuilder {
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut overrides = self.overrides;
         overrides.insert("HOOKLINE__PREFIX".into(), prefix.clone());
-        overrides.insert("HOOKLINE__AMQP__URL".into(), brokers.amqp_url.clone());
+        overrides
+            .entry("HOOKLINE__AMQP__URL".into())
+            .or_insert_with(|| brokers.amqp_url.clone());
         overrides
             .entry("HOOKLINE__REDIS__URL".into())
             .or_insert_with(|| brokers.redis_url.clone());

@@ -99,6 +99,7 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
+        self.amqp.validate()?;
         DeliveryProxy::validate_setting(&self.delivery.proxy)?;
         let durations = [
             (

@@ -174,6 +174,7 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
+        self.amqp.validate()?;
         self.http.limits.validate([
             (
                 "http.header_read_timeout",

@@ -85,6 +85,16 @@ pub async fn open_store(
     let Some(connection) = connect_redis(redis, shutdown).await else {
         return Ok(None);
     };
+    match crate::store::durability::read_config(&connection).await {
+        Some(config) => {
+            for risk in crate::store::durability::risks(&config) {
+                tracing::warn!("{}", risk.advice());
+            }
+        }
+        None => tracing::info!(
+            "Redis refused CONFIG GET; its eviction policy and persistence were not checked"
+        ),
+    }
     tasks.spawn(watch_redis(connection.clone(), ready, background.clone()));
     Ok(Some((connection, sealer)))
 }

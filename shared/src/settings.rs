@@ -69,6 +69,33 @@ pub fn config_path(flag: Option<std::path::PathBuf>) -> Option<std::path::PathBu
 
 /// Names of every exchange, queue and Redis key start with it, so installations and
 /// test runs can share one broker.
+impl AmqpSettings {
+    /// One node's URL or several, comma-separated, each `amqp://` or `amqps://`. The
+    /// error never repeats a URL: it may carry credentials.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        use secrecy::ExposeSecret;
+        let nodes = crate::broker::node_urls(self.url.expose_secret());
+        if nodes.is_empty() {
+            return Err(SettingsError::invalid(
+                "amqp.url",
+                "HOOKLINE__AMQP__URL",
+                "must name at least one node",
+            ));
+        }
+        if let Some(position) = nodes
+            .iter()
+            .position(|url| !(url.starts_with("amqp://") || url.starts_with("amqps://")))
+        {
+            return Err(SettingsError::invalid(
+                "amqp.url",
+                "HOOKLINE__AMQP__URL",
+                format!("node {position} is not an amqp:// or amqps:// URL"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn validate_prefix(prefix: &str) -> Result<(), SettingsError> {
     let ok = !prefix.is_empty()
         && prefix.len() <= 48

@@ -722,3 +722,26 @@ async fn an_event_larger_than_one_amqp_frame_arrives_whole() {
     assert_eq!(received[0].json()["data"]["resume"], resume.as_str());
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn amqp_url_may_list_several_nodes_and_a_dead_one_is_passed_over() {
+    let brokers = hookline_tests::Brokers::from_env();
+    // Port 1 on loopback refuses at once: a node that is down.
+    let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f, {}", brokers.amqp_url);
+    let hookline = Hookline::builder()
+        .setting("HOOKLINE__AMQP__URL", &nodes)
+        .start()
+        .await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    for _ in 0..5 {
+        let answer = hookline
+            .post_event("acme", json!({"type": "candidate.interested", "data": {}}))
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+    receiver.wait_for(5).await;
+    hookline.stop().await;
+}

@@ -7,6 +7,7 @@ pub mod activity;
 pub mod catalog;
 pub mod connection;
 pub mod dead_letters;
+pub mod durability;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
