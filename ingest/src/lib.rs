@@ -93,7 +93,7 @@ impl Ingest {
             admin,
         } = self;
         let registry = new_registry();
-        let readiness = Readiness::new(&["amqp", "redis"]);
+        let readiness = Readiness::new(&["amqp", "amqp_unblocked", "redis"]);
         let metrics = Arc::new(metrics::IngestMetrics::new(&registry));
         let server_metrics = ServerMetrics::new(&registry);
         let tasks = TaskTracker::new();
@@ -108,6 +108,11 @@ impl Ingest {
             &tasks,
             background.clone(),
         );
+        tasks.spawn(follow_blocked(
+            publisher.watch_blocked(),
+            readiness.flag("amqp_unblocked"),
+            background.clone(),
+        ));
         // The admin port answers from the start: /healthz must not wait for the brokers,
         // and /readyz says why the service is not ready yet.
         tasks.spawn(serve_admin(
@@ -193,5 +198,21 @@ impl Ingest {
         tasks.close();
         tasks.wait().await;
         Ok(())
+    }
+}
+
+/// Mirrors RabbitMQ's blocking of publishers (a resource alarm) into readiness, so
+/// `/readyz` says why events are refused.
+async fn follow_blocked(
+    mut blocked: tokio::sync::watch::Receiver<Option<String>>,
+    unblocked: hookline_shared::metrics::ReadinessFlag,
+    stop: CancellationToken,
+) {
+    loop {
+        unblocked.set(blocked.borrow_and_update().is_none());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = blocked.changed() => if changed.is_err() { return },
+        }
     }
 }

@@ -355,6 +355,77 @@ async fn a_rabbitmq_restart_loses_nothing_and_ingest_answers_503_meanwhile() {
     hookline.stop().await;
 }
 
+/// Runs `rabbitmqctl` against the broker instance these tests own.
+async fn rabbitmqctl(args: &[&str]) {
+    let instance = env("HOOKLINE_TEST_BROKERS_INSTANCE");
+    let status = Command::new(root().join("scripts/brokers.sh"))
+        .arg("ctl")
+        .arg(&instance)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("brokers.sh runs");
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+#[tokio::test]
+async fn a_resource_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
+    let hookline = Installation::start(1).await;
+    let receiver = Receiver::start().await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+    let mut ids = vec!["before-alarm".to_owned()];
+    hookline.post_until_accepted("acme", &ids[0]).await;
+
+    // A memory watermark far below what the node uses raises the alarm at once.
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.00001"]).await;
+    let refused = std::cell::RefCell::new(Value::Null);
+    eventually_within(
+        "ingest refuses events with broker_blocked",
+        Duration::from_secs(90),
+        || async {
+            let answer = hookline
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/tenants/acme/events",
+                    json!({"id": "during-alarm", "type": "fault.test", "data": {}}),
+                )
+                .await;
+            let blocked = answer.status == 503 && answer.body["error"]["code"] == "broker_blocked";
+            *refused.borrow_mut() = answer.body;
+            blocked
+        },
+    )
+    .await;
+    assert!(
+        refused.borrow()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resource alarm")),
+        "{}",
+        refused.borrow()
+    );
+    let readiness: Value = hookline
+        .http
+        .get(format!("http://127.0.0.1:{}/readyz", hookline.ingest.admin))
+        .send()
+        .await
+        .expect("admin reachable")
+        .json()
+        .await
+        .expect("readiness JSON");
+    assert_eq!(readiness["amqp_unblocked"], false, "{readiness}");
+
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]).await;
+    // The refused event is accepted once it is sent again, as a client would.
+    ids.push("during-alarm".to_owned());
+    ids.push("after-alarm".to_owned());
+    hookline.post_until_accepted("acme", &ids[1]).await;
+    hookline.post_until_accepted("acme", &ids[2]).await;
+    wait_for_all(&receiver, &ids).await;
+    hookline.wait_ready(hookline.ingest.admin).await;
+    hookline.stop().await;
+}
+
 #[tokio::test]
 async fn a_redis_restart_holds_deliveries_until_it_is_back() {
     let hookline = Installation::start(1).await;

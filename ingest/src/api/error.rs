@@ -162,6 +162,14 @@ impl From<Arc<StoreError>> for ApiError {
 impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
         match error {
+            PublishError::Blocked(reason) => {
+                tracing::warn!(%reason, "publish refused: RabbitMQ blocks publishers");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_blocked",
+                    "the event broker is refusing new events (a resource alarm: memory or disk); retry later",
+                )
+            }
             PublishError::Unavailable | PublishError::ConfirmTimeout(_) | PublishError::Amqp(_) => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(error)),

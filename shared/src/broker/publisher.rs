@@ -26,6 +26,9 @@ use tracing::Instrument;
 pub enum PublishError {
     #[error("not connected to RabbitMQ")]
     Unavailable,
+    /// RabbitMQ blocks publishers while a resource alarm (memory, disk) is raised.
+    #[error("RabbitMQ is refusing publishes: {0}")]
+    Blocked(String),
     #[error("RabbitMQ did not confirm the publish within {0:?}")]
     ConfirmTimeout(Duration),
     #[error("RabbitMQ refused the message (nack)")]
@@ -52,8 +55,9 @@ type Current = Option<(u64, Channel)>;
 
 impl PublishError {
     /// Every value [`PublishError::reason`] returns.
-    pub const REASONS: [&'static str; 5] = [
+    pub const REASONS: [&'static str; 6] = [
         "unavailable",
+        "blocked",
         "confirm_timeout",
         "nacked",
         "unroutable",
@@ -64,6 +68,7 @@ impl PublishError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unavailable => "unavailable",
+            Self::Blocked(_) => "blocked",
             Self::ConfirmTimeout(_) => "confirm_timeout",
             Self::Nacked => "nacked",
             Self::Unroutable { .. } => "unroutable",
@@ -78,6 +83,8 @@ pub struct Publisher {
     /// The number of the last connection a publisher found broken; the supervisor
     /// reconnects when it names the current one (a stale report is ignored).
     broken: Arc<watch::Sender<u64>>,
+    /// Why RabbitMQ blocks this connection's publishes, while it does.
+    blocked: watch::Receiver<Option<String>>,
     confirm_timeout: Duration,
 }
 
@@ -93,15 +100,31 @@ impl Publisher {
     ) -> Self {
         let (sender, channel) = watch::channel(None);
         let broken = Arc::new(watch::Sender::new(0));
+        let (blocked_sender, blocked) = watch::channel(None);
         let publisher = Self {
             channel,
             broken: broken.clone(),
+            blocked,
             confirm_timeout: settings.confirm_timeout,
         };
-        tasks.spawn(supervise(
-            settings, topology, role, sender, broken, ready, shutdown,
-        ));
+        let connection = Supervised {
+            sender,
+            broken,
+            blocked: blocked_sender,
+            ready,
+        };
+        tasks.spawn(supervise(settings, topology, role, connection, shutdown));
         publisher
+    }
+
+    /// Why RabbitMQ blocks publishes now (a resource alarm), if it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
+    }
+
+    /// Changes of [`Self::blocked`], for readiness.
+    pub fn watch_blocked(&self) -> watch::Receiver<Option<String>> {
+        self.blocked.clone()
     }
 
     /// Publishes persistently and `mandatory`, and waits for the broker's confirm. A
@@ -116,6 +139,11 @@ impl Publisher {
         let Some((generation, channel)) = self.channel.borrow().clone() else {
             return Err(PublishError::Unavailable);
         };
+        // A blocked connection accepts the publish and sits on it until the alarm
+        // clears: answer now instead of at the confirm timeout.
+        if let Some(reason) = self.blocked() {
+            return Err(PublishError::Blocked(reason));
+        }
         let publish = async {
             let confirm = channel
                 .basic_publish(
@@ -140,7 +168,8 @@ impl Publisher {
     /// trip to the broker for the batch, not one per message. The confirm timeout runs
     /// once, for the whole batch.
     ///
-    /// Refused whole (`Err`, nothing published) only when no channel is available; once
+    /// Refused whole (`Err`, nothing published) only when no channel is available or the
+    /// broker blocks publishes; once
     /// publishing started each message has its own result, in order. A message that
     /// cannot be sent because the channel broke under an earlier one of the batch is
     /// [`PublishError::Unavailable`].
@@ -152,6 +181,9 @@ impl Publisher {
         let Some((generation, channel)) = self.channel.borrow().clone() else {
             return Err(PublishError::Unavailable);
         };
+        if let Some(reason) = self.blocked() {
+            return Err(PublishError::Blocked(reason));
+        }
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let mut sent = Vec::with_capacity(messages.len());
         let mut broken = false;
@@ -202,6 +234,12 @@ impl Publisher {
         routing_key: &str,
     ) -> Result<(), PublishError> {
         match outcome {
+            // Blocked by a resource alarm, the broker holds the publish without reading
+            // on: the channel is fine, and a new connection would only be blocked again
+            // at its first publish. Not confirmed, so the caller may send it again.
+            Err(_) if self.blocked().is_some() => {
+                Err(PublishError::Blocked(self.blocked().unwrap_or_default()))
+            }
             Err(_) => {
                 self.broken.send_replace(generation);
                 Err(PublishError::ConfirmTimeout(self.confirm_timeout))
@@ -237,15 +275,27 @@ impl Publisher {
     }
 }
 
+/// What the supervisor publishes about the connection it owns.
+struct Supervised {
+    sender: watch::Sender<Current>,
+    broken: Arc<watch::Sender<u64>>,
+    blocked: watch::Sender<Option<String>>,
+    ready: ReadinessFlag,
+}
+
 async fn supervise(
     settings: AmqpSettings,
     topology: Topology,
     role: &'static str,
-    sender: watch::Sender<Current>,
-    broken: Arc<watch::Sender<u64>>,
-    ready: ReadinessFlag,
+    connection_state: Supervised,
     shutdown: CancellationToken,
 ) {
+    let Supervised {
+        sender,
+        broken,
+        blocked,
+        ready,
+    } = connection_state;
     let mut broken_reports = broken.subscribe();
     let mut generation = 0u64;
     let (settings, topology) = (&settings, &topology);
@@ -277,10 +327,11 @@ async fn supervise(
         tokio::select! {
             () = shutdown.cancelled() => {}
             _ = broken_reports.wait_for(|g| *g == generation) => tracing::warn!(role, "publisher channel reported broken; reconnecting"),
-            () = connection_failed(&mut events) => tracing::warn!(role, "RabbitMQ connection lost; reconnecting"),
+            () = connection_failed(&mut events, &blocked) => tracing::warn!(role, "RabbitMQ connection lost; reconnecting"),
         }
         ready.set(false);
         sender.send_replace(None);
+        blocked.send_replace(None);
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             connection.close(200, "reconnecting".into()),
@@ -291,11 +342,26 @@ async fn supervise(
     sender.send_replace(None);
 }
 
-async fn connection_failed(events: &mut (impl futures::Stream<Item = Event> + Unpin)) {
+/// Follows the connection's events until it fails, keeping `blocked` up to date.
+async fn connection_failed(
+    events: &mut (impl futures::Stream<Item = Event> + Unpin),
+    blocked: &watch::Sender<Option<String>>,
+) {
     while let Some(event) = events.next().await {
-        if let Event::Error(error) = event {
-            tracing::debug!(%error, "RabbitMQ connection event");
-            return;
+        match event {
+            Event::Error(error) => {
+                tracing::debug!(%error, "RabbitMQ connection event");
+                return;
+            }
+            Event::ConnectionBlocked(reason) => {
+                tracing::warn!(%reason, "RabbitMQ blocks publishes (resource alarm)");
+                blocked.send_replace(Some(reason));
+            }
+            Event::ConnectionUnblocked => {
+                tracing::info!("RabbitMQ accepts publishes again");
+                blocked.send_replace(None);
+            }
+            _ => {}
         }
     }
 }
