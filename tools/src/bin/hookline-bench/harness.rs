@@ -906,17 +906,9 @@ impl IngestConnection {
 
     /// Sends one event and checks it was accepted.
     async fn send_event(&mut self, tenant: &str, body: Vec<u8>) -> anyhow::Result<()> {
-        use http_body_util::BodyExt;
-        let request = axum::http::Request::post(format!("/v1/tenants/{tenant}/events"))
-            .header(axum::http::header::HOST, API)
-            .header(axum::http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .header(axum::http::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body)))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        // Read the answer to the end so the connection can carry the next request.
-        let answer = response.into_body().collect().await?.to_bytes();
+        let (status, answer) = self
+            .post(&format!("/v1/tenants/{tenant}/events"), body)
+            .await?;
         if status != StatusCode::ACCEPTED {
             bail!(
                 "ingest answered {status}: {}",
@@ -925,13 +917,12 @@ impl IngestConnection {
         }
         Ok(())
     }
-}
 
-impl IngestConnection {
-    /// Sends one batch and checks every event of it was accepted.
-    async fn send_batch(&mut self, tenant: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    /// POSTs `body` to `path` and reads the answer to the end, so the connection can
+    /// carry the next request.
+    async fn post(&mut self, path: &str, body: Vec<u8>) -> anyhow::Result<(StatusCode, Bytes)> {
         use http_body_util::BodyExt;
-        let request = axum::http::Request::post(format!("/v1/tenants/{tenant}/events/batch"))
+        let request = axum::http::Request::post(path)
             .header(axum::http::header::HOST, API)
             .header(axum::http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
             .header(axum::http::header::CONTENT_TYPE, "application/json")
@@ -940,6 +931,16 @@ impl IngestConnection {
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let answer = response.into_body().collect().await?.to_bytes();
+        Ok((status, answer))
+    }
+}
+
+impl IngestConnection {
+    /// Sends one batch and checks every event of it was accepted.
+    async fn send_batch(&mut self, tenant: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        let (status, answer) = self
+            .post(&format!("/v1/tenants/{tenant}/events/batch"), body)
+            .await?;
         // A refused event is an `"error"` among the results; searching the bytes costs
         // the load generator less than parsing every answer.
         let refused = answer.windows(8).any(|window| window == b"\"error\":");
