@@ -41,7 +41,7 @@ use hookline_shared::store::health::{HealthStore, to_ms};
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, RetryStore};
 use hookline_shared::store::sealing::Sealer;
-use hookline_shared::store::{Keyspace, RedisConnection};
+use hookline_shared::store::{Keyspace, RedisConnection, StoreError};
 use lapin::message::Delivery;
 use std::collections::HashMap;
 use std::future::Future;
@@ -995,13 +995,28 @@ impl Worker {
 
     /// Retries `operation` with backoff until it succeeds or the shutdown grace ends.
     /// This is how an outage of Redis or RabbitMQ holds work instead of losing it.
-    async fn until_durable<T, E, F, Fut>(&self, what: &str, operation: F) -> Result<T, Aborted>
+    async fn until_durable<T, E, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, Aborted>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: Into<anyhow::Error>,
     {
-        retry::until_ok(what, retry::HOLD, &self.abort, operation)
+        let counted = || {
+            let attempt = operation();
+            async {
+                attempt.await.map_err(|error| {
+                    let error = error.into();
+                    if error
+                        .downcast_ref::<StoreError>()
+                        .is_some_and(StoreError::is_refusing_writes)
+                    {
+                        self.metrics.store_write_refusals.inc();
+                    }
+                    error
+                })
+            }
+        };
+        retry::until_ok(what, retry::HOLD, &self.abort, counted)
             .await
             .map_err(|retry::Cancelled| Aborted)
     }

@@ -26,6 +26,8 @@ pub struct DelivererMetrics {
     pub endpoints: IntGaugeVec,
     pub endpoints_disabled: IntCounterVec,
     pub activity_dropped: IntCounter,
+    /// Writes Redis refused (out of memory, unable to persist) while work was held.
+    pub store_write_refusals: IntCounter,
 }
 
 fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
@@ -119,6 +121,10 @@ impl DelivererMetrics {
                 "hookline_activity_dropped_total",
                 "Attempt-log and event-state entries dropped (buffer full or Redis unavailable); deliveries are unaffected.",
             )),
+            store_write_refusals: unreachable_on_error(IntCounter::new(
+                "hookline_store_write_refusals_total",
+                "Redis writes refused (OOM under noeviction, MISCONF) while the deliverer held the work and retried.",
+            )),
         };
         // Known label values start at zero, so rates and alerts see a series from the
         // first scrape instead of an absent one.
@@ -147,6 +153,7 @@ impl DelivererMetrics {
         register(registry, metrics.endpoints.clone());
         register(registry, metrics.endpoints_disabled.clone());
         register(registry, metrics.activity_dropped.clone());
+        register(registry, metrics.store_write_refusals.clone());
         metrics
     }
 }

@@ -426,6 +426,64 @@ async fn a_resource_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
     hookline.stop().await;
 }
 
+/// Sets a Redis configuration parameter on the instance these tests own.
+async fn redis_config_set(parameter: &str, value: &str) {
+    let client = redis::Client::open(env("HOOKLINE_TEST_REDIS_URL")).expect("Redis URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis reachable");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(parameter)
+        .arg(value)
+        .query_async(&mut connection)
+        .await
+        .expect("CONFIG SET");
+}
+
+#[tokio::test]
+async fn redis_refusing_writes_is_answered_503_and_held_until_it_accepts_them() {
+    let hookline = Installation::start(1).await;
+    let receiver = Receiver::answering(&[500]).await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+
+    // Under `noeviction` (Redis's default policy), a byte of maxmemory refuses every
+    // write with OOM while reads go on.
+    redis_config_set("maxmemory", "1").await;
+    let refused = hookline
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/endpoints",
+            json!({"url": receiver.url(), "event_types": ["#"]}),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "storage_refusing_writes");
+    // An event without an id needs no write to be accepted; its failed first attempt
+    // needs one to schedule the retry, which is held until Redis takes it.
+    let accepted = hookline
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/events",
+            json!({"type": "fault.test", "data": {}}),
+        )
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    until_positive(
+        &hookline.http,
+        hookline.deliverers[0].admin,
+        "hookline_store_write_refusals_total",
+        "the deliverer counts the refused writes it holds",
+    )
+    .await;
+    assert_eq!(receiver.count(), 1, "only the failed first attempt so far");
+
+    redis_config_set("maxmemory", "0").await;
+    receiver.wait_for(2).await;
+    hookline.stop().await;
+}
+
 #[tokio::test]
 async fn a_redis_restart_holds_deliveries_until_it_is_back() {
     let hookline = Installation::start(1).await;

@@ -141,6 +141,17 @@ impl From<Arc<StoreError>> for ApiError {
                 "quota_exceeded",
                 format!("the tenant already has the maximum of {max} endpoints"),
             ),
+            shared if shared.is_refusing_writes() => {
+                tracing::warn!(
+                    error = hookline_shared::telemetry::error_chain(shared),
+                    "Redis refuses writes"
+                );
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_refusing_writes",
+                    "storage is refusing writes (out of memory or unable to persist); retry later",
+                )
+            }
             shared if shared.is_unavailable() => {
                 tracing::warn!(
                     error = hookline_shared::telemetry::error_chain(shared),

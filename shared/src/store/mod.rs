@@ -62,6 +62,22 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// True when Redis answers but refuses writes: out of memory under `noeviction`
+    /// (`OOM`), or unable to persist (`MISCONF`). Like an outage, it is waited out (the
+    /// deliverer holds the work) or answered 503; it is counted apart because its fix is
+    /// Redis's memory or disk, not the network.
+    pub fn is_refusing_writes(&self) -> bool {
+        let Self::Redis(error) = self else {
+            return false;
+        };
+        // A pipeline or a transaction reports the errors of its commands one by one.
+        error.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, error)| matches!(error.code(), "OOM" | "MISCONF"))
+        })
+    }
 }
 
 /// Connects as the URL says: one server, a cluster or through Sentinel (see
