@@ -115,8 +115,7 @@ pub async fn test_delivery(
 /// Each test delivery is a signed request Hookline sends where the tenant says: bounded
 /// per endpoint and per tenant, across replicas.
 async fn admit_test_delivery(state: &AppState, endpoint: &Endpoint) -> Result<(), ApiError> {
-    let now_us =
-        u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or_default();
+    let now_us = hookline_shared::store::rate::micros(OffsetDateTime::now_utc());
     let admitted = state
         .rate
         .admit_test_delivery(

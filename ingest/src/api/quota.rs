@@ -101,8 +101,7 @@ pub async fn admit(state: &AppState, tenant: &TenantId, events: usize) -> Result
         )
         .with_field("events"));
     }
-    let now_us =
-        u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or_default();
+    let now_us = hookline_shared::store::rate::micros(OffsetDateTime::now_utc());
     let counted = state.rate.admit_events(tenant, quota, cost, now_us);
     match tokio::time::timeout(READ_LIMIT, counted).await {
         Ok(Ok(())) => Ok(()),

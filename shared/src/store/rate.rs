@@ -59,6 +59,11 @@ return '0'
 /// The name of the tenant's ingest quota, in its TAT key and its override's.
 pub const INGEST: &str = "ingest";
 
+/// `at` in µs since the epoch, the clock the quota scripts count in.
+pub fn micros(at: time::OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or_default()
+}
+
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     redis: RedisConnection,
