@@ -427,10 +427,12 @@ rabbit_prepare() {
       echo "prometheus.tcp.port = $PROM_PORT"
     fi
   } >"$RMQ_CONF"
+  # The consistent-hash exchange spreads tenants over the delivery partitions: Hookline
+  # cannot declare its topology without it.
   if [ "$MANAGEMENT" = 1 ]; then
-    echo '[rabbitmq_management,rabbitmq_prometheus].' >"$RMQ_PLUGINS"
+    echo '[rabbitmq_consistent_hash_exchange,rabbitmq_management,rabbitmq_prometheus].' >"$RMQ_PLUGINS"
   else
-    echo '[].' >"$RMQ_PLUGINS"
+    echo '[rabbitmq_consistent_hash_exchange].' >"$RMQ_PLUGINS"
   fi
 }
 

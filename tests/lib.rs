@@ -120,6 +120,7 @@ impl HooklineBuilder {
             hookline_ingest::settings::Settings::from_defaults_with(overrides.clone())
                 .expect("ingest settings");
         hookline_shared::telemetry::init(&ingest_settings.log);
+        let partitions = ingest_settings.amqp.partitions;
         let ingest = hookline_ingest::Ingest::bind(ingest_settings)
             .await
             .expect("bind ingest");
@@ -142,6 +143,7 @@ impl HooklineBuilder {
         }
         let hookline = Hookline {
             prefix,
+            partitions,
             brokers,
             api,
             ingest_admin,
@@ -166,6 +168,8 @@ impl HooklineBuilder {
 #[derive(Debug)]
 pub struct Hookline {
     pub prefix: String,
+    /// Delivery queues (`amqp.partitions`) of this installation.
+    pub partitions: u16,
     pub brokers: Brokers,
     pub api: SocketAddr,
     pub ingest_admin: SocketAddr,
@@ -372,6 +376,15 @@ impl Hookline {
         records
     }
 
+    /// Messages ready in all the delivery queues (every partition).
+    pub async fn deliveries_depth(&self) -> u32 {
+        let mut total = 0;
+        for partition in 0..self.partitions {
+            total += self.queue_depth(&format!("deliveries.{partition}")).await;
+        }
+        total
+    }
+
     /// Messages ready in a queue of this installation (by its suffix, e.g. `dead-letter`).
     pub async fn queue_depth(&self, suffix: &str) -> u32 {
         let connection = self.amqp().await;
@@ -402,6 +415,40 @@ impl Hookline {
             .get_multiplexed_async_connection()
             .await
             .expect("Redis reachable")
+    }
+
+    /// Every delivery in the retry pool — retries, held and parked deliveries, claimed
+    /// or not — as (delivery id `{event}:{endpoint}`, due time in unix ms), read from
+    /// every shard's lanes.
+    pub async fn retry_pool(&self) -> Vec<(String, i64)> {
+        use hookline_shared::store::retries::SHARDS;
+        let keys = self.keys();
+        let mut redis = self.redis().await;
+        let mut pool = Vec::new();
+        for shard in 0..SHARDS {
+            for priority in ["realtime", "bulk"] {
+                let lanes: Vec<String> = redis::AsyncCommands::zrange(
+                    &mut redis,
+                    keys.retry_lanes(shard, priority),
+                    0,
+                    -1,
+                )
+                .await
+                .expect("lanes");
+                for lane in lanes {
+                    let due: Vec<(String, i64)> = redis::AsyncCommands::zrange_withscores(
+                        &mut redis,
+                        keys.retry_lane(shard, &lane),
+                        0,
+                        -1,
+                    )
+                    .await
+                    .expect("lane");
+                    pool.extend(due);
+                }
+            }
+        }
+        pool
     }
 
     /// Reads one metric sample (sum over matching label sets) from an admin port.

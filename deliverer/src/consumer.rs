@@ -16,6 +16,7 @@ use lapin::{Connection, Consumer, Event};
 use prometheus::IntGauge;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +30,46 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
+/// Consumers that report together: ready while every one of them consumes, and a
+/// gauge of how many do.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroup {
+    ready: Option<ReadinessFlag>,
+    connected: Option<IntGauge>,
+    consuming: Arc<AtomicUsize>,
+    size: usize,
+}
+
+impl ConsumerGroup {
+    pub fn new(ready: Option<ReadinessFlag>, connected: Option<IntGauge>, size: usize) -> Self {
+        Self {
+            ready,
+            connected,
+            consuming: Arc::new(AtomicUsize::new(0)),
+            size,
+        }
+    }
+
+    fn up(&self) {
+        let consuming = self.consuming.fetch_add(1, Ordering::SeqCst) + 1;
+        self.report(consuming, 1);
+    }
+
+    fn down(&self) {
+        let consuming = self.consuming.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        self.report(consuming, -1);
+    }
+
+    fn report(&self, consuming: usize, change: i64) {
+        if let Some(ready) = &self.ready {
+            ready.set(consuming >= self.size);
+        }
+        if let Some(gauge) = &self.connected {
+            gauge.add(change);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ConsumerLoop<H> {
     pub settings: AmqpSettings,
@@ -36,9 +77,8 @@ pub struct ConsumerLoop<H> {
     pub queue: String,
     pub prefetch: u16,
     pub handler: Arc<H>,
-    pub ready: ReadinessFlag,
-    /// Set to 1 while consuming, when this consumer has a gauge.
-    pub connected: Option<IntGauge>,
+    /// Told when this consumer starts and stops consuming.
+    pub group: ConsumerGroup,
     /// Every message handler runs here, so shutdown can wait for them.
     pub handlers: TaskTracker,
 }
@@ -77,18 +117,12 @@ impl<H: Handler> ConsumerLoop<H> {
             };
             let (connection, channel, consumer) = connected?;
             let acks = AckWindow::start(channel.clone());
-            self.ready.set(true);
-            if let Some(gauge) = &self.connected {
-                gauge.set(1);
-            }
+            self.group.up();
             tracing::info!(queue = %self.queue, "consuming");
             let stopped = self
                 .consume(&connection, consumer.clone(), &acks, &shutdown)
                 .await;
-            self.ready.set(false);
-            if let Some(gauge) = &self.connected {
-                gauge.set(0);
-            }
+            self.group.down();
             if stopped {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),

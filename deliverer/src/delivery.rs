@@ -5,7 +5,7 @@
 use crate::acks::AckWindow;
 use crate::activity::ActivityLog;
 use crate::admission::{self, Decision, Facts, Question, RateFact, Rules, SlotFact, Step};
-use crate::consumer::Handler;
+use crate::fairness::TenantShares;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
 use crate::message::{
@@ -25,7 +25,7 @@ use hookline_shared::contract::{
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
-use hookline_shared::domain::event::Event;
+use hookline_shared::domain::event::{Event, Priority, TenantId};
 use hookline_shared::domain::health::{HealthPolicy, HealthRecord, HealthState};
 use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
@@ -39,7 +39,7 @@ use hookline_shared::store::activity::{
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::{HealthStore, to_ms};
 use hookline_shared::store::rate::RateLimiter;
-use hookline_shared::store::retries::{Claimed, RetryStore};
+use hookline_shared::store::retries::{Claimed, Lane, RetryStore};
 use hookline_shared::store::sealing::Sealer;
 use hookline_shared::store::{Keyspace, RedisConnection, StoreError};
 use lapin::message::Delivery;
@@ -201,6 +201,7 @@ struct Admitting {
 struct HeldWaker {
     retries: RetryStore,
     woken: prometheus::IntCounter,
+    tenant: TenantId,
     endpoint_id: String,
 }
 
@@ -209,7 +210,7 @@ impl HeldWaker {
         let endpoint_id = &self.endpoint_id;
         match self
             .retries
-            .wake_held(endpoint_id, due_in(Duration::ZERO))
+            .wake_held(&self.tenant, endpoint_id, due_in(Duration::ZERO))
             .await
         {
             Ok(0) => {}
@@ -230,11 +231,17 @@ impl HeldWaker {
 #[derive(Debug)]
 struct Aborted;
 
-impl Handler for Worker {
-    /// Handles one message from the events queue and settles it in `acks`.
-    async fn handle(self: Arc<Self>, delivery: Delivery, acks: AckWindow) {
+impl Worker {
+    /// Handles one message from a delivery queue and settles it in `acks`; `shares`
+    /// are the tenants' places in the message's partition.
+    pub async fn handle_message(
+        self: Arc<Self>,
+        delivery: Delivery,
+        acks: AckWindow,
+        shares: &Arc<TenantShares>,
+    ) {
         let tag = delivery.delivery_tag;
-        match self.process_message(&delivery).await {
+        match self.process_message(&delivery, shares).await {
             Ok(()) => acks.ack(tag),
             Err(Aborted) => acks.requeue(tag),
         }
@@ -246,7 +253,11 @@ impl Handler for Worker {
 type EndpointDelivery = Pin<Box<dyn Future<Output = (usize, Action)> + Send>>;
 
 impl Worker {
-    async fn process_message(self: &Arc<Self>, delivery: &Delivery) -> Result<(), Aborted> {
+    async fn process_message(
+        self: &Arc<Self>,
+        delivery: &Delivery,
+        shares: &Arc<TenantShares>,
+    ) -> Result<(), Aborted> {
         let routing_key = delivery.routing_key.as_str();
         if let Some(count) = delivery_count(delivery)
             && count >= u64::from(self.delivery_limit)
@@ -271,6 +282,11 @@ impl Worker {
             .events_consumed
             .with_label_values(&[source(delivery)])
             .inc();
+        // Held until this message is settled (or its slow deliveries handed off).
+        let place = match event.priority {
+            Priority::Realtime => shares.enter(&event.tenant),
+            Priority::Bulk => None,
+        };
 
         let tenant = self
             .until_durable("loading endpoints", || {
@@ -284,11 +300,47 @@ impl Worker {
         if rendered.is_empty() {
             return Ok(());
         }
+        if place.is_none() {
+            return self.park(&event, &tenant, rendered).await;
+        }
         let event_json = event_as_stored(&event, delivery);
         let actions = self
             .deliver_or_hand_off(&event, &tenant, &event_json, rendered)
             .await?;
         self.make_durable(actions).await
+    }
+
+    /// Stores the message's deliveries in its tenant's lane of the retry pool, due now
+    /// and not yet attempted, instead of attempting them: the tenant has its share of
+    /// this partition in progress, or the event is bulk. The pool's round-robin over
+    /// lanes delivers them. What cannot render is dead-lettered as it would be now.
+    async fn park(
+        &self,
+        event: &Event,
+        tenant: &TenantEndpoints,
+        rendered: Vec<(usize, Result<Payload, RenderError>)>,
+    ) -> Result<(), Aborted> {
+        let now = due_in(Duration::ZERO);
+        let mut tasks = Vec::with_capacity(rendered.len());
+        let mut unrenderable = Vec::new();
+        for (index, payload) in rendered {
+            let endpoint = &tenant.endpoints[index];
+            match payload {
+                Ok(payload) => tasks.push((pending(event, endpoint, &payload, 0, None), now)),
+                Err(error) => {
+                    unrenderable.push(self.unrenderable(event, endpoint, &error, Prior::default()));
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            self.until_durable("parking deliveries", || self.retries.schedule(&tasks))
+                .await?;
+            self.metrics
+                .parked
+                .with_label_values(&[event.priority.as_str()])
+                .inc_by(tasks.len() as u64);
+        }
+        self.make_durable(unrenderable).await
     }
 
     /// Delivers to every endpoint at once and returns what must be made durable. What
@@ -377,6 +429,7 @@ impl Worker {
         permits: OwnedSemaphorePermit,
     ) -> Result<(), Aborted> {
         let lease_end = due_in(self.retry_lease);
+        let lane = Lane::of(&event.tenant, event.priority);
         let tasks: Vec<(PendingDelivery, i64)> = unsettled
             .iter()
             .map(|(index, payload)| {
@@ -414,7 +467,7 @@ impl Worker {
                     continue;
                 };
                 // Aborted only when the shutdown grace ran out: the lease brings it back.
-                let _ = worker.settle_claimed(id, lease_end, action).await;
+                let _ = worker.settle_claimed(&lane, id, lease_end, action).await;
             }
             drop(permits);
         }));
@@ -635,7 +688,7 @@ impl Worker {
             if matches!(report.outcome, AttemptOutcome::Delivered { .. }) {
                 // The circuit is closed now: what this replica takes next must see it.
                 self.endpoints.invalidate(&event.tenant);
-                self.wake_held(endpoint).await;
+                self.wake_held(&event.tenant, endpoint).await;
             }
         }
         let last_error = match &report.outcome {
@@ -670,10 +723,11 @@ impl Worker {
     /// now — and again a moment later, for deliveries held on a view of the circuit that
     /// was already stale (another replica's cached health, a retry write still on its
     /// way). Best effort: held deliveries come back on their own after `max_hold`.
-    async fn wake_held(&self, endpoint: &Endpoint) {
+    async fn wake_held(&self, tenant: &TenantId, endpoint: &Endpoint) {
         let waker = HeldWaker {
             retries: self.retries.clone(),
             woken: self.metrics.held_woken.clone(),
+            tenant: tenant.clone(),
             endpoint_id: endpoint.id.clone(),
         };
         waker.wake().await;
@@ -905,7 +959,12 @@ impl Worker {
     }
 
     async fn process_retry(&self, claimed: Claimed) -> Result<(), Aborted> {
-        let Claimed { id, token, task } = claimed;
+        let Claimed {
+            id,
+            lane,
+            token,
+            task,
+        } = claimed;
         let task = match task {
             Ok(task) => task,
             Err(unreadable) => {
@@ -921,7 +980,7 @@ impl Worker {
                     dead_lettered_at: OffsetDateTime::now_utc(),
                 });
                 self.dead_letter(record).await?;
-                return self.complete(&id, token).await;
+                return self.complete(&lane, &id, token).await;
             }
         };
         let tenant = self
@@ -941,7 +1000,7 @@ impl Worker {
                 task.last_error.clone(),
             );
             self.dead_letter(record).await?;
-            return self.complete(&id, token).await;
+            return self.complete(&lane, &id, token).await;
         };
         let prior = Prior {
             attempts: task.attempts,
@@ -961,16 +1020,22 @@ impl Worker {
             Err(error) => self.unrenderable(&task.event, endpoint, &error, prior),
         };
         self.note_state(&task.event, &event_json, &endpoint.id, &action);
-        self.settle_claimed(&id, token, action).await
+        self.settle_claimed(&lane, &id, token, action).await
     }
 
     /// Makes a claimed task's outcome durable, fenced by its lease `token`.
-    async fn settle_claimed(&self, id: &str, token: i64, action: Action) -> Result<(), Aborted> {
+    async fn settle_claimed(
+        &self,
+        lane: &Lane,
+        id: &str,
+        token: i64,
+        action: Action,
+    ) -> Result<(), Aborted> {
         match action {
-            Action::Delivered { .. } => self.complete(id, token).await,
+            Action::Delivered { .. } => self.complete(lane, id, token).await,
             Action::Retry(next, due) => {
                 self.until_durable("rescheduling a retry", || {
-                    self.retries.reschedule(id, token, &next, due)
+                    self.retries.reschedule(lane, id, token, &next, due)
                 })
                 .await?;
                 self.metrics.retries_scheduled.inc();
@@ -978,14 +1043,16 @@ impl Worker {
             }
             Action::DeadLetter(record) => {
                 self.dead_letter(record).await?;
-                self.complete(id, token).await
+                self.complete(lane, id, token).await
             }
         }
     }
 
-    async fn complete(&self, id: &str, token: i64) -> Result<(), Aborted> {
+    async fn complete(&self, lane: &Lane, id: &str, token: i64) -> Result<(), Aborted> {
         let owned = self
-            .until_durable("completing a retry", || self.retries.complete(id, token))
+            .until_durable("completing a retry", || {
+                self.retries.complete(lane, id, token)
+            })
             .await?;
         if !owned {
             tracing::warn!(delivery.id = %id, "retry lease expired before completion; another replica took it over");

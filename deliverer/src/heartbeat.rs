@@ -1,4 +1,4 @@
-//! Announces this replica in Redis while its consumer is connected, so the operator
+//! Announces this replica in Redis while it consumes a delivery queue, so the operator
 //! overview can count the deliverers that are actually taking work.
 
 use hookline_shared::store::health::to_ms;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Heartbeat {
     pub registry: ReplicaRegistry,
     pub replica: String,
-    /// `hookline_consumer_connected`: 1 while the deliveries consumer is up.
+    /// `hookline_consumer_connected`: how many delivery queues this replica consumes.
     pub connected: IntGauge,
 }
 
@@ -23,7 +23,7 @@ impl Heartbeat {
         let mut last_written: Option<i64> = None;
         loop {
             let now_ms = to_ms(OffsetDateTime::now_utc());
-            let connected = self.connected.get() == 1;
+            let connected = self.connected.get() > 0;
             let due = last_written.is_none_or(|at| now_ms - at >= HEARTBEAT_MS);
             if !connected {
                 last_written = None;

@@ -21,10 +21,12 @@ pub mod dead_letter;
 pub mod dead_letter_index;
 pub mod delivery;
 pub mod endpoint_cache;
+pub mod fairness;
 pub mod health_gauge;
 pub mod heartbeat;
 pub mod message;
 pub mod metrics;
+pub mod partitions;
 pub mod probe;
 pub mod retries;
 pub mod settings;
@@ -44,6 +46,7 @@ use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::replicas::ReplicaRegistry;
 use settings::Settings;
 use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -102,7 +105,11 @@ impl Deliverer {
             background.clone(),
         ));
 
-        let topology = Topology::new(&settings.prefix, settings.amqp.queue_type);
+        let topology = Topology::new(
+            &settings.prefix,
+            settings.amqp.queue_type,
+            settings.amqp.partitions,
+        );
         let publisher = Publisher::spawn(
             settings.amqp.clone(),
             topology.clone(),
@@ -167,6 +174,7 @@ impl Deliverer {
                     poll_interval: settings.retry.poll_interval,
                     batch: settings.retry.batch,
                     lease: settings.retry.lease,
+                    bulk_floor: settings.fairness.bulk_floor,
                     handlers: handlers.clone(),
                 }
                 .run(shutdown.clone()),
@@ -189,38 +197,94 @@ impl Deliverer {
                 .run(shutdown.clone()),
             ),
         ];
-        let consumers = vec![
-            tokio::spawn(
+        let mut consumers = vec![tokio::spawn(as_stopped(
+            consumer::ConsumerLoop {
+                settings: settings.amqp.clone(),
+                queue: topology.dead_letter_index_queue.clone(),
+                topology: topology.clone(),
+                prefetch: 50,
+                handler: Arc::new(dead_letter_index::DeadLetterIndexer {
+                    store: DeadLetterStore::new(redis, keys),
+                    retention: settings.retention.dead_letters,
+                    abort: abort.clone(),
+                }),
+                group: consumer::ConsumerGroup::new(
+                    Some(readiness.flag("amqp_dead_letter_index")),
+                    None,
+                    1,
+                ),
+                handlers: handlers.clone(),
+            }
+            .run(shutdown.clone()),
+        ))];
+        let partitions = topology.partition_queues();
+        let consume = {
+            let (settings, topology, worker, metrics) = (
+                settings.clone(),
+                topology.clone(),
+                worker.clone(),
+                worker.metrics.clone(),
+            );
+            let (handlers, shutdown) = (handlers.clone(), shutdown.clone());
+            move |queue: String, group: consumer::ConsumerGroup| {
+                let handler = Arc::new(fairness::PartitionHandler {
+                    worker: worker.clone(),
+                    shares: fairness::TenantShares::new(settings.fairness.tenant_share),
+                    lag: metrics
+                        .partition_lag
+                        .with_label_values(&[&partitions::label(&topology, &queue)]),
+                });
                 consumer::ConsumerLoop {
                     settings: settings.amqp.clone(),
-                    queue: topology.dead_letter_index_queue.clone(),
+                    queue,
                     topology: topology.clone(),
-                    prefetch: 50,
-                    handler: Arc::new(dead_letter_index::DeadLetterIndexer {
-                        store: DeadLetterStore::new(redis, keys),
-                        retention: settings.retention.dead_letters,
-                        abort: abort.clone(),
-                    }),
-                    ready: readiness.flag("amqp_dead_letter_index"),
-                    connected: None,
-                    handlers: handlers.clone(),
-                }
-                .run(shutdown.clone()),
-            ),
-            tokio::spawn(
-                consumer::ConsumerLoop {
-                    settings: settings.amqp.clone(),
-                    queue: topology.deliveries_queue.clone(),
-                    topology,
                     prefetch: settings.amqp.prefetch,
-                    handler: worker,
-                    ready: readiness.flag("amqp_consumer"),
-                    connected: Some(consumer_connected),
+                    handler,
+                    group,
                     handlers: handlers.clone(),
                 }
-                .run(shutdown.clone()),
-            ),
-        ];
+                .run(shutdown.clone())
+            }
+        };
+        let partition_group = consumer::ConsumerGroup::new(
+            Some(readiness.flag("amqp_consumer")),
+            Some(consumer_connected.clone()),
+            partitions.len(),
+        );
+        for queue in &partitions {
+            consumers.push(tokio::spawn(as_stopped(consume(
+                queue.clone(),
+                partition_group.clone(),
+            ))));
+        }
+        // Queues left by an earlier partition count: drained by every replica.
+        consumers.push(tokio::spawn({
+            let (amqp, topology, shutdown) = (settings.amqp.clone(), topology.clone(), shutdown.clone());
+            let metrics = worker.metrics.clone();
+            async move {
+                let retired = partitions::find_retired(&amqp, &topology, &shutdown)
+                    .await
+                    .unwrap_or_default();
+                let group = consumer::ConsumerGroup::new(None, Some(consumer_connected), 0);
+                let gauged = partitions.iter().chain(&retired).cloned().collect();
+                let gauge = tokio::spawn(partitions::gauge_ready(
+                    amqp,
+                    topology,
+                    gauged,
+                    metrics,
+                    shutdown,
+                ));
+                let draining = retired
+                    .into_iter()
+                    .map(|queue| tokio::spawn(consume(queue, group.clone())));
+                let stopped = futures::future::join_all(draining).await;
+                let _ = gauge.await;
+                stopped
+                    .into_iter()
+                    .filter_map(|stopped| stopped.ok().flatten())
+                    .collect()
+            }
+        }));
         Running {
             consumers,
             side_tasks,
@@ -238,10 +302,19 @@ impl Deliverer {
     }
 }
 
+/// The connections and ack windows of consumers that stopped consuming.
+type Stopped = Vec<(lapin::Connection, acks::AckWindow)>;
+
+async fn as_stopped(
+    consumer: impl Future<Output = Option<(lapin::Connection, acks::AckWindow)>>,
+) -> Stopped {
+    consumer.await.into_iter().collect()
+}
+
 /// What runs until shutdown, and the order in which it stops.
 struct Running {
     /// Consumers; each returns its connection and ack window when it stops consuming.
-    consumers: Vec<tokio::task::JoinHandle<Option<(lapin::Connection, acks::AckWindow)>>>,
+    consumers: Vec<tokio::task::JoinHandle<Stopped>>,
     /// The retry promoter, the health gauge and the heartbeat: they stop on shutdown.
     side_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Every message handler, retry and handed-off delivery.
@@ -267,7 +340,7 @@ impl Running {
         shutdown.cancelled().await;
         let mut stopped = Vec::new();
         for consumer in consumers {
-            stopped.extend(consumer.await.ok().flatten());
+            stopped.extend(consumer.await.unwrap_or_default());
         }
         for task in side_tasks {
             let _ = task.await;

@@ -6,7 +6,8 @@ use hookline_shared::domain::health::DisabledReason;
 use hookline_shared::domain::policy::DeadLetterReason;
 use hookline_shared::metrics::{exponential_buckets, register};
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::time::Duration;
 
@@ -28,6 +29,14 @@ pub struct DelivererMetrics {
     pub activity_dropped: IntCounter,
     /// Writes Redis refused (out of memory, unable to persist) while work was held.
     pub store_write_refusals: IntCounter,
+    /// Deliveries parked in their lane instead of attempted now, by priority.
+    pub parked: IntCounterVec,
+    /// How long the longest-waiting due task of the retry pool has waited, by priority.
+    pub lane_oldest_due: GaugeVec,
+    /// Messages ready in each delivery queue, by partition.
+    pub partition_ready: IntGaugeVec,
+    /// Accept-to-take age of the last message this replica took, by partition.
+    pub partition_lag: GaugeVec,
 }
 
 fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
@@ -101,7 +110,35 @@ impl DelivererMetrics {
             )),
             consumer_connected: unreachable_on_error(IntGauge::new(
                 "hookline_consumer_connected",
-                "1 while this replica consumes from RabbitMQ.",
+                "Delivery queues (partitions, and retired queues being drained) this replica consumes now.",
+            )),
+            parked: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_parked_total",
+                    "Deliveries parked in their tenant's lane of the retry pool instead of attempted at once: priority=realtime (the tenant had its share in progress) or bulk.",
+                ),
+                &["priority"],
+            )),
+            lane_oldest_due: unreachable_on_error(GaugeVec::new(
+                Opts::new(
+                    "hookline_retry_lane_oldest_due_seconds",
+                    "How long the retry pool's longest-waiting due delivery has been due, by priority (0 when none is due).",
+                ),
+                &["priority"],
+            )),
+            partition_ready: unreachable_on_error(IntGaugeVec::new(
+                Opts::new(
+                    "hookline_partition_ready_messages",
+                    "Messages ready (not yet handed out) in each delivery queue, by partition index (or retired queue name suffix).",
+                ),
+                &["partition"],
+            )),
+            partition_lag: unreachable_on_error(GaugeVec::new(
+                Opts::new(
+                    "hookline_partition_lag_seconds",
+                    "Time from acceptance to this replica taking it, of the last message taken from each partition.",
+                ),
+                &["partition"],
             )),
             endpoints: unreachable_on_error(IntGaugeVec::new(
                 Opts::new(
@@ -154,6 +191,14 @@ impl DelivererMetrics {
         register(registry, metrics.endpoints_disabled.clone());
         register(registry, metrics.activity_dropped.clone());
         register(registry, metrics.store_write_refusals.clone());
+        for priority in ["realtime", "bulk"] {
+            metrics.parked.with_label_values(&[priority]);
+            metrics.lane_oldest_due.with_label_values(&[priority]);
+        }
+        register(registry, metrics.parked.clone());
+        register(registry, metrics.lane_oldest_due.clone());
+        register(registry, metrics.partition_ready.clone());
+        register(registry, metrics.partition_lag.clone());
         metrics
     }
 }

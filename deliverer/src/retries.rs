@@ -1,10 +1,12 @@
-//! Promoting due retries: every replica polls Redis for due deliveries, claims a batch
-//! under a lease (each due retry is claimed by exactly one replica at a time), and runs
-//! them. A replica that dies mid-attempt loses nothing: its lease runs out and another
-//! replica claims the delivery.
+//! Promoting due retries and parked deliveries: every replica polls the shards of the
+//! retry pool for due deliveries, claims them under a lease (each is claimed by exactly
+//! one replica at a time; within a shard, lanes round-robin) and runs them. A replica
+//! that dies mid-attempt loses nothing: its lease runs out and another replica claims
+//! the delivery.
 
 use crate::delivery::Worker;
 use hookline_shared::store::health::to_ms;
+use hookline_shared::store::retries::SHARDS;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -21,6 +23,8 @@ pub struct Promoter {
     pub poll_interval: Duration,
     pub batch: usize,
     pub lease: Duration,
+    /// Of a claim of `batch`, what bulk lanes get at least (`fairness.bulk_floor`).
+    pub bulk_floor: f64,
     pub handlers: TaskTracker,
 }
 
@@ -29,6 +33,7 @@ impl Promoter {
         let permits = Arc::new(Semaphore::new(self.batch));
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let mut backlog_refreshed = tokio::time::Instant::now() - BACKLOG_INTERVAL;
+        let mut first_shard: u16 = 0;
         loop {
             if permits.available_permits() == 0 {
                 // Every permit is in use: wait for one to come back rather than poll.
@@ -37,42 +42,50 @@ impl Promoter {
                     permit = permits.acquire() => drop(permit),
                 }
             }
-            let free = permits.available_permits();
+            let mut free = permits.available_permits();
             let mut claimed_full_batch = false;
-            if free > 0 {
-                match self.worker.retries.claim(now_ms(), lease_ms, free).await {
-                    Ok(claimed) => {
-                        claimed_full_batch = claimed.len() == free;
-                        for task in claimed {
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                return;
-                            };
-                            let worker = self.worker.clone();
-                            // Boxed, as the consumer's handlers are: a large future
-                            // held inline by the task is copied on every change of stage.
-                            self.handlers.spawn(Box::pin(async move {
-                                worker.handle_retry(task).await;
-                                drop(permit);
-                            }));
-                        }
+            // Every shard in turn, from a different one each round, while permits last.
+            first_shard = (first_shard + 1) % SHARDS;
+            for offset in 0..SHARDS {
+                if free == 0 {
+                    claimed_full_batch = true;
+                    break;
+                }
+                let shard = (first_shard + offset) % SHARDS;
+                let floor = bulk_floor_of(free, self.bulk_floor);
+                let claimed = match self
+                    .worker
+                    .retries
+                    .claim(shard, now_ms(), lease_ms, free, floor)
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{:#}", anyhow::Error::from(error)),
+                            "claiming retries failed"
+                        );
+                        break;
                     }
-                    Err(error) => tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
-                        "claiming retries failed"
-                    ),
+                };
+                free -= claimed.len().min(free);
+                for task in claimed {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let worker = self.worker.clone();
+                    // Boxed, as the consumer's handlers are: a large future held inline
+                    // by the task is copied on every change of stage.
+                    self.handlers.spawn(Box::pin(async move {
+                        worker.handle_retry(task).await;
+                        drop(permit);
+                    }));
                 }
             }
+            claimed_full_batch |= free == 0;
             if backlog_refreshed.elapsed() >= BACKLOG_INTERVAL {
                 backlog_refreshed = tokio::time::Instant::now();
-                if let Ok((due, waiting)) = self.worker.retries.backlog(now_ms()).await {
-                    let gauge = &self.worker.metrics.retry_backlog;
-                    gauge
-                        .with_label_values(&["due"])
-                        .set(i64::try_from(due).unwrap_or(i64::MAX));
-                    gauge
-                        .with_label_values(&["waiting"])
-                        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-                }
+                self.refresh_backlog().await;
             }
             // A full batch means more may be due: go again at once, unless shut down.
             let pause = if claimed_full_batch {
@@ -88,6 +101,67 @@ impl Promoter {
     }
 }
 
+impl Promoter {
+    async fn refresh_backlog(&self) {
+        let now = now_ms();
+        let Ok(backlog) = self.worker.retries.backlog(now).await else {
+            return;
+        };
+        let metrics = &self.worker.metrics;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics
+            .retry_backlog
+            .with_label_values(&["due"])
+            .set(count(backlog.due()));
+        metrics
+            .retry_backlog
+            .with_label_values(&["waiting"])
+            .set(count(backlog.total.saturating_sub(backlog.due())));
+        for (priority, oldest) in [
+            ("realtime", backlog.oldest_due_realtime_ms),
+            ("bulk", backlog.oldest_due_bulk_ms),
+        ] {
+            // Milliseconds of waiting as seconds for the gauge: precision is ample.
+            #[allow(clippy::cast_precision_loss)]
+            let waited = oldest.map_or(0.0, |due| (now - due).max(0) as f64 / 1000.0);
+            metrics
+                .lane_oldest_due
+                .with_label_values(&[priority])
+                .set(waited);
+        }
+    }
+}
+
+/// Bulk tasks in a claim of `limit`: `share` of it, rounded up, at least one unless
+/// the share is zero.
+fn bulk_floor_of(limit: usize, share: f64) -> usize {
+    if share <= 0.0 || limit == 0 {
+        return 0;
+    }
+    // A share of a claim size: both far below f64's exact integers.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let floor = (limit as f64 * share).ceil() as usize;
+    floor.clamp(1, limit)
+}
+
 fn now_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bulk_floor_of;
+
+    #[test]
+    fn bulk_gets_its_floor_share_of_every_claim() {
+        assert_eq!(bulk_floor_of(100, 0.1), 10);
+        assert_eq!(bulk_floor_of(5, 0.1), 1, "at least one");
+        assert_eq!(bulk_floor_of(5, 0.0), 0, "a zero share is none");
+        assert_eq!(bulk_floor_of(0, 0.5), 0);
+        assert_eq!(bulk_floor_of(10, 1.0), 10);
+    }
 }

@@ -21,6 +21,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub delivery: DeliverySettings,
     pub retry: RetrySettings,
+    pub fairness: FairnessSettings,
     pub health: HealthSettings,
     pub retention: RetentionSettings,
     pub amqp: AmqpSettings,
@@ -80,6 +81,17 @@ pub struct RetrySettings {
     pub lease: Duration,
 }
 
+/// How a replica shares its capacity between tenants and priorities.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FairnessSettings {
+    /// Messages of one tenant this replica works on at once, per partition, before it
+    /// parks the tenant's further messages in its lane of the retry pool.
+    pub tenant_share: usize,
+    /// The part of each claim from the retry pool that bulk lanes get even when
+    /// real-time lanes have more than enough due (0 to 1).
+    pub bulk_floor: f64,
+}
+
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
         let settings: Self = settings::load(DEFAULTS, file)?;
@@ -123,6 +135,13 @@ impl Settings {
         if let Some((_, field, variable)) = durations.iter().find(|(d, ..)| d.is_zero()) {
             return Err(SettingsError::invalid(field, variable, "must be positive"));
         }
+        if !(0.0..=1.0).contains(&self.fairness.bulk_floor) {
+            return Err(SettingsError::invalid(
+                "fairness.bulk_floor",
+                "HOOKLINE__FAIRNESS__BULK_FLOOR",
+                "must be between 0 and 1",
+            ));
+        }
         if self.retry.lease <= self.delivery.timeout {
             return Err(SettingsError::invalid(
                 "retry.lease",
@@ -142,6 +161,11 @@ impl Settings {
                 "HOOKLINE__DELIVERY__MAX_HANDED_OFF",
             ),
             (self.retry.batch, "retry.batch", "HOOKLINE__RETRY__BATCH"),
+            (
+                self.fairness.tenant_share,
+                "fairness.tenant_share",
+                "HOOKLINE__FAIRNESS__TENANT_SHARE",
+            ),
             (
                 usize::from(self.amqp.prefetch),
                 "amqp.prefetch",

@@ -99,7 +99,11 @@ impl Ingest {
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
 
-        let topology = Topology::new(&settings.prefix, settings.amqp.queue_type);
+        let topology = Topology::new(
+            &settings.prefix,
+            settings.amqp.queue_type,
+            settings.amqp.partitions,
+        );
         let publisher = Publisher::spawn(
             settings.amqp.clone(),
             topology.clone(),

@@ -19,6 +19,11 @@ pub const SOURCE_AMQP: &str = "amqp";
 /// created just before the event receives it. Events without it (published straight to
 /// the exchange) see endpoint changes within the deliverer's cache TTL.
 pub const ENDPOINTS_VERSION_HEADER: &str = "x-hookline-endpoints-version";
+/// Header that ingest sets to the time it accepted the event (unix ms): deliverers report
+/// how far behind each partition is from it. Direct publishers may set it too; without
+/// it the message's `timestamp` property (seconds) is used, if any.
+pub const ACCEPTED_AT_HEADER: &str = "x-hookline-accepted-at";
+pub use crate::broker::topology::TENANT_HEADER;
 /// Set by quorum queues on redelivery: how often the broker handed the message out before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

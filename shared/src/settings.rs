@@ -92,6 +92,13 @@ impl AmqpSettings {
                 format!("node {position} is not an amqp:// or amqps:// URL"),
             ));
         }
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(SettingsError::invalid(
+                "amqp.partitions",
+                "HOOKLINE__AMQP__PARTITIONS",
+                format!("must be 1 to {MAX_PARTITIONS}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -121,12 +128,21 @@ pub enum QueueType {
     Classic,
 }
 
+/// More partitions than this buys nothing on a cluster of any size Hookline targets,
+/// and each one is a queue (a Raft group, for quorum queues) and a consumer per replica.
+pub const MAX_PARTITIONS: u16 = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     pub url: SecretString,
     pub queue_type: QueueType,
-    /// Unacked deliveries the broker may hand one consumer at once.
+    /// Unacked deliveries the broker may hand one consumer at once (one consumer per
+    /// partition).
     pub prefetch: u16,
+    /// Delivery queues the consistent-hash exchange spreads tenants over. Every ingest
+    /// and deliverer of an installation must use the same number; changing it drains the
+    /// queues that are no longer used (see `broker::topology`).
+    pub partitions: u16,
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -283,6 +299,7 @@ mod tests {
         url = "amqp://127.0.0.1:5672/%2f"
         queue_type = "quorum"
         prefetch = 200
+        partitions = 8
         confirm_timeout = "10s"
         connect_timeout = "5s"
         delivery_limit = 10

@@ -150,7 +150,7 @@ async fn malformed_events_get_errors_naming_the_field() {
         (400, Some("tenant"))
     );
     assert_eq!(
-        hookline.queue_depth("deliveries").await,
+        hookline.deliveries_depth().await,
         0,
         "nothing reached the queue"
     );
@@ -755,7 +755,15 @@ async fn operator_overview_reads_the_same_state_as_the_api() {
     assert!(globex["failure_ratio"].is_null(), "no attempts, no ratio");
     assert_eq!(overview["totals"]["endpoints"]["healthy"], 2);
     assert_eq!(overview["totals"]["dead_letters"]["retries_exhausted"], 3);
-    assert_eq!(overview["retry_backlog"], json!({"due": 0, "scheduled": 0}));
+    assert_eq!(
+        overview["retry_backlog"],
+        json!({
+            "due": 0,
+            "scheduled": 0,
+            "oldest_due_seconds": {"realtime": 0.0, "bulk": 0.0},
+            "largest_lanes": [],
+        })
+    );
 
     // The API's dead-letter list and the overview's counts move together.
     let listed = hookline.get("/v1/tenants/acme/dead-letters").await;

@@ -187,14 +187,7 @@ async fn deliveries_held_by_an_open_circuit_go_out_when_its_probe_succeeds() {
 async fn held_long(hookline: &Hookline, endpoint_path: &str) -> Vec<String> {
     let endpoint_id = endpoint_path.rsplit('/').next().expect("endpoint id");
     let suffix = format!(":{endpoint_id}");
-    let due: Vec<(String, i64)> = redis::AsyncCommands::zrange_withscores(
-        &mut hookline.redis().await,
-        hookline.keys().retry_due(),
-        0,
-        -1,
-    )
-    .await
-    .expect("retry pool");
+    let due = hookline.retry_pool().await;
     let later = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
     let later_ms = i64::try_from(later.unix_timestamp_nanos() / 1_000_000).expect("ms");
     due.into_iter()

@@ -263,16 +263,8 @@ async fn failing_endpoint_is_retried_without_resending_to_healthy_ones() {
     // The success was the last thing Hookline had to do for this event: once the retry
     // backlog is empty, nothing else can be sent.
     let mut redis = hookline.redis().await;
-    let due_key = hookline.keys().retry_due();
-    eventually("retry backlog drained", || {
-        let mut redis = redis.clone();
-        let key = due_key.clone();
-        async move {
-            redis::AsyncCommands::zcard::<_, u64>(&mut redis, key)
-                .await
-                .expect("zcard")
-                == 0
-        }
+    eventually("retry backlog drained", || async {
+        hookline.retry_pool().await.is_empty()
     })
     .await;
     assert_eq!(flaky.count(), 3, "two failures and one success");
@@ -598,11 +590,12 @@ async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_o
     assert_eq!(handed_off, 1.0);
     // Until it is answered, the delivery is a claimed task in the retry pool: if this
     // deliverer died now, the task's lease would bring it back.
-    let mut redis = hookline.redis().await;
-    let tasks_key = hookline.keys().retry_tasks();
-    let task_ids: Vec<String> = redis::AsyncCommands::hkeys(&mut redis, &tasks_key)
+    let task_ids: Vec<String> = hookline
+        .retry_pool()
         .await
-        .expect("hkeys");
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(task_ids.len(), 1, "{task_ids:?}");
     assert!(
         task_ids[0].starts_with(&format!("{slow_id}:")),
@@ -617,15 +610,8 @@ async fn a_slow_receiver_does_not_hold_its_message_and_still_gets_the_delivery_o
                 .is_some_and(|d| d.values().any(|s| s["status"] == "delivered"))
         })
         .await;
-    eventually("the handed-off task is completed", || {
-        let mut redis = redis.clone();
-        let key = tasks_key.clone();
-        async move {
-            redis::AsyncCommands::hlen::<_, u64>(&mut redis, key)
-                .await
-                .expect("hlen")
-                == 0
-        }
+    eventually("the handed-off task is completed", || async {
+        hookline.retry_pool().await.is_empty()
     })
     .await;
     assert_eq!(slow.count(), 1, "delivered once: {state}");
@@ -671,15 +657,13 @@ async fn a_delivery_parked_behind_a_stuck_endpoint_waits_until_a_slot_can_free()
         parked.body["id"].as_str().expect("event id"),
         endpoint["id"].as_str().expect("endpoint id")
     );
-    let redis = hookline.redis().await;
-    let due_key = hookline.keys().retry_due();
-    let due_ms = || {
-        let (mut redis, key, id) = (redis.clone(), due_key.clone(), parked_id.clone());
-        async move {
-            redis::AsyncCommands::zscore::<_, _, Option<i64>>(&mut redis, key, id)
-                .await
-                .expect("zscore")
-        }
+    let due_ms = || async {
+        hookline
+            .retry_pool()
+            .await
+            .into_iter()
+            .find(|(id, _)| *id == parked_id)
+            .map(|(_, due)| due)
     };
     eventually("the second delivery is parked", || async {
         due_ms().await.is_some()

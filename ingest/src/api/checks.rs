@@ -87,6 +87,7 @@ pub async fn test_delivery(
         data,
         changes: None,
         actor: None,
+        priority: None,
     };
     let event = Event::from_message(
         message,

@@ -401,7 +401,9 @@ pub async fn update(
         // their own after the deliverer's max_hold).
         state.health.reset(&endpoint.tenant, &endpoint.id).await?;
         let now_ms = to_ms(OffsetDateTime::now_utc());
-        if let Err(error) = state.retries.wake_held(&endpoint.id, now_ms).await {
+        if let Err(error) = state
+            .retries
+            .wake_held(&endpoint.tenant, &endpoint.id, now_ms).await {
             tracing::warn!(
                 endpoint_id = %endpoint.id,
                 error = format!("{:#}", anyhow::Error::from(error)),

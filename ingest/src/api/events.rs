@@ -12,7 +12,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Outgoing;
-use hookline_shared::contract::{ENDPOINTS_VERSION_HEADER, JSON, SOURCE_HEADER, SOURCE_HTTP};
+use hookline_shared::contract::{
+    ACCEPTED_AT_HEADER, ENDPOINTS_VERSION_HEADER, JSON, SOURCE_HEADER, SOURCE_HTTP, TENANT_HEADER,
+};
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks, TenantId};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -131,6 +133,15 @@ fn message(event: &Event, endpoints_version: Option<u64>) -> (Vec<u8>, BasicProp
     headers.insert(
         SOURCE_HEADER.into(),
         AMQPValue::LongString(SOURCE_HTTP.into()),
+    );
+    headers.insert(
+        TENANT_HEADER.into(),
+        AMQPValue::LongString(event.tenant.as_str().into()),
+    );
+    let accepted_at_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    headers.insert(
+        ACCEPTED_AT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(accepted_at_ms).unwrap_or(i64::MAX)),
     );
     if let Some(version) = endpoints_version {
         headers.insert(

@@ -54,9 +54,25 @@ struct Replica {
 
 #[derive(Debug, Default, Serialize)]
 struct RetryBacklog {
+    /// Deliveries due now (retries and parked deliveries), waiting for a deliverer.
     due: u64,
+    /// Deliveries due later.
     scheduled: u64,
+    /// Seconds the longest-waiting due delivery has been due, per priority.
+    oldest_due_seconds: BTreeMap<&'static str, f64>,
+    /// The tenants with the most deliveries in the pool (due or not), largest first.
+    largest_lanes: Vec<LaneBacklog>,
 }
+
+#[derive(Debug, Serialize)]
+struct LaneBacklog {
+    tenant: String,
+    priority: &'static str,
+    deliveries: u64,
+}
+
+/// Lanes the overview lists.
+const LARGEST_LANES: usize = 10;
 
 #[derive(Debug, Default, Serialize)]
 struct TenantOverview {
@@ -103,11 +119,34 @@ pub async fn overview(
     }
     let now = OffsetDateTime::now_utc();
     let now_ms = to_ms(now);
-    let (replicas, (due, scheduled), tenants) = tokio::try_join!(
+    let (replicas, backlog, largest, tenants) = tokio::try_join!(
         state.replicas.seen_since(now_ms - REPLICA_FRESH_MS),
         state.retries.backlog(now_ms),
+        state.retries.largest_lanes(LARGEST_LANES),
         state.endpoints.tenants(),
     )?;
+    let waited = |oldest: Option<i64>| {
+        // Milliseconds as seconds: precision is ample.
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = oldest.map_or(0.0, |due| (now_ms - due).max(0) as f64 / 1000.0);
+        seconds
+    };
+    let retry_backlog = RetryBacklog {
+        due: backlog.due(),
+        scheduled: backlog.total.saturating_sub(backlog.due()),
+        oldest_due_seconds: BTreeMap::from([
+            ("realtime", waited(backlog.oldest_due_realtime_ms)),
+            ("bulk", waited(backlog.oldest_due_bulk_ms)),
+        ]),
+        largest_lanes: largest
+            .into_iter()
+            .map(|lane| LaneBacklog {
+                tenant: lane.tenant,
+                priority: lane.priority.as_str(),
+                deliveries: lane.tasks,
+            })
+            .collect(),
+    };
     let mut overview = Overview {
         generated_at: now,
         window_minutes,
@@ -124,7 +163,7 @@ pub async fn overview(
                 })
                 .collect(),
         },
-        retry_backlog: RetryBacklog { due, scheduled },
+        retry_backlog,
         totals: TenantOverview::default(),
         tenants: Vec::new(),
     };

@@ -89,6 +89,7 @@ pub async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessa
             name: Some("Sample User".into()),
             email: Some("sample.user@example.com".into()),
         }),
+        priority: None,
     }
 }
 

@@ -1,18 +1,46 @@
 //! Exchanges and queues, named from the installation prefix. Both binaries declare the
 //! whole topology on every (re)connect: declarations are idempotent, and whichever
 //! process starts first finds a working broker.
+//!
+//! Events are spread over `partitions` delivery queues by tenant: the topic exchange
+//! forwards everything to a consistent-hash exchange (RabbitMQ's bundled
+//! `rabbitmq_consistent_hash_exchange`) that hashes the [`TENANT_HEADER`], so one
+//! tenant's backlog fills one partition and the others flow past it, and the queues'
+//! leaders spread over a cluster. A message without the header (a direct publisher
+//! that does not set it) hashes as the empty value: all such messages share one
+//! partition, delivered as before but without isolation from each other.
+//!
+//! Queues this topology no longer feeds — the single `{prefix}.deliveries` of an
+//! installation from before partitions, and partitions beyond a lowered count — are
+//! found by [`Topology::retired_queues`], unbound, and consumed by the deliverers until
+//! an operator deletes them: nothing routed to them before the change is stranded.
 
-use crate::settings::QueueType;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use crate::settings::{MAX_PARTITIONS, QueueType};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+
+/// The header the partitions hash: the event's tenant. Ingest always sets it; a direct
+/// publisher should (see the module's documentation for what happens otherwise).
+pub const TENANT_HEADER: &str = "x-hookline-tenant";
+
+/// RabbitMQ's exchange type from the bundled `rabbitmq_consistent_hash_exchange` plugin.
+const CONSISTENT_HASH: &str = "x-consistent-hash";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// Durable topic exchange the ATS publishes to; routing key = event type.
     pub events_exchange: String,
-    /// Durable queue the deliverers consume, bound to every event type.
-    pub deliveries_queue: String,
+    /// Durable consistent-hash exchange bound to every event type of `events_exchange`;
+    /// it routes each message to one partition by the hash of its tenant header.
+    pub partitions_exchange: String,
+    /// `{prefix}.deliveries`: the partitions are `{prefix}.deliveries.{i}`. Before
+    /// partitions it was the one queue; one left from then is drained as retired.
+    deliveries: String,
+    partitions: u16,
     /// Durable fanout exchange for deliveries that will not be attempted again.
     pub dead_letter_exchange: String,
     /// Durable queue of the same name: the record ops can read with any AMQP tool.
@@ -24,15 +52,31 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(prefix: &str, queue_type: QueueType) -> Self {
+    pub fn new(prefix: &str, queue_type: QueueType, partitions: u16) -> Self {
         Self {
             events_exchange: format!("{prefix}.events"),
-            deliveries_queue: format!("{prefix}.deliveries"),
+            partitions_exchange: format!("{prefix}.partitions"),
+            deliveries: format!("{prefix}.deliveries"),
+            partitions: partitions.max(1),
             dead_letter_exchange: format!("{prefix}.dead-letter"),
             dead_letter_queue: format!("{prefix}.dead-letter"),
             dead_letter_index_queue: format!("{prefix}.dead-letter.index"),
             queue_type,
         }
+    }
+
+    /// The delivery queue of partition `index`.
+    pub fn partition_queue(&self, index: u16) -> String {
+        format!("{}.{index}", self.deliveries)
+    }
+
+    /// The delivery queues this topology feeds, by partition.
+    pub fn partition_queues(&self) -> Vec<String> {
+        (0..self.partitions).map(|i| self.partition_queue(i)).collect()
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
     }
 
     fn queue_arguments(&self) -> FieldTable {
@@ -73,25 +117,56 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        // No broker-side dead-lettering on the deliveries queue: in 3.10 it is
-        // at-most-once, and it would drop the message with no DLX configured. The
-        // deliverer enforces the delivery limit itself from `x-delivery-count`.
+        let mut hash_on_tenant = FieldTable::default();
+        hash_on_tenant.insert(
+            ShortString::from("hash-header"),
+            AMQPValue::LongString(TENANT_HEADER.into()),
+        );
         channel
-            .queue_declare(
-                self.deliveries_queue.as_str().into(),
-                durable_queue,
-                self.queue_arguments(),
+            .exchange_declare(
+                self.partitions_exchange.as_str().into(),
+                ExchangeKind::Custom(CONSISTENT_HASH.into()),
+                durable_exchange,
+                hash_on_tenant,
             )
             .await?;
         channel
-            .queue_bind(
-                self.deliveries_queue.as_str().into(),
+            .exchange_bind(
+                self.partitions_exchange.as_str().into(),
                 self.events_exchange.as_str().into(),
                 "#".into(),
-                QueueBindOptions::default(),
+                ExchangeBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
+        // No broker-side dead-lettering on the delivery queues: in 3.10 it is
+        // at-most-once, and it would drop the message with no DLX configured. The
+        // deliverer enforces the delivery limit itself from `x-delivery-count`.
+        let mut partition_arguments = self.queue_arguments();
+        if self.queue_type == QueueType::Quorum {
+            // Each partition's leader on the node with the fewest leaders, so a
+            // cluster's nodes share the partitions rather than all leading from one.
+            partition_arguments.insert(
+                ShortString::from("x-queue-leader-locator"),
+                AMQPValue::LongString("balanced".into()),
+            );
+        }
+        for queue in self.partition_queues() {
+            channel
+                .queue_declare(queue.as_str().into(), durable_queue, partition_arguments.clone())
+                .await?;
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.partitions_exchange.as_str().into(),
+                    // The binding key of a consistent-hash exchange is the queue's
+                    // weight: every partition takes an equal share of the hash ring.
+                    "1".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         for queue in [&self.dead_letter_queue, &self.dead_letter_index_queue] {
             channel
                 .queue_declare(queue.as_str().into(), durable_queue, self.queue_arguments())
@@ -108,4 +183,75 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+impl Topology {
+    /// Delivery queues that exist but that this topology does not feed: the one queue
+    /// of an installation from before partitions, and partitions at and beyond the
+    /// configured count, which exist when the count was lowered. Each is unbound (no new
+    /// message reaches it) and returned so its messages are consumed. Partitions are
+    /// created as a contiguous range, so the search stops at the first one missing.
+    pub async fn retired_queues(&self, connection: &Connection) -> Result<Vec<String>, lapin::Error> {
+        let mut retired = Vec::new();
+        if self.exists(connection, &self.deliveries).await? {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_unbind(
+                    self.deliveries.as_str().into(),
+                    self.events_exchange.as_str().into(),
+                    "#".into(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "done".into()).await;
+            retired.push(self.deliveries.clone());
+        }
+        for index in self.partitions..MAX_PARTITIONS {
+            let queue = self.partition_queue(index);
+            if !self.exists(connection, &queue).await? {
+                break;
+            }
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_unbind(
+                    queue.as_str().into(),
+                    self.partitions_exchange.as_str().into(),
+                    "1".into(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "done".into()).await;
+            retired.push(queue);
+        }
+        Ok(retired)
+    }
+
+    /// Whether a queue exists: a passive declare, on a channel of its own since the
+    /// broker closes the channel of one that fails.
+    async fn exists(&self, connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = channel.close(200, "done".into()).await;
+                Ok(true)
+            }
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(error)
+            if *error.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
 }

@@ -98,6 +98,41 @@ pub struct EventMessage {
     pub changes: Option<BTreeMap<String, Change>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
+    /// `realtime` (the default) or `bulk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+}
+
+/// How an event competes for delivery capacity. Bulk events (imports, backfills) are
+/// delivered with the capacity real-time events leave free, and a floor share so they
+/// never starve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Realtime,
+    Bulk,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Realtime => "realtime",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    pub fn is_realtime(&self) -> bool {
+        *self == Self::Realtime
+    }
+
+    fn parse(value: &str) -> Result<Self, Invalid> {
+        match value {
+            "realtime" => Ok(Self::Realtime),
+            "bulk" => Ok(Self::Bulk),
+            _ => Err(Invalid::new("priority", "must be \"realtime\" or \"bulk\"")),
+        }
+    }
 }
 
 impl EventMessage {
@@ -115,6 +150,7 @@ impl EventMessage {
             data,
             changes,
             actor,
+            priority: _,
         } = self;
         let mut values = vec![("data".to_owned(), data)];
         for (field, Change { from, to }) in changes.iter().flatten() {
@@ -150,6 +186,8 @@ pub struct Event {
     pub changes: Option<BTreeMap<String, Change>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
+    #[serde(default, skip_serializing_if = "Priority::is_realtime")]
+    pub priority: Priority,
 }
 
 /// What the edge supplies when the message leaves a field out.
@@ -196,6 +234,10 @@ impl Event {
                 format_args!("must be 1 to {MAX_VERSION_LEN} characters"),
             ));
         }
+        let priority = match &message.priority {
+            Some(priority) => Priority::parse(priority)?,
+            None => Priority::Realtime,
+        };
         Ok(Self {
             id,
             tenant,
@@ -205,6 +247,7 @@ impl Event {
             data: message.data,
             changes: message.changes,
             actor: message.actor,
+            priority,
         })
     }
 
@@ -219,6 +262,7 @@ impl Event {
             data: self.data.clone(),
             changes: self.changes.clone(),
             actor: self.actor.clone(),
+            priority: (!self.priority.is_realtime()).then(|| self.priority.as_str().to_owned()),
         }
     }
 }

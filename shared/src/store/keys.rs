@@ -138,14 +138,26 @@ impl Keyspace {
         format!("{}:event-types", self.prefix)
     }
 
-    /// Sorted set: delivery id → due time (ms). Shares a hash tag with `retry_tasks`.
-    pub fn retry_due(&self) -> String {
-        format!("{}:{{retry}}:due", self.prefix)
+    /// Hash: delivery id → pending delivery JSON, for the tenants of one shard of the
+    /// retry pool. Every key of a shard shares its hash tag `{retry:N}`, so a shard lives
+    /// on one Redis Cluster node and the shards spread over the cluster.
+    pub fn retry_tasks(&self, shard: u16) -> String {
+        format!("{}:{{retry:{shard}}}:tasks", self.prefix)
     }
 
-    /// Hash: delivery id → pending delivery JSON.
-    pub fn retry_tasks(&self) -> String {
-        format!("{}:{{retry}}:tasks", self.prefix)
+    /// Sorted set: delivery id → due time (ms), one per lane (a tenant and a priority).
+    pub fn retry_lane(&self, shard: u16, lane: &str) -> String {
+        format!("{}:{}", self.retry_lane_prefix(shard), lane)
+    }
+
+    /// What every lane key of a shard starts with; the claim script adds the lane.
+    pub fn retry_lane_prefix(&self, shard: u16) -> String {
+        format!("{}:{{retry:{shard}}}:lane", self.prefix)
+    }
+
+    /// Sorted set: lane → when it is next due to be served, one per priority and shard.
+    pub fn retry_lanes(&self, shard: u16, priority: &str) -> String {
+        format!("{}:{{retry:{shard}}}:lanes:{priority}", self.prefix)
     }
 }
 
@@ -178,7 +190,8 @@ mod tests {
             keys.event_state(&tenant, "evt"),
             format!("{}evt", keys.event_state_prefix(&tenant))
         );
-        assert!(keys.retry_due().starts_with("hl:{retry}:"));
-        assert!(keys.retry_tasks().starts_with("hl:{retry}:"));
+        assert!(keys.retry_tasks(3).starts_with("hl:{retry:3}:"));
+        assert!(keys.retry_lane(3, "realtime:acme").starts_with("hl:{retry:3}:"));
+        assert!(keys.retry_lanes(3, "bulk").starts_with("hl:{retry:3}:"));
     }
 }

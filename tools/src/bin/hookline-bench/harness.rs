@@ -845,10 +845,15 @@ pub async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<Held
     let deferrals = held_again(&services).await? - deferrals_before;
     let client = redis::Client::open(brokers.redis_url.as_str())?;
     let mut redis = client.get_multiplexed_async_connection().await?;
-    let pool: u64 = redis::cmd("ZCARD")
-        .arg(hookline_shared::store::Keyspace::new(&services.prefix).retry_due())
-        .query_async(&mut redis)
-        .await?;
+    let keys = hookline_shared::store::Keyspace::new(&services.prefix);
+    let mut pool: u64 = 0;
+    for shard in 0..hookline_shared::store::retries::SHARDS {
+        let tasks: u64 = redis::cmd("HLEN")
+            .arg(keys.retry_tasks(shard))
+            .query_async(&mut redis)
+            .await?;
+        pool += tasks;
+    }
     services.stop(brokers).await?;
     let cpu_us = cpu_per_item(cpu_before, cpu_after, 1)
         .into_iter()
