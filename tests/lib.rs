@@ -129,25 +129,14 @@ impl HooklineBuilder {
         let stop = shutdown.clone();
         tasks.spawn(async move { ingest.run(stop).await.expect("ingest ran") });
 
-        let mut deliverer_admins = Vec::new();
-        for _ in 0..self.deliverers {
-            let settings =
-                hookline_deliverer::settings::Settings::from_defaults_with(overrides.clone())
-                    .expect("deliverer settings");
-            let deliverer = hookline_deliverer::Deliverer::bind(settings)
-                .await
-                .expect("bind deliverer");
-            deliverer_admins.push(deliverer.admin_addr());
-            let stop = shutdown.clone();
-            tasks.spawn(async move { deliverer.run(stop).await.expect("deliverer ran") });
-        }
-        let hookline = Hookline {
+        let mut hookline = Hookline {
             prefix,
             partitions,
             brokers,
             api,
             ingest_admin,
-            deliverer_admins,
+            deliverer_admins: Vec::new(),
+            overrides,
             // The tests' own calls never go through a proxy from the environment: the
             // egress tests run an installation with proxy variables set.
             http: reqwest::Client::builder()
@@ -157,6 +146,9 @@ impl HooklineBuilder {
             shutdown,
             tasks,
         };
+        for _ in 0..self.deliverers {
+            hookline.spawn_deliverer(&[]).await;
+        }
         for admin in std::iter::once(hookline.ingest_admin).chain(hookline.deliverer_admins.clone())
         {
             hookline.wait_ready(admin).await;
@@ -175,6 +167,7 @@ pub struct Hookline {
     pub ingest_admin: SocketAddr,
     pub deliverer_admins: Vec<SocketAddr>,
     pub http: reqwest::Client,
+    overrides: HashMap<String, String>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -298,7 +291,7 @@ impl Hookline {
         answer.body
     }
 
-    async fn amqp(&self) -> Connection {
+    pub async fn amqp(&self) -> Connection {
         Connection::connect(&self.brokers.amqp_url, ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable")
@@ -374,6 +367,32 @@ impl Hookline {
         }
         let _ = connection.close(200, "done".into()).await;
         records
+    }
+
+    /// Starts one more deliverer with this installation's settings and `extra` ones,
+    /// and waits until it is ready. Returns its admin address.
+    pub async fn start_deliverer(&mut self, extra: &[(&str, &str)]) -> SocketAddr {
+        let admin = self.spawn_deliverer(extra).await;
+        self.wait_ready(admin).await;
+        admin
+    }
+
+    async fn spawn_deliverer(&mut self, extra: &[(&str, &str)]) -> SocketAddr {
+        let mut overrides = self.overrides.clone();
+        for (key, value) in extra {
+            overrides.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let settings = hookline_deliverer::settings::Settings::from_defaults_with(overrides)
+            .expect("deliverer settings");
+        let deliverer = hookline_deliverer::Deliverer::bind(settings)
+            .await
+            .expect("bind deliverer");
+        let admin = deliverer.admin_addr();
+        self.deliverer_admins.push(admin);
+        let stop = self.shutdown.clone();
+        self.tasks
+            .spawn(async move { deliverer.run(stop).await.expect("deliverer ran") });
+        admin
     }
 
     /// Messages ready in all the delivery queues (every partition).
@@ -475,7 +494,11 @@ impl Hookline {
             .expect("services stop within the grace period");
         let connection = self.amqp().await;
         let channel = connection.create_channel().await.expect("channel");
-        for queue in ["deliveries", "dead-letter", "dead-letter.index"] {
+        let queues = ["deliveries", "dead-letter", "dead-letter.index"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain((0..hookline_shared::settings::MAX_PARTITIONS.min(16)).map(|i| format!("deliveries.{i}")));
+        for queue in queues {
             let _ = channel
                 .queue_delete(
                     format!("{}.{queue}", self.prefix).as_str().into(),
@@ -483,7 +506,7 @@ impl Hookline {
                 )
                 .await;
         }
-        for exchange in ["events", "dead-letter"] {
+        for exchange in ["events", "partitions", "dead-letter"] {
             let _ = channel
                 .exchange_delete(
                     format!("{}.{exchange}", self.prefix).as_str().into(),

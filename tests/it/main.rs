@@ -8,6 +8,7 @@ mod console;
 mod disabling;
 mod egress;
 mod endpoints;
+mod fairness;
 mod formats;
 mod history;
 mod metrics;
