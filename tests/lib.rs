@@ -497,7 +497,10 @@ impl Hookline {
         let queues = ["deliveries", "dead-letter", "dead-letter.index"]
             .map(str::to_owned)
             .into_iter()
-            .chain((0..hookline_shared::settings::MAX_PARTITIONS.min(16)).map(|i| format!("deliveries.{i}")));
+            .chain(
+                (0..hookline_shared::settings::MAX_PARTITIONS.min(16))
+                    .map(|i| format!("deliveries.{i}")),
+            );
         for queue in queues {
             let _ = channel
                 .queue_delete(

@@ -56,7 +56,10 @@ impl ConsumerGroup {
     }
 
     fn down(&self) {
-        let consuming = self.consuming.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        let consuming = self
+            .consuming
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
         self.report(consuming, -1);
     }
 

@@ -5,9 +5,9 @@
 use crate::acks::AckWindow;
 use crate::activity::ActivityLog;
 use crate::admission::{self, Decision, Facts, Question, RateFact, Rules, SlotFact, Step};
-use crate::fairness::TenantShares;
 use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
+use crate::fairness::TenantShares;
 use crate::message::{
     delivery_count, event_as_stored, integer_header, parse_event, rejected, source, truncate,
 };

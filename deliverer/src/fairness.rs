@@ -145,7 +145,9 @@ mod tests {
         let first = shares.enter(&heavy).expect("within share");
         let second = shares.enter(&heavy).expect("within share");
         assert!(shares.enter(&heavy).is_none(), "a third is over the share");
-        let other = shares.enter(&quiet).expect("another tenant has its own share");
+        let other = shares
+            .enter(&quiet)
+            .expect("another tenant has its own share");
         drop(first);
         let third = shares.enter(&heavy).expect("a place came back");
         assert_eq!(shares.in_progress(&heavy), 2);

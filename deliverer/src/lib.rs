@@ -45,8 +45,8 @@ use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::replicas::ReplicaRegistry;
 use settings::Settings;
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -259,7 +259,8 @@ impl Deliverer {
         }
         // Queues left by an earlier partition count: drained by every replica.
         consumers.push(tokio::spawn({
-            let (amqp, topology, shutdown) = (settings.amqp.clone(), topology.clone(), shutdown.clone());
+            let (amqp, topology, shutdown) =
+                (settings.amqp.clone(), topology.clone(), shutdown.clone());
             let metrics = worker.metrics.clone();
             async move {
                 let retired = partitions::find_retired(&amqp, &topology, &shutdown)
@@ -268,11 +269,7 @@ impl Deliverer {
                 let group = consumer::ConsumerGroup::new(None, Some(consumer_connected), 0);
                 let gauged = partitions.iter().chain(&retired).cloned().collect();
                 let gauge = tokio::spawn(partitions::gauge_ready(
-                    amqp,
-                    topology,
-                    gauged,
-                    metrics,
-                    shutdown,
+                    amqp, topology, gauged, metrics, shutdown,
                 ));
                 let draining = retired
                     .into_iter()

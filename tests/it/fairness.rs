@@ -47,7 +47,11 @@ async fn post_batches(hookline: &Hookline, tenant: &str, events: usize, extra: V
 async fn depths(hookline: &Hookline) -> Vec<u32> {
     let mut depths = Vec::new();
     for partition in 0..hookline.partitions {
-        depths.push(hookline.queue_depth(&format!("deliveries.{partition}")).await);
+        depths.push(
+            hookline
+                .queue_depth(&format!("deliveries.{partition}"))
+                .await,
+        );
     }
     depths
 }
@@ -198,7 +202,10 @@ async fn bulk_events_give_way_to_real_time_ones_without_starving() {
             &[("priority", "bulk")],
         )
         .await;
-    assert!(parked >= BACKLOG as f64, "bulk events go through bulk lanes: {parked}");
+    assert!(
+        parked >= BACKLOG as f64,
+        "bulk events go through bulk lanes: {parked}"
+    );
     hookline.stop().await;
 }
 

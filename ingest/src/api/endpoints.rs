@@ -403,7 +403,9 @@ pub async fn update(
         let now_ms = to_ms(OffsetDateTime::now_utc());
         if let Err(error) = state
             .retries
-            .wake_held(&endpoint.tenant, &endpoint.id, now_ms).await {
+            .wake_held(&endpoint.tenant, &endpoint.id, now_ms)
+            .await
+        {
             tracing::warn!(
                 endpoint_id = %endpoint.id,
                 error = format!("{:#}", anyhow::Error::from(error)),

@@ -72,7 +72,9 @@ impl Topology {
 
     /// The delivery queues this topology feeds, by partition.
     pub fn partition_queues(&self) -> Vec<String> {
-        (0..self.partitions).map(|i| self.partition_queue(i)).collect()
+        (0..self.partitions)
+            .map(|i| self.partition_queue(i))
+            .collect()
     }
 
     pub fn partitions(&self) -> u16 {
@@ -153,7 +155,11 @@ impl Topology {
         }
         for queue in self.partition_queues() {
             channel
-                .queue_declare(queue.as_str().into(), durable_queue, partition_arguments.clone())
+                .queue_declare(
+                    queue.as_str().into(),
+                    durable_queue,
+                    partition_arguments.clone(),
+                )
                 .await?;
             channel
                 .queue_bind(
@@ -191,7 +197,10 @@ impl Topology {
     /// configured count, which exist when the count was lowered. Each is unbound (no new
     /// message reaches it) and returned so its messages are consumed. Partitions are
     /// created as a contiguous range, so the search stops at the first one missing.
-    pub async fn retired_queues(&self, connection: &Connection) -> Result<Vec<String>, lapin::Error> {
+    pub async fn retired_queues(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<String>, lapin::Error> {
         let mut retired = Vec::new();
         if self.exists(connection, &self.deliveries).await? {
             let channel = connection.create_channel().await?;

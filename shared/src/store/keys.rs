@@ -191,7 +191,10 @@ mod tests {
             format!("{}evt", keys.event_state_prefix(&tenant))
         );
         assert!(keys.retry_tasks(3).starts_with("hl:{retry:3}:"));
-        assert!(keys.retry_lane(3, "realtime:acme").starts_with("hl:{retry:3}:"));
+        assert!(
+            keys.retry_lane(3, "realtime:acme")
+                .starts_with("hl:{retry:3}:")
+        );
         assert!(keys.retry_lanes(3, "bulk").starts_with("hl:{retry:3}:"));
     }
 }

@@ -248,8 +248,7 @@ impl RetryStore {
     }
 
     fn index_key(&self, lane: &Lane) -> String {
-        self.keys
-            .retry_lanes(lane.shard, lane.priority().as_str())
+        self.keys.retry_lanes(lane.shard, lane.priority().as_str())
     }
 
     /// Stores new tasks, each due at its time (unix ms). Idempotent: a delivery id is
@@ -442,7 +441,10 @@ impl RetryStore {
             backlog.due_realtime += count(1);
             backlog.oldest_due_realtime_ms = older(backlog.oldest_due_realtime_ms, figure(2));
             backlog.due_bulk += count(3);
-            backlog.oldest_due_bulk_ms = older(backlog.oldest_due_bulk_ms, figures.get(4).copied().unwrap_or(-1));
+            backlog.oldest_due_bulk_ms = older(
+                backlog.oldest_due_bulk_ms,
+                figures.get(4).copied().unwrap_or(-1),
+            );
         }
         Ok(backlog)
     }
@@ -564,6 +566,9 @@ mod tests {
         assert_eq!(lane.name, "bulk:acme");
         assert_eq!(lane.tenant(), "acme");
         assert_eq!(lane.priority(), Priority::Bulk);
-        assert_eq!(Lane::of(&tenant, Priority::Realtime).priority(), Priority::Realtime);
+        assert_eq!(
+            Lane::of(&tenant, Priority::Realtime).priority(),
+            Priority::Realtime
+        );
     }
 }

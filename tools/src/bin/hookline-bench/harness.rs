@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use hookline_shared::domain::event::Priority;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -625,9 +626,13 @@ fn event_body(tenant: Option<&str>) -> Value {
 
 /// The same body as [`event_body`] without a tenant, written straight to bytes: the load
 /// generator shares the machine with what it measures, so it should cost little.
-fn event_bytes(padding: &str) -> Vec<u8> {
+fn event_bytes(padding: &str, priority: Priority) -> Vec<u8> {
+    let priority = match priority {
+        Priority::Realtime => "",
+        Priority::Bulk => r#","priority":"bulk""#,
+    };
     format!(
-        r#"{{"type":"profile.parsing.success","data":{{"sent_at_us":{},"padding":"{padding}"}}}}"#,
+        r#"{{"type":"profile.parsing.success","data":{{"sent_at_us":{},"padding":"{padding}"}}{priority}}}"#,
         now_us()
     )
     .into_bytes()
@@ -712,13 +717,18 @@ pub async fn throughput(
             } else {
                 events
             };
-            send_over_http(args.clients, total, move |index| {
-                if with_second && index % SECOND_TENANT_SHARE == SECOND_TENANT_SHARE - 1 {
-                    "second"
-                } else {
-                    "healthy"
-                }
-            })
+            send_over_http(
+                args.clients,
+                total,
+                move |index| {
+                    if with_second && index % SECOND_TENANT_SHARE == SECOND_TENANT_SHARE - 1 {
+                        "second"
+                    } else {
+                        "healthy"
+                    }
+                },
+                Priority::Realtime,
+            )
             .await?;
         }
     }
@@ -745,6 +755,7 @@ async fn send_over_http(
     clients: usize,
     total: usize,
     tenant_of: impl Fn(usize) -> &'static str + Copy + Send + 'static,
+    priority: Priority,
 ) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicUsize::new(0));
     let mut running = Vec::new();
@@ -759,7 +770,7 @@ async fn send_over_http(
                     return Ok::<_, anyhow::Error>(());
                 }
                 ingest
-                    .send_event(tenant_of(index), event_bytes(&padding))
+                    .send_event(tenant_of(index), event_bytes(&padding, priority))
                     .await?;
             }
         }));
@@ -793,7 +804,7 @@ async fn send_batches_over_http(clients: usize, total: usize, size: usize) -> an
                     if index > 0 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(&event_bytes(&padding));
+                    body.extend_from_slice(&event_bytes(&padding, Priority::Realtime));
                 }
                 body.extend_from_slice(b"]}");
                 ingest.send_batch("healthy", body).await?;
@@ -827,7 +838,13 @@ pub async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<Held
     services
         .create_endpoint("held", format!("http://{closed}/gone"))
         .await?;
-    send_over_http(args.clients, args.held_events, |_| "held").await?;
+    send_over_http(
+        args.clients,
+        args.held_events,
+        |_| "held",
+        Priority::Realtime,
+    )
+    .await?;
     // The window starts once the deliverer has taken every event off the queue.
     let deadline = Instant::now() + DRAIN_LIMIT;
     while deliverer_metric(&services, "hookline_events_consumed_total", &[]).await?
@@ -1053,7 +1070,12 @@ pub struct NoisyNeighbour {
 /// while another tenant ("quiet") sends at a fixed rate from the moment the deliverer is
 /// ready until the backlog's last event arrives. Each tenant has its own endpoint and
 /// its own receiver, so the two share nothing past the deliverer.
-pub async fn noisy_neighbour(brokers: &Brokers, args: &Args) -> anyhow::Result<NoisyNeighbour> {
+/// With `Priority::Bulk`, the backlog's events are marked bulk (the `bulk_lane` scenario).
+pub async fn noisy_neighbour(
+    brokers: &Brokers,
+    args: &Args,
+    backlog_priority: Priority,
+) -> anyhow::Result<NoisyNeighbour> {
     if args.noisy_backlog == 0 || args.noisy_quiet_rate == 0 {
         bail!("--noisy-backlog and --noisy-quiet-rate must be above 0");
     }
@@ -1070,7 +1092,13 @@ pub async fn noisy_neighbour(brokers: &Brokers, args: &Args) -> anyhow::Result<N
         .await?;
     // Ingest answers each event after the broker's confirm: once every client is done,
     // the whole backlog is in the deliveries queue.
-    send_over_http(args.clients, args.noisy_backlog, |_| "heavy").await?;
+    send_over_http(
+        args.clients,
+        args.noisy_backlog,
+        |_| "heavy",
+        backlog_priority,
+    )
+    .await?;
     services.start_deliverer(brokers, args).await?;
     let ready_us = now_us();
 

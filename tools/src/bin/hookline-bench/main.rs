@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub prefetch: u16,
     /// Run only these scenarios (comma-separated: ceiling, single, batch, fanout, mixed,
-    /// direct, latency, isolation, held, noisy_neighbour); all by default. Ratios to a
+    /// direct, latency, isolation, held, noisy_neighbour, bulk_lane); all by default. Ratios to a
     /// scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -158,6 +158,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         names: &["noisy_neighbour"],
         run: |bench, report| Box::pin(scenarios::noisy_neighbour(bench, report)),
+    },
+    Scenario {
+        names: &["bulk_lane"],
+        run: |bench, report| Box::pin(scenarios::bulk_lane(bench, report)),
     },
 ];
 

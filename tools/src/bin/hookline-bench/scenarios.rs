@@ -5,6 +5,7 @@ use crate::Bench;
 use crate::harness::{self, CEILING_IN_FLIGHT, Ceiling, Formats, Second, Throughput, Traffic};
 use crate::paired::{self, Order, Side};
 use crate::report::{Report, line, median, mib, quantile};
+use hookline_shared::domain::event::Priority;
 
 /// (1) and (2), interleaved: the raw broker ceiling — publish with confirms and consume
 /// with manual acks — and throughput to one endpoint over HTTP, each run of (2) divided
@@ -461,15 +462,36 @@ pub async fn held_backlog(bench: &Bench, report: &mut Report) -> anyhow::Result<
 /// it ran. Issue 17's targets, for the change that makes delivery fair: quiet p95 under
 /// 100 ms and max under 500 ms, drain at least 0.9 of (2).
 pub async fn noisy_neighbour(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    backlog_beside_quiet(bench, report, Priority::Realtime).await
+}
+
+/// (10) The same with the backlog marked bulk: it drains through bulk lanes with the
+/// capacity the quiet tenant's real-time events leave.
+pub async fn bulk_lane(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    backlog_beside_quiet(bench, report, Priority::Bulk).await
+}
+
+async fn backlog_beside_quiet(
+    bench: &Bench,
+    report: &mut Report,
+    priority: Priority,
+) -> anyhow::Result<()> {
     let args = &bench.args;
+    let (step, prefix) = match priority {
+        Priority::Realtime => ("[7b/8] noisy neighbour", "noisy"),
+        Priority::Bulk => ("[7c/8] bulk lane", "bulk"),
+    };
     eprintln!(
-        "[7b/8] noisy neighbour: {} events of one tenant queued with no deliverer, then drained while another sends {}/s",
-        args.noisy_backlog, args.noisy_quiet_rate
+        "{step}: {} {} events of one tenant queued with no deliverer, then drained while another sends {}/s",
+        args.noisy_backlog,
+        priority.as_str(),
+        args.noisy_quiet_rate
     );
-    let noisy = harness::noisy_neighbour(&bench.brokers, args).await?;
+    let noisy = harness::noisy_neighbour(&bench.brokers, args, priority).await?;
     let quiet = &noisy.drain.quiet;
+    let name = |suffix: &str| format!("{prefix}_{suffix}");
     report.push(line(
-        "noisy_neighbour_runs",
+        &name("neighbour_runs"),
         1.0,
         "runs",
         None,
@@ -490,17 +512,17 @@ pub async fn noisy_neighbour(bench: &Bench, report: &mut Report) -> anyhow::Resu
         "quiet tenant at {}/s, send to receipt, while another tenant's backlog drains",
         args.noisy_quiet_rate
     );
-    for (name, q) in [
-        ("noisy_quiet_latency_p50", 0.5),
-        ("noisy_quiet_latency_p95", 0.95),
-        ("noisy_quiet_latency_max", 1.0),
+    for (suffix, q) in [
+        ("quiet_latency_p50", 0.5),
+        ("quiet_latency_p95", 0.95),
+        ("quiet_latency_max", 1.0),
     ] {
         if let Some(value) = quantile(&latencies, q) {
-            report.push(line(name, value, "ms", None, Some(&latency_note)));
+            report.push(line(&name(suffix), value, "ms", None, Some(&latency_note)));
         }
     }
     report.push(line(
-        "noisy_quiet_events",
+        &name("quiet_events"),
         quiet.len() as f64,
         "events",
         None,
@@ -512,7 +534,7 @@ pub async fn noisy_neighbour(bench: &Bench, report: &mut Report) -> anyhow::Resu
         .collect();
     if !before.is_empty() {
         report.push(line(
-            "noisy_backlog_before_quiet",
+            &name("backlog_before_quiet"),
             median(&before),
             "events",
             None,
@@ -523,7 +545,7 @@ pub async fn noisy_neighbour(bench: &Bench, report: &mut Report) -> anyhow::Resu
         ));
     }
     report.push(line(
-        "noisy_drain_rate",
+        &name("drain_rate"),
         noisy.drain.events_per_s,
         "events/s",
         report.against("throughput_1_endpoint"),
