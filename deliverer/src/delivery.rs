@@ -76,6 +76,8 @@ pub struct Worker {
     /// How often a held delivery coming back may re-read its endpoint's health.
     recovery_checks: Throttle,
     pub retries: RetryStore,
+    /// Told of deliveries parked by this replica, so its promoter claims them at once.
+    pub parked: ParkedWork,
     dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
     slots: EndpointSlots,
@@ -152,6 +154,7 @@ impl Worker {
             probe_requests: Throttle::new(Duration::from_millis(250)),
             recovery_checks: Throttle::new(Duration::from_millis(250)),
             retries: RetryStore::new(redis, keys),
+            parked: ParkedWork::default(),
             dead_letters,
             metrics,
             slots: EndpointSlots::new(
@@ -224,6 +227,32 @@ impl HeldWaker {
                 "waking held deliveries failed; they come back on their own after max_hold"
             ),
         }
+    }
+}
+
+/// Shards of the retry pool that this replica has parked deliveries in since its
+/// promoter last looked, and the signal that wakes the promoter: parked deliveries are
+/// due now, and a promoter between polls would otherwise leave them for a poll interval.
+#[derive(Debug, Default)]
+pub struct ParkedWork {
+    shards: std::sync::atomic::AtomicU32,
+    notify: tokio::sync::Notify,
+}
+
+impl ParkedWork {
+    fn add(&self, shard: u16) {
+        self.shards
+            .fetch_or(1 << (shard % 32), std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// The shards with new parked work (as a bit set), clearing it.
+    pub fn take(&self) -> u32 {
+        self.shards.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn wait(&self) {
+        self.notify.notified().await;
     }
 }
 
@@ -335,6 +364,7 @@ impl Worker {
         if !tasks.is_empty() {
             self.until_durable("parking deliveries", || self.retries.schedule(&tasks))
                 .await?;
+            self.parked.add(Lane::of(&event.tenant, event.priority).shard);
             self.metrics
                 .parked
                 .with_label_values(&[event.priority.as_str()])

@@ -16,6 +16,8 @@ use tokio_util::task::TaskTracker;
 
 /// How often the backlog gauges are refreshed.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a busy promoter waits for a quarter of its permits before claiming anyway.
+const GATHER: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub struct Promoter {
@@ -33,18 +35,36 @@ impl Promoter {
         let permits = Arc::new(Semaphore::new(self.batch));
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let mut backlog_refreshed = tokio::time::Instant::now() - BACKLOG_INTERVAL;
+        // Shards are asked in turn, from the next one each round, so none is always
+        // last; a shard found with nothing due is skipped for a poll interval, so a busy
+        // shard is drained in one call per claim rather than after a round of empty ones.
         let mut first_shard: u16 = 0;
+        let mut idle_until = [tokio::time::Instant::now(); SHARDS as usize];
+        let quorum = (self.batch / 4).max(1);
         loop {
-            if permits.available_permits() == 0 {
-                // Every permit is in use: wait for one to come back rather than poll.
+            if permits.available_permits() < quorum {
+                // Most permits are in use: wait for a quarter of them to come back (or a
+                // moment), so that each claim takes a batch rather than one task.
+                let gathered = tokio::time::timeout(
+                    GATHER,
+                    permits.acquire_many(u32::try_from(quorum).unwrap_or(u32::MAX)),
+                );
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    permit = permits.acquire() => drop(permit),
+                    permit = gathered => drop(permit),
+                }
+                if permits.available_permits() == 0 {
+                    continue;
                 }
             }
             let mut free = permits.available_permits();
             let mut claimed_full_batch = false;
-            // Every shard in turn, from a different one each round, while permits last.
+            let parked = self.worker.parked.take();
+            for shard in 0..SHARDS {
+                if parked & (1 << shard) != 0 {
+                    idle_until[usize::from(shard)] = tokio::time::Instant::now();
+                }
+            }
             first_shard = (first_shard + 1) % SHARDS;
             for offset in 0..SHARDS {
                 if free == 0 {
@@ -52,6 +72,10 @@ impl Promoter {
                     break;
                 }
                 let shard = (first_shard + offset) % SHARDS;
+                let round_started = tokio::time::Instant::now();
+                if idle_until[usize::from(shard)] > round_started {
+                    continue;
+                }
                 let floor = bulk_floor_of(free, self.bulk_floor);
                 let claimed = match self
                     .worker
@@ -68,6 +92,9 @@ impl Promoter {
                         break;
                     }
                 };
+                if claimed.is_empty() {
+                    idle_until[usize::from(shard)] = round_started + self.poll_interval;
+                }
                 free -= claimed.len().min(free);
                 for task in claimed {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -96,6 +123,7 @@ impl Promoter {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
+                () = self.worker.parked.wait() => {}
             }
         }
     }

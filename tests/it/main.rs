@@ -11,6 +11,7 @@ mod endpoints;
 mod fairness;
 mod formats;
 mod history;
+mod lanes;
 mod metrics;
 mod pacing;
 mod pipeline;

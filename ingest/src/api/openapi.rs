@@ -180,6 +180,8 @@ fn schemas() -> Value {
                 "data": {},
                 "changes": {"type": "object", "additionalProperties": {"type": "object", "required": ["from", "to"]}},
                 "actor": {"type": "object", "properties": {"id": {}, "name": {"type": "string"}, "email": {"type": "string"}}},
+                "priority": {"type": "string", "enum": ["realtime", "bulk"], "default": "realtime",
+                    "description": "bulk: delivered with the capacity real-time events leave, with a floor share"},
             },
         },
         "EventBatch": {

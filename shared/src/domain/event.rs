@@ -347,6 +347,11 @@ mod tests {
                 Some("acme"),
                 "tenant",
             ),
+            (
+                json!({"type": "a.b", "data": {}, "priority": "urgent"}),
+                Some("acme"),
+                "priority",
+            ),
         ];
         for (body, tenant, field) in cases {
             let error = Event::from_message(message(body.clone()), fallbacks(tenant))
@@ -396,7 +401,8 @@ mod tests {
                 "id": "evt_1", "tenant": "acme", "type": "application.status.updated",
                 "occurred_at": "2026-03-01T10:00:00Z", "version": "2", "data": {"a": 1},
                 "changes": {"status": {"from": "new", "to": "hired"}},
-                "actor": {"id": 7, "name": "Jo", "email": "jo@example.com"}
+                "actor": {"id": 7, "name": "Jo", "email": "jo@example.com"},
+                "priority": "bulk"
             })),
             fallbacks(None),
         )
@@ -408,5 +414,18 @@ mod tests {
             serde_json::from_slice(&serde_json::to_vec(&event).expect("serialize"))
                 .expect("a message");
         assert_eq!(published, event.to_message());
+        assert_eq!(event.priority, Priority::Bulk);
+    }
+
+    #[test]
+    fn real_time_is_the_default_and_leaves_the_body_as_it_was() {
+        let event = Event::from_message(
+            message(json!({"type": "a.b", "data": {}, "priority": "realtime"})),
+            fallbacks(Some("acme")),
+        )
+        .expect("valid");
+        assert_eq!(event.priority, Priority::Realtime);
+        let body = serde_json::to_value(&event).expect("serialize");
+        assert!(body.get("priority").is_none(), "{body}");
     }
 }

@@ -40,23 +40,35 @@ local function serve(index, budget)
   if budget <= 0 then return 0 end
   local lanes = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, budget)
   if #lanes == 0 then return 0 end
-  local per_lane = math.max(1, math.floor(budget / #lanes))
   local taken = 0
+  -- Equal turns; what a short lane leaves goes to the lanes that had more, in passes.
+  local active = lanes
+  while taken < budget and #active > 0 do
+    local per_lane = math.max(1, math.floor((budget - taken) / #active))
+    local more = {}
+    for _, lane in ipairs(active) do
+      if taken >= budget then break end
+      local key = prefix .. ':' .. lane
+      local want = math.min(per_lane, budget - taken)
+      local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, want)
+      for _, id in ipairs(ids) do
+        local task = redis.call('HGET', KEYS[1], id)
+        if task then
+          redis.call('ZADD', key, token, id)
+          table.insert(claimed, lane)
+          table.insert(claimed, id)
+          table.insert(claimed, task)
+          taken = taken + 1
+        else
+          redis.call('ZREM', key, id)
+        end
+      end
+      if #ids == want then table.insert(more, lane) end
+    end
+    active = more
+  end
   for _, lane in ipairs(lanes) do
     local key = prefix .. ':' .. lane
-    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, math.min(per_lane, budget - taken))
-    for _, id in ipairs(ids) do
-      local task = redis.call('HGET', KEYS[1], id)
-      if task then
-        redis.call('ZADD', key, token, id)
-        table.insert(claimed, lane)
-        table.insert(claimed, id)
-        table.insert(claimed, task)
-        taken = taken + 1
-      else
-        redis.call('ZREM', key, id)
-      end
-    end
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if #first == 0 then
       redis.call('ZREM', index, lane)
@@ -66,7 +78,6 @@ local function serve(index, budget)
       if next_due <= now then next_due = now + 1 end
       redis.call('ZADD', index, next_due, lane)
     end
-    if taken >= budget then break end
   end
   return taken
 end
