@@ -100,6 +100,13 @@ impl<H: Handler> ConsumerLoop<H> {
                 .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
             topology.declare(&channel).await?;
+            // A retired queue an operator has deleted is done with, not an outage.
+            let retired = !topology.partition_queues().iter().any(|q| q == queue)
+                && queue != topology.dead_letter_index_queue;
+            if retired && !topology.exists(&connection, queue).await? {
+                let _ = connection.close(200, "queue deleted".into()).await;
+                return Ok(None);
+            }
             let consumer = channel
                 .basic_consume(
                     queue.into(),
@@ -108,7 +115,7 @@ impl<H: Handler> ConsumerLoop<H> {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok::<_, anyhow::Error>((connection, channel, consumer))
+            Ok::<_, anyhow::Error>(Some((connection, channel, consumer)))
         };
         loop {
             let retrying =
@@ -118,7 +125,10 @@ impl<H: Handler> ConsumerLoop<H> {
                 () = shutdown.cancelled() => None,
                 result = retrying => result.ok(),
             };
-            let (connection, channel, consumer) = connected?;
+            let Some((connection, channel, consumer)) = connected? else {
+                tracing::info!(queue = %self.queue, "retired queue deleted; no longer consuming it");
+                return None;
+            };
             let acks = AckWindow::start(channel.clone());
             self.group.up();
             tracing::info!(queue = %self.queue, "consuming");

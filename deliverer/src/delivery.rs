@@ -364,7 +364,8 @@ impl Worker {
         if !tasks.is_empty() {
             self.until_durable("parking deliveries", || self.retries.schedule(&tasks))
                 .await?;
-            self.parked.add(Lane::of(&event.tenant, event.priority).shard);
+            self.parked
+                .add(Lane::of(&event.tenant, event.priority).shard);
             self.metrics
                 .parked
                 .with_label_values(&[event.priority.as_str()])

@@ -168,6 +168,10 @@ impl Deliverer {
         );
 
         let side_tasks = vec![
+            tokio::spawn(retries::migrate_legacy_pool(
+                worker.retries.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(
                 retries::Promoter {
                     worker: worker.clone(),

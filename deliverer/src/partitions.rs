@@ -87,19 +87,29 @@ async fn refresh(
     queues: &[String],
     metrics: &DelivererMetrics,
 ) -> Result<(), lapin::Error> {
-    let channel = connection.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
     };
+    let mut channel = connection.create_channel().await?;
     for queue in queues {
-        let declared = channel
+        match channel
             .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await?;
-        metrics
-            .partition_ready
-            .with_label_values(&[&label(topology, queue)])
-            .set(i64::from(declared.message_count()));
+            .await
+        {
+            Ok(declared) => metrics
+                .partition_ready
+                .with_label_values(&[&label(topology, queue)])
+                .set(i64::from(declared.message_count())),
+            // A retired queue an operator deleted: the broker closed the channel.
+            Err(_) if !topology.exists(connection, queue).await? => {
+                let _ = metrics
+                    .partition_ready
+                    .remove_label_values(&[&label(topology, queue)]);
+                channel = connection.create_channel().await?;
+            }
+            Err(error) => return Err(error),
+        }
     }
     let _ = channel.close(200, "done".into()).await;
     Ok(())

@@ -6,7 +6,7 @@
 
 use crate::delivery::Worker;
 use hookline_shared::store::health::to_ms;
-use hookline_shared::store::retries::SHARDS;
+use hookline_shared::store::retries::{RetryStore, SHARDS};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -156,6 +156,33 @@ impl Promoter {
                 .lane_oldest_due
                 .with_label_values(&[priority])
                 .set(waited);
+        }
+    }
+}
+
+/// How often a replica looks for tasks in the retry pool of earlier versions: replicas
+/// of the old version may still write there during a rolling upgrade.
+const LEGACY_POOL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Moves what the single retry pool of earlier versions holds into the lanes, at start
+/// and then every [`LEGACY_POOL_INTERVAL`] until shutdown (an empty old pool costs one
+/// command).
+pub async fn migrate_legacy_pool(retries: RetryStore, shutdown: CancellationToken) {
+    loop {
+        match retries.migrate_legacy(now_ms()).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(
+                moved,
+                "moved retries from the pool of an earlier version into lanes"
+            ),
+            Err(error) => tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "moving retries from the pool of an earlier version failed; trying again later"
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(LEGACY_POOL_INTERVAL) => {}
         }
     }
 }

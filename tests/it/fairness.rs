@@ -248,6 +248,26 @@ async fn lowering_the_partition_count_drains_the_queues_left_over() {
         .metric(admin, "hookline_consumer_connected", &[])
         .await;
     assert_eq!(consumed, 4.0, "two partitions and two retired queues");
+
+    // An operator deletes a drained retired queue: the deliverer stops consuming it
+    // rather than reconnecting to it forever.
+    let connection = hookline.amqp().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_delete(
+            format!("{}.deliveries.3", hookline.prefix).as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete");
+    let _ = connection.close(200, "done".into()).await;
+    eventually("the deleted queue is no longer consumed", || async {
+        hookline
+            .metric(admin, "hookline_consumer_connected", &[])
+            .await
+            == 3.0
+    })
+    .await;
     hookline.stop().await;
 }
 
@@ -342,4 +362,57 @@ fn distinct_ids(receiver: &Receiver) -> usize {
         .filter_map(|r| r.header("webhook-id").map(str::to_owned))
         .collect::<std::collections::HashSet<_>>()
         .len()
+}
+
+#[tokio::test]
+async fn retries_stored_by_an_earlier_version_are_delivered() {
+    let mut hookline = Hookline::builder().deliverers(0).start().await;
+    let receiver = Receiver::start().await;
+    let endpoint = hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    // A retry as the single pool of an earlier version holds it, due now.
+    let message: hookline_shared::domain::event::EventMessage = serde_json::from_value(json!({
+        "id": "evt_from_before", "type": "candidate.created", "data": {"n": 1}
+    }))
+    .expect("message");
+    let event = hookline_shared::domain::event::Event::from_message(
+        message,
+        hookline_shared::domain::event::Fallbacks {
+            tenant: Some(hookline_shared::domain::event::TenantId::parse("acme").expect("tenant")),
+            id: String::new(),
+            occurred_at: time::OffsetDateTime::now_utc(),
+        },
+    )
+    .expect("event");
+    let task = hookline_shared::contract::PendingDelivery {
+        endpoint_id: endpoint["id"].as_str().expect("id").to_owned(),
+        attempts: 1,
+        deferrals: 0,
+        held_until_ms: None,
+        last_error: None,
+        rate_slot_ms: None,
+        payload: None,
+        event,
+    };
+    let id = task.id();
+    let stored = serde_json::to_string(&hookline_shared::contract::RetryTask::DeliveryV1(task))
+        .expect("task");
+    let (due_key, tasks_key) = hookline.keys().legacy_retry_pool();
+    let mut redis = hookline.redis().await;
+    let _: () = redis::AsyncCommands::hset(&mut redis, &tasks_key, &id, stored)
+        .await
+        .expect("hset");
+    let _: () = redis::AsyncCommands::zadd(&mut redis, &due_key, &id, 0)
+        .await
+        .expect("zadd");
+
+    hookline.start_deliverer(&[]).await;
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].header("webhook-id"), Some("evt_from_before"));
+    let left: u64 = redis::AsyncCommands::hlen(&mut redis, &tasks_key)
+        .await
+        .expect("hlen");
+    assert_eq!(left, 0, "the old pool is emptied");
+    hookline.stop().await;
 }

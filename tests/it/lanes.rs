@@ -98,7 +98,10 @@ async fn a_tenant_with_one_due_task_is_served_beside_one_with_thousands() {
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 10);
-    let quiet_lane = Lane::of(&TenantId::parse(&quiet).expect("tenant"), Default::default());
+    let quiet_lane = Lane::of(
+        &TenantId::parse(&quiet).expect("tenant"),
+        Default::default(),
+    );
     assert!(
         claimed.iter().any(|c| c.lane == quiet_lane),
         "the quiet tenant's one task is in the first claim: {:?}",
@@ -119,7 +122,11 @@ async fn a_tenant_with_one_due_task_is_served_beside_one_with_thousands() {
         assert_eq!(next.len(), 1);
         turns.push(next[0].lane == quiet_lane);
     }
-    assert_eq!(turns, [false, true], "heavy's turn (due first), then quiet's");
+    assert_eq!(
+        turns,
+        [false, true],
+        "heavy's turn (due first), then quiet's"
+    );
 
     // A claimed task is fenced by its lease: a stale token completes nothing.
     let first = &claimed[0];
@@ -165,8 +172,46 @@ async fn bulk_lanes_get_what_real_time_leaves_and_at_least_their_floor() {
     assert_eq!(claimed.len(), 20);
     assert_eq!(count_bulk(&claimed), 2, "the floor");
     // Real-time runs out: bulk takes the rest.
-    let claimed = store.claim(shard, now, 30_000, 200, 2).await.expect("claim");
+    let claimed = store
+        .claim(shard, now, 30_000, 200, 2)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 180, "everything still due");
     assert_eq!(count_bulk(&claimed), 98);
     clean(&keys).await;
+}
+
+#[tokio::test]
+async fn the_operator_overview_lists_the_largest_backlogs() {
+    let hookline = hookline_tests::Hookline::start().await;
+    let redis = RedisConnection::connect(
+        &hookline.brokers.redis_url,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("Redis");
+    let store = RetryStore::new(redis, hookline.keys());
+    // Waiting an hour: retries the deliverer will not touch during the test.
+    let later = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 3_600_000;
+    let mut tasks: Vec<(PendingDelivery, i64)> = (0..5)
+        .map(|n| (task("big", n, "realtime"), later))
+        .collect();
+    tasks.extend((0..2).map(|n| (task("importer", n, "bulk"), later)));
+    tasks.push((task("small", 0, "realtime"), later));
+    store.schedule(&tasks).await.expect("schedule");
+
+    let overview = hookline.get("/v1/operator/overview").await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    assert_eq!(
+        overview.body["retry_backlog"]["largest_lanes"],
+        json!([
+            {"tenant": "big", "priority": "realtime", "deliveries": 5},
+            {"tenant": "importer", "priority": "bulk", "deliveries": 2},
+            {"tenant": "small", "priority": "realtime", "deliveries": 1},
+        ])
+    );
+    assert_eq!(overview.body["retry_backlog"]["scheduled"], 8);
+    assert_eq!(overview.body["retry_backlog"]["due"], 0);
+    hookline.stop().await;
 }

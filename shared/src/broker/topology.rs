@@ -237,7 +237,7 @@ impl Topology {
 
     /// Whether a queue exists: a passive declare, on a channel of its own since the
     /// broker closes the channel of one that fails.
-    async fn exists(&self, connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
+    pub async fn exists(&self, connection: &Connection, queue: &str) -> Result<bool, lapin::Error> {
         let channel = connection.create_channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,

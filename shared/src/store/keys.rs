@@ -138,6 +138,15 @@ impl Keyspace {
         format!("{}:event-types", self.prefix)
     }
 
+    /// The single retry pool of installations before lanes (due set and tasks), which
+    /// deliverers move into the lanes.
+    pub fn legacy_retry_pool(&self) -> (String, String) {
+        (
+            format!("{}:{{retry}}:due", self.prefix),
+            format!("{}:{{retry}}:tasks", self.prefix),
+        )
+    }
+
     /// Hash: delivery id → pending delivery JSON, for the tenants of one shard of the
     /// retry pool. Every key of a shard shares its hash tag `{retry:N}`, so a shard lives
     /// on one Redis Cluster node and the shards spread over the cluster.

@@ -74,8 +74,9 @@ local function serve(index, budget)
       redis.call('ZREM', index, lane)
     else
       local next_due = tonumber(first[2])
-      -- Still due after its turn: to the back of the round.
-      if next_due <= now then next_due = now + 1 end
+      -- Still due after its turn: to the back of the round (behind every lane due
+      -- before now), and still due for the next claim.
+      if next_due <= now then next_due = now end
       redis.call('ZADD', index, next_due, lane)
     end
   end
@@ -494,6 +495,68 @@ impl RetryStore {
         sizes.sort_by(|a, b| b.tasks.cmp(&a.tasks).then_with(|| a.tenant.cmp(&b.tenant)));
         sizes.truncate(limit);
         Ok(sizes)
+    }
+
+    /// Moves the tasks of the single pool of earlier versions (`{retry}`) into their
+    /// lanes, keeping each one's due time, and returns how many moved. Each task is
+    /// written to its lane before it is removed from the old pool, so a crash between
+    /// the two leaves a copy in both (delivered twice at worst, never lost); a task an
+    /// old replica still holds under a lease moves with its lease's end as due time. A
+    /// task that cannot be read goes to shard 0's lane `realtime:` and is dead-lettered
+    /// as unreadable when claimed.
+    pub async fn migrate_legacy(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let (due_key, tasks_key) = self.keys.legacy_retry_pool();
+        let mut redis = self.redis.clone();
+        let mut moved = 0;
+        loop {
+            let (_, tasks): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&tasks_key)
+                .arg(0)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut redis)
+                .await?;
+            if tasks.is_empty() {
+                return Ok(moved);
+            }
+            let mut dues = redis::pipe();
+            for (id, _) in &tasks {
+                dues.zscore(&due_key, id);
+            }
+            let dues: Vec<Option<i64>> = dues.query_async(&mut redis).await?;
+            let mut readable = Vec::new();
+            for ((id, json), due) in tasks.iter().zip(dues) {
+                let due = due.unwrap_or(now_ms);
+                match decode(json) {
+                    Ok(task) => readable.push((task, due)),
+                    Err(_) => {
+                        let lane = Lane {
+                            shard: 0,
+                            name: "realtime:".to_owned(),
+                        };
+                        let () = redis::pipe()
+                            .atomic()
+                            .hset(self.keys.retry_tasks(0), id, json)
+                            .ignore()
+                            .zadd(self.lane_key(&lane), id, due)
+                            .ignore()
+                            .zadd(self.index_key(&lane), &lane.name, due)
+                            .ignore()
+                            .query_async(&mut redis)
+                            .await?;
+                    }
+                }
+            }
+            self.schedule(&readable).await?;
+            let mut remove = redis::pipe();
+            remove.atomic();
+            for (id, _) in &tasks {
+                remove.hdel(&tasks_key, id).ignore();
+                remove.zrem(&due_key, id).ignore();
+            }
+            let () = remove.query_async(&mut redis).await?;
+            moved += tasks.len() as u64;
+        }
     }
 
     /// Every task in the pool with its due time (unix ms): for tests and tools that
