@@ -29,8 +29,22 @@ impl Received {
     }
 }
 
+/// Decides a request's answer from its body, before the scripted statuses.
+#[derive(Clone)]
+pub struct Rule(Arc<Answering>);
+
+/// The status for a request's body, or `None` to answer as scripted.
+type Answering = dyn Fn(&[u8]) -> Option<u16> + Send + Sync;
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rule")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Script {
+    rule: Option<Rule>,
     upcoming: VecDeque<u16>,
     default: u16,
     hang: bool,
@@ -103,6 +117,12 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// Answers what `rule` says for the requests it has an answer for (by body), ahead
+    /// of the scripted statuses; `None` removes the rule.
+    pub fn set_rule(&self, rule: Option<impl Fn(&[u8]) -> Option<u16> + Send + Sync + 'static>) {
+        self.shared.script.lock().expect("script").rule = rule.map(|rule| Rule(Arc::new(rule)));
     }
 
     /// Changes the answer for every request from now on (after any scripted ones).
@@ -191,7 +211,11 @@ impl Drop for InFlight {
 async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (status, hang, retry_after, answer, delay) = {
         let mut script = shared.script.lock().expect("script");
-        let status = script.upcoming.pop_front().unwrap_or(script.default);
+        let ruled = script.rule.as_ref().and_then(|rule| (rule.0)(&body));
+        let status = match ruled {
+            Some(status) => status,
+            None => script.upcoming.pop_front().unwrap_or(script.default),
+        };
         (
             status,
             script.hang,

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
-    StoredPayload, delivery_id,
+    SEQUENCE_HEADER, StoredPayload, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
@@ -38,9 +38,11 @@ use hookline_shared::store::activity::{
 };
 use hookline_shared::store::endpoints::EndpointStore;
 use hookline_shared::store::health::{HealthStore, to_ms};
+use hookline_shared::store::ordered::Ordered;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::{Claimed, Lane, RetryStore};
 use hookline_shared::store::sealing::Sealer;
+use hookline_shared::store::sequences::SequenceStore;
 use hookline_shared::store::{Keyspace, RedisConnection, StoreError};
 use lapin::message::Delivery;
 use std::collections::HashMap;
@@ -78,6 +80,10 @@ pub struct Worker {
     pub retries: RetryStore,
     /// Told of deliveries parked by this replica, so its promoter claims them at once.
     pub parked: ParkedWork,
+    /// Numbers keyed events published straight to the exchange without a number.
+    sequences: SequenceStore,
+    /// How long an ordered key waits for a missing earlier event.
+    ordering_gap: Duration,
     dead_letters: DeadLetters,
     pub metrics: DelivererMetrics,
     slots: EndpointSlots,
@@ -153,8 +159,10 @@ impl Worker {
             success_writes: Throttle::new(Duration::from_secs(30)),
             probe_requests: Throttle::new(Duration::from_millis(250)),
             recovery_checks: Throttle::new(Duration::from_millis(250)),
-            retries: RetryStore::new(redis, keys),
+            retries: RetryStore::new(redis.clone(), keys.clone()),
             parked: ParkedWork::default(),
+            sequences: SequenceStore::new(redis, keys),
+            ordering_gap: delivery.ordering_gap,
             dead_letters,
             metrics,
             slots: EndpointSlots::new(
@@ -326,6 +334,7 @@ impl Worker {
             })
             .await?;
         let rendered = render_for_matching(&event, &tenant.endpoints);
+        let rendered = self.order(delivery, &event, &tenant, rendered).await?;
         if rendered.is_empty() {
             return Ok(());
         }
@@ -337,6 +346,109 @@ impl Worker {
             .deliver_or_hand_off(&event, &tenant, &event_json, rendered)
             .await?;
         self.make_durable(actions).await
+    }
+
+    /// Puts the deliveries to ordered endpoints of an event with an `ordering_key` in
+    /// their key's order (each goes to the retry pool now if it is its key's next, else
+    /// when the one before it completes), marks the event as nothing to wait for at the
+    /// tenant's other ordered endpoints, and returns the deliveries left to do now.
+    async fn order(
+        &self,
+        delivery: &Delivery,
+        event: &Event,
+        tenant: &TenantEndpoints,
+        rendered: Vec<(usize, Result<Payload, RenderError>)>,
+    ) -> Result<Vec<(usize, Result<Payload, RenderError>)>, Aborted> {
+        let Some(key) = event.ordering_key.as_deref() else {
+            return Ok(rendered);
+        };
+        if !tenant.endpoints.iter().any(|e| e.spec.ordered) {
+            return Ok(rendered);
+        }
+        let sequence =
+            match integer_header(delivery, SEQUENCE_HEADER).and_then(|n| i64::try_from(n).ok()) {
+                Some(sequence) => sequence,
+                // Published straight to the exchange without a number: numbered as taken.
+                None => self
+                    .until_durable("numbering a keyed event", || {
+                        let keys = [key];
+                        async move { self.sequences.next(&event.tenant, &keys).await }
+                    })
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or_default(),
+            };
+        let now = due_in(Duration::ZERO);
+        let gap = i64::try_from(self.ordering_gap.as_millis()).unwrap_or(i64::MAX);
+        let mut unordered = Vec::with_capacity(rendered.len());
+        let mut matched = vec![false; tenant.endpoints.len()];
+        let mut dead = Vec::new();
+        for (index, payload) in rendered {
+            let endpoint = &tenant.endpoints[index];
+            if !endpoint.spec.ordered {
+                unordered.push((index, payload));
+                continue;
+            }
+            matched[index] = true;
+            match payload {
+                Ok(payload) => {
+                    let mut task = pending(event, endpoint, &payload, 0, None);
+                    task.sequence = Some(sequence);
+                    let ordered = self
+                        .until_durable("ordering a delivery", || {
+                            self.retries.enqueue_ordered(&task, now, gap)
+                        })
+                        .await?;
+                    self.note_ordered(event, &endpoint.id, ordered);
+                }
+                Err(error) => {
+                    matched[index] = false;
+                    dead.push(self.unrenderable(event, endpoint, &error, Prior::default()));
+                }
+            }
+        }
+        // The key must not wait for this event where it is not delivered.
+        for (endpoint, _) in tenant
+            .endpoints
+            .iter()
+            .zip(&matched)
+            .filter(|(endpoint, matched)| endpoint.spec.ordered && !**matched)
+        {
+            self.until_durable("skipping an ordered key's number", || {
+                self.retries
+                    .skip_ordered(&event.tenant, &endpoint.id, key, sequence, now, gap)
+            })
+            .await?;
+        }
+        self.make_durable(dead).await?;
+        Ok(unordered)
+    }
+
+    /// Records an ordered delivery waiting behind its key's earlier ones.
+    fn note_ordered(&self, event: &Event, endpoint_id: &str, ordered: Option<Ordered>) {
+        let blocked_by = match ordered {
+            Some(Ordered::Behind(head)) => head
+                .strip_suffix(&format!(":{endpoint_id}"))
+                .map(str::to_owned),
+            Some(Ordered::Gap(_)) => None,
+            _ => return,
+        };
+        self.activity.record(Activity::State {
+            tenant: event.tenant.clone(),
+            event_id: event.id.clone(),
+            event: serde_json::to_string(event).unwrap_or_default().into(),
+            endpoint_id: endpoint_id.to_owned(),
+            state: DeliveryState {
+                status: DeliveryStatus::HeldBehind,
+                attempts: 0,
+                updated_at: OffsetDateTime::now_utc(),
+                next_attempt_at: None,
+                last_error: None,
+                dead_letter_reason: None,
+                blocked_by,
+            },
+        });
     }
 
     /// Stores the message's deliveries in its tenant's lane of the retry pool, due now
@@ -498,7 +610,9 @@ impl Worker {
                     continue;
                 };
                 // Aborted only when the shutdown grace ran out: the lease brings it back.
-                let _ = worker.settle_claimed(&lane, id, lease_end, action).await;
+                let _ = worker
+                    .settle_claimed(&lane, id, lease_end, action, None)
+                    .await;
             }
             drop(permits);
         }));
@@ -550,6 +664,7 @@ impl Worker {
                 next_attempt_at: None,
                 last_error: None,
                 dead_letter_reason: None,
+                blocked_by: None,
             },
             Action::Retry(task, due_ms) => DeliveryState {
                 status: DeliveryStatus::Retrying,
@@ -561,6 +676,7 @@ impl Worker {
                 .ok(),
                 last_error: task.last_error.as_ref().map(|f| f.message.clone()),
                 dead_letter_reason: None,
+                blocked_by: None,
             },
             Action::DeadLetter(DeadLetter::DeliveryV1(record)) => DeliveryState {
                 status: DeliveryStatus::DeadLettered,
@@ -569,6 +685,7 @@ impl Worker {
                 next_attempt_at: None,
                 last_error: record.last_error.as_ref().map(|f| f.message.clone()),
                 dead_letter_reason: Some(record.reason.as_str().to_owned()),
+                blocked_by: None,
             },
             Action::DeadLetter(DeadLetter::MessageV1(_)) => return,
         };
@@ -1051,20 +1168,32 @@ impl Worker {
             Err(error) => self.unrenderable(&task.event, endpoint, &error, prior),
         };
         self.note_state(&task.event, &event_json, &endpoint.id, &action);
-        self.settle_claimed(&lane, &id, token, action).await
+        let ordered = task.sequence.is_some().then_some(&task);
+        self.settle_claimed(&lane, &id, token, action, ordered)
+            .await
     }
 
-    /// Makes a claimed task's outcome durable, fenced by its lease `token`.
+    /// Makes a claimed task's outcome durable, fenced by its lease `token`. An ordered
+    /// delivery (`ordered`, the task) that is done lets its key's next one go.
     async fn settle_claimed(
         &self,
         lane: &Lane,
         id: &str,
         token: i64,
         action: Action,
+        ordered: Option<&PendingDelivery>,
     ) -> Result<(), Aborted> {
+        let complete = || async {
+            match ordered {
+                Some(task) => self.complete_ordered(lane, id, token, task).await,
+                None => self.complete(lane, id, token).await,
+            }
+        };
         match action {
-            Action::Delivered { .. } => self.complete(lane, id, token).await,
-            Action::Retry(next, due) => {
+            Action::Delivered { .. } => complete().await,
+            Action::Retry(mut next, due) => {
+                // Still its key's head: the next attempt keeps its place in the order.
+                next.sequence = ordered.and_then(|task| task.sequence);
                 self.until_durable("rescheduling a retry", || {
                     self.retries.reschedule(lane, id, token, &next, due)
                 })
@@ -1074,9 +1203,29 @@ impl Worker {
             }
             Action::DeadLetter(record) => {
                 self.dead_letter(record).await?;
-                self.complete(lane, id, token).await
+                complete().await
             }
         }
+    }
+
+    async fn complete_ordered(
+        &self,
+        lane: &Lane,
+        id: &str,
+        token: i64,
+        task: &PendingDelivery,
+    ) -> Result<(), Aborted> {
+        let gap = i64::try_from(self.ordering_gap.as_millis()).unwrap_or(i64::MAX);
+        let owned = self
+            .until_durable("completing an ordered delivery", || {
+                self.retries
+                    .complete_ordered(lane, id, token, task, due_in(Duration::ZERO), gap)
+            })
+            .await?;
+        if !owned {
+            tracing::warn!(delivery.id = %id, "retry lease expired before completion; another replica took it over");
+        }
+        Ok(())
     }
 
     async fn complete(&self, lane: &Lane, id: &str, token: i64) -> Result<(), Aborted> {
@@ -1178,6 +1327,7 @@ fn pending(
             content_type: payload.content_type.to_owned(),
             body: String::from_utf8_lossy(&payload.body).into_owned(),
         }),
+        sequence: None,
         event: event.clone(),
     }
 }

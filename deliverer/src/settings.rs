@@ -54,6 +54,10 @@ pub struct DeliverySettings {
     #[serde(with = "humantime_serde")]
     pub endpoint_cache_ttl: Duration,
     pub response_excerpt_bytes: usize,
+    /// How long an ordered endpoint's key waits for a missing earlier event (one
+    /// numbered but never published) before its later events go on.
+    #[serde(with = "humantime_serde")]
+    pub ordering_gap: Duration,
     /// Deliveries go through this proxy (`http://`, `https://` or `socks5://`, may carry
     /// credentials); empty for none. Proxy variables in the environment are never used.
     pub proxy: SecretString,

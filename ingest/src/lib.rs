@@ -35,6 +35,7 @@ use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::retries::RetryStore;
+use hookline_shared::store::sequences::SequenceStore;
 use settings::Settings;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ impl Ingest {
             activity: ActivityStore::new(redis.clone(), keys.clone()),
             dead_letters: DeadLetterStore::new(redis.clone(), keys.clone()),
             retries: RetryStore::new(redis.clone(), keys.clone()),
+            sequences: SequenceStore::new(redis.clone(), keys.clone()),
             replicas: hookline_shared::store::replicas::ReplicaRegistry::new(
                 redis.clone(),
                 keys.clone(),

@@ -24,6 +24,10 @@ pub const ENDPOINTS_VERSION_HEADER: &str = "x-hookline-endpoints-version";
 /// it the message's `timestamp` property (seconds) is used, if any.
 pub const ACCEPTED_AT_HEADER: &str = "x-hookline-accepted-at";
 pub use crate::broker::topology::TENANT_HEADER;
+/// Header that ingest sets on events with an `ordering_key`: the event's place in its
+/// key's order (1, 2, …, per tenant and key, in the order ingest accepted them). A direct
+/// publisher may set it; without it deliverers number keyed events as they take them.
+pub const SEQUENCE_HEADER: &str = "x-hookline-sequence";
 /// Set by quorum queues on redelivery: how often the broker handed the message out before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -123,6 +127,10 @@ pub struct PendingDelivery {
     /// happens once per delivery, not once per attempt. Absent before a first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<StoredPayload>,
+    /// For a delivery to an ordered endpoint of an event with an `ordering_key`: the
+    /// event's place in its key's order. Its completion lets the next one go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<i64>,
     pub event: Event,
 }
 

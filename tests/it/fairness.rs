@@ -393,6 +393,7 @@ async fn retries_stored_by_an_earlier_version_are_delivered() {
         last_error: None,
         rate_slot_ms: None,
         payload: None,
+        sequence: None,
         event,
     };
     let id = task.id();

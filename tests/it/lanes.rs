@@ -48,6 +48,7 @@ fn task(tenant: &str, n: usize, priority: &str) -> PendingDelivery {
         last_error: None,
         rate_slot_ms: None,
         payload: None,
+        sequence: None,
         event,
     }
 }

@@ -88,6 +88,7 @@ pub async fn test_delivery(
         changes: None,
         actor: None,
         priority: None,
+        ordering_key: None,
     };
     let event = Event::from_message(
         message,

@@ -150,6 +150,7 @@ async fn replay(
                     rate_slot_ms: None,
                     // Rendered afresh, with the endpoint's format as it is now.
                     payload: None,
+                    sequence: None,
                     event: record.event.clone(),
                 },
                 due,

@@ -50,6 +50,8 @@ struct EndpointInput {
     metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     event_names: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ordered: Option<bool>,
     /// On create: send a `hookline.ping` test event first and refuse if it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify: Option<bool>,
@@ -93,6 +95,7 @@ impl EndpointInput {
             rate_limit_per_s: self.rate_limit_per_s,
             metadata: self.metadata,
             event_names: self.event_names,
+            ordered: self.ordered.unwrap_or(false),
         };
         spec.validate()?;
         Ok((spec, secret))
@@ -115,6 +118,7 @@ impl EndpointInput {
             rate_limit_per_s: spec.rate_limit_per_s,
             metadata: spec.metadata.clone(),
             event_names: spec.event_names.clone(),
+            ordered: Some(spec.ordered),
             verify: None,
         }
     }

@@ -13,7 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Outgoing;
 use hookline_shared::contract::{
-    ACCEPTED_AT_HEADER, ENDPOINTS_VERSION_HEADER, JSON, SOURCE_HEADER, SOURCE_HTTP, TENANT_HEADER,
+    ACCEPTED_AT_HEADER, ENDPOINTS_VERSION_HEADER, JSON, SEQUENCE_HEADER, SOURCE_HEADER,
+    SOURCE_HTTP, TENANT_HEADER,
 };
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks, TenantId};
 use lapin::BasicProperties;
@@ -59,7 +60,16 @@ pub async fn ingest(
         state.accepted.endpoints_version(&event.tenant).await
     };
 
-    let published = publish(&state, &event, endpoints_version).await;
+    let sequence = match &event.ordering_key {
+        Some(key) => state
+            .sequences
+            .next(&event.tenant, &[key])
+            .await?
+            .first()
+            .copied(),
+        None => None,
+    };
+    let published = publish(&state, &event, endpoints_version, sequence).await;
     if caller_chose_id {
         match &published {
             Ok(()) => state.accepted.confirm(&event.tenant, &event.id).await?,
@@ -124,7 +134,11 @@ async fn validate(
 }
 
 /// The AMQP body and properties of an event, the same for a single event and a batch's.
-fn message(event: &Event, endpoints_version: Option<u64>) -> (Vec<u8>, BasicProperties) {
+fn message(
+    event: &Event,
+    endpoints_version: Option<u64>,
+    sequence: Option<i64>,
+) -> (Vec<u8>, BasicProperties) {
     // An `Event` serializes to exactly the public message body (see
     // `Event::to_message`), so it is written without an intermediate copy. Serializing
     // strings, numbers and JSON values cannot fail.
@@ -143,6 +157,9 @@ fn message(event: &Event, endpoints_version: Option<u64>) -> (Vec<u8>, BasicProp
         ACCEPTED_AT_HEADER.into(),
         AMQPValue::LongLongInt(i64::try_from(accepted_at_ms).unwrap_or(i64::MAX)),
     );
+    if let Some(sequence) = sequence {
+        headers.insert(SEQUENCE_HEADER.into(), AMQPValue::LongLongInt(sequence));
+    }
     if let Some(version) = endpoints_version {
         headers.insert(
             ENDPOINTS_VERSION_HEADER.into(),
@@ -161,8 +178,9 @@ async fn publish(
     state: &AppState,
     event: &Event,
     endpoints_version: Option<u64>,
+    sequence: Option<i64>,
 ) -> Result<(), ApiError> {
-    let (body, properties) = message(event, endpoints_version);
+    let (body, properties) = message(event, endpoints_version, sequence);
     let started = Instant::now();
     let result = state
         .publisher
@@ -359,10 +377,30 @@ pub async fn ingest_batch(
     let to_publish: Vec<usize> = (0..slots.len())
         .filter(|&i| matches!(slots[i], Slot::Valid { .. }))
         .collect();
+    // Keyed events are numbered in the batch's order, in one round trip.
+    let keyed: Vec<(usize, &str)> = to_publish
+        .iter()
+        .filter_map(|&i| match &slots[i] {
+            Slot::Valid { event, .. } => Some((i, event.ordering_key.as_deref()?)),
+            _ => None,
+        })
+        .collect();
+    let numbers = state
+        .sequences
+        .next(
+            &tenant,
+            &keyed.iter().map(|(_, key)| *key).collect::<Vec<_>>(),
+        )
+        .await?;
+    let sequences: HashMap<usize, i64> = keyed.iter().map(|(i, _)| *i).zip(numbers).collect();
     let messages: Vec<(Vec<u8>, BasicProperties)> = to_publish
         .iter()
         .filter_map(|&i| match &slots[i] {
-            Slot::Valid { event, .. } => Some(message(event, endpoints_version)),
+            Slot::Valid { event, .. } => Some(message(
+                event,
+                endpoints_version,
+                sequences.get(&i).copied(),
+            )),
             _ => None,
         })
         .collect();

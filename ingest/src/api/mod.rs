@@ -40,6 +40,7 @@ use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::replicas::ReplicaRegistry;
 use hookline_shared::store::retries::RetryStore;
+use hookline_shared::store::sequences::SequenceStore;
 use openapi::{Doc, Documented};
 use secrecy::SecretString;
 use std::collections::HashSet;
@@ -62,6 +63,8 @@ pub struct Inner {
     pub activity: ActivityStore,
     pub dead_letters: DeadLetterStore,
     pub retries: RetryStore,
+    /// Numbers keyed events in each ordering key's order.
+    pub sequences: SequenceStore,
     pub replicas: ReplicaRegistry,
     pub catalog: CatalogStore,
     pub known_types: KnownTypes,

@@ -90,6 +90,7 @@ pub async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessa
             email: Some("sample.user@example.com".into()),
         }),
         priority: None,
+        ordering_key: None,
     }
 }
 

@@ -66,6 +66,10 @@ pub struct EndpointSpec {
     /// Event type → the name a format prints for it (`{{event_name}}`, `event_data`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub event_names: BTreeMap<String, String>,
+    /// Deliveries of events with the same `ordering_key` are attempted one at a time, in
+    /// the order they were accepted (see ARCHITECTURE.md, Ordered delivery).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
 }
 
 fn enabled_by_default() -> bool {

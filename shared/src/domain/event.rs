@@ -101,6 +101,9 @@ pub struct EventMessage {
     /// `realtime` (the default) or `bulk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// Events with the same key reach an ordered endpoint one at a time, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 /// How an event competes for delivery capacity. Bulk events (imports, backfills) are
@@ -151,6 +154,7 @@ impl EventMessage {
             changes,
             actor,
             priority: _,
+            ordering_key: _,
         } = self;
         let mut values = vec![("data".to_owned(), data)];
         for (field, Change { from, to }) in changes.iter().flatten() {
@@ -188,6 +192,8 @@ pub struct Event {
     pub actor: Option<Actor>,
     #[serde(default, skip_serializing_if = "Priority::is_realtime")]
     pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 /// What the edge supplies when the message leaves a field out.
@@ -234,6 +240,9 @@ impl Event {
                 format_args!("must be 1 to {MAX_VERSION_LEN} characters"),
             ));
         }
+        if let Some(key) = &message.ordering_key {
+            check_identifier("ordering_key", key, MAX_EVENT_ID_LEN)?;
+        }
         let priority = match &message.priority {
             Some(priority) => Priority::parse(priority)?,
             None => Priority::Realtime,
@@ -248,6 +257,7 @@ impl Event {
             changes: message.changes,
             actor: message.actor,
             priority,
+            ordering_key: message.ordering_key,
         })
     }
 
@@ -263,6 +273,7 @@ impl Event {
             changes: self.changes.clone(),
             actor: self.actor.clone(),
             priority: (!self.priority.is_realtime()).then(|| self.priority.as_str().to_owned()),
+            ordering_key: self.ordering_key.clone(),
         }
     }
 }
@@ -352,6 +363,11 @@ mod tests {
                 Some("acme"),
                 "priority",
             ),
+            (
+                json!({"type": "a.b", "data": {}, "ordering_key": "has space"}),
+                Some("acme"),
+                "ordering_key",
+            ),
         ];
         for (body, tenant, field) in cases {
             let error = Event::from_message(message(body.clone()), fallbacks(tenant))
@@ -402,7 +418,7 @@ mod tests {
                 "occurred_at": "2026-03-01T10:00:00Z", "version": "2", "data": {"a": 1},
                 "changes": {"status": {"from": "new", "to": "hired"}},
                 "actor": {"id": 7, "name": "Jo", "email": "jo@example.com"},
-                "priority": "bulk"
+                "priority": "bulk", "ordering_key": "application:42"
             })),
             fallbacks(None),
         )

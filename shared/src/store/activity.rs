@@ -44,6 +44,9 @@ pub enum DeliveryStatus {
     /// Waiting in Redis: a retry after a failure, or held by a busy endpoint, an open
     /// circuit or a rate limit.
     Retrying,
+    /// An ordered endpoint's delivery waiting for the key's earlier events (the one in
+    /// `blocked_by`, or one not arrived yet when `blocked_by` is absent).
+    HeldBehind,
     DeadLettered,
 }
 
@@ -64,6 +67,9 @@ pub struct DeliveryState {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_reason: Option<String>,
+    /// For `held_behind`: the event whose delivery goes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]

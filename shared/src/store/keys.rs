@@ -26,6 +26,11 @@ impl Keyspace {
         format!("{}:{{{}}}:{rest}", self.prefix, tenant)
     }
 
+    /// Counter: the last sequence number given to an ordering key of the tenant.
+    pub fn sequence(&self, tenant: &TenantId, key: &str) -> String {
+        self.tenant_key(tenant, &format!("sequence:{key}"))
+    }
+
     /// Hash: endpoint id → endpoint JSON, so the deliverer loads a tenant's endpoints in
     /// one round trip.
     pub fn endpoints(&self, tenant: &TenantId) -> String {
@@ -162,6 +167,22 @@ impl Keyspace {
     /// What every lane key of a shard starts with; the claim script adds the lane.
     pub fn retry_lane_prefix(&self, shard: u16) -> String {
         format!("{}:{{retry:{shard}}}:lane", self.prefix)
+    }
+
+    /// Sorted set: an ordered endpoint's deliveries of one ordering key, by sequence.
+    pub fn retry_order_queue(&self, shard: u16, endpoint_id: &str, key: &str) -> String {
+        format!(
+            "{}:{{retry:{shard}}}:order-queue:{endpoint_id}:{key}",
+            self.prefix
+        )
+    }
+
+    /// Hash: the state of that order (next sequence, the delivery released, a gap).
+    pub fn retry_order_state(&self, shard: u16, endpoint_id: &str, key: &str) -> String {
+        format!(
+            "{}:{{retry:{shard}}}:order:{endpoint_id}:{key}",
+            self.prefix
+        )
     }
 
     /// Sorted set: lane → when it is next due to be served, one per priority and shard.

@@ -11,11 +11,13 @@ pub mod durability;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
+pub mod ordered;
 pub mod quotas;
 pub mod rate;
 pub mod replicas;
 pub mod retries;
 pub mod sealing;
+pub mod sequences;
 
 use crate::settings::RedisSettings;
 use secrecy::ExposeSecret;

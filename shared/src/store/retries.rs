@@ -255,11 +255,19 @@ impl RetryStore {
         Self { redis, keys }
     }
 
-    fn lane_key(&self, lane: &Lane) -> String {
+    pub(crate) fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    pub(crate) fn redis(&self) -> RedisConnection {
+        self.redis.clone()
+    }
+
+    pub(crate) fn lane_key(&self, lane: &Lane) -> String {
         self.keys.retry_lane(lane.shard, &lane.name)
     }
 
-    fn index_key(&self, lane: &Lane) -> String {
+    pub(crate) fn index_key(&self, lane: &Lane) -> String {
         self.keys.retry_lanes(lane.shard, lane.priority().as_str())
     }
 
@@ -586,7 +594,7 @@ impl RetryStore {
     }
 }
 
-fn encode(task: &PendingDelivery) -> String {
+pub(crate) fn encode(task: &PendingDelivery) -> String {
     // Strings, numbers and JSON values: serializing cannot fail.
     serde_json::to_string(&RetryTask::DeliveryV1(task.clone())).unwrap_or_default()
 }
