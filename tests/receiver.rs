@@ -33,7 +33,8 @@ impl Received {
 #[derive(Clone)]
 pub struct Rule(Arc<Answering>);
 
-/// The status for a request's body, or `None` to answer as scripted.
+/// The status for a request's body, or `None` to answer as scripted; 0 never answers
+/// (the request hangs until the sender gives up).
 type Answering = dyn Fn(&[u8]) -> Option<u16> + Send + Sync;
 
 impl std::fmt::Debug for Rule {
@@ -236,7 +237,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         at: std::time::Instant::now(),
     });
     shared.arrived.notify_waiters();
-    if hang {
+    if hang || status == 0 {
         std::future::pending::<()>().await;
     }
     loop {

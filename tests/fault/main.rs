@@ -835,3 +835,167 @@ async fn tls_broker_urls_carry_the_whole_pipeline() {
     assert_ne!(ready, Some(200), "not ready without a trusted connection");
     let _ = untrusting.kill().await;
 }
+
+/// Issue 18's proof: 1,000 events over 20 ordering keys, interleaved, to an ordered
+/// endpoint whose receiver fails a fifth of the attempts (a fixed pseudo-random draw per
+/// event and attempt) and never answers a few, with three deliverers of which one is
+/// SIGKILLed mid-run. For every key, the first 2xx answers come in the order the events
+/// were accepted, and every event gets one. An unordered endpoint of the same tenant
+/// gets every event without waiting for the ordered one.
+#[tokio::test]
+async fn ordered_delivery_keeps_each_keys_order_through_failures_hangs_and_a_kill() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    const EVENTS: usize = 1_000;
+    const KEYS: usize = 20;
+    let mut hookline = Installation::start_with(
+        3,
+        vec![
+            ("HOOKLINE__DELIVERY__TIMEOUT", "1s".into()),
+            ("HOOKLINE__DELIVERY__MAX_HOLD", "2s".into()),
+            ("HOOKLINE__DELIVERY__DEFER_DELAY", "200ms".into()),
+            (
+                "HOOKLINE__DELIVERY__RETRY_SCHEDULE",
+                "100ms,100ms,200ms,200ms,500ms,500ms,1s,1s,1s,1s".into(),
+            ),
+        ],
+    )
+    .await;
+    let ordered = Receiver::start().await;
+    let unordered = Receiver::start().await;
+    // (event number, answer) in the order the receiver answered, and attempts so far.
+    let answers: Arc<Mutex<Vec<(i64, u16)>>> = Arc::default();
+    let attempts: Arc<Mutex<HashMap<i64, u64>>> = Arc::default();
+    {
+        let (answers, attempts) = (answers.clone(), attempts.clone());
+        ordered.set_rule(Some(move |body: &[u8]| {
+            let body: Value = serde_json::from_slice(body).ok()?;
+            let n = body["data"]["n"].as_i64()?;
+            let attempt = {
+                let mut attempts = attempts.lock().expect("attempts");
+                let count = attempts.entry(n).or_default();
+                *count += 1;
+                *count
+            };
+            // A fixed draw per event and attempt (splitmix64 of both, seed 18).
+            let mut x = (n as u64) << 8 ^ attempt ^ 18_u64.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^= x >> 31;
+            let status = if attempt == 1 && n % 97 == 13 {
+                0
+            } else if x % 5 == 0 {
+                500
+            } else {
+                204
+            };
+            answers.lock().expect("answers").push((n, status));
+            Some(status)
+        }));
+    }
+    let created = hookline
+        .call(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/endpoints",
+            json!({"url": ordered.url(), "event_types": ["#"], "ordered": true}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    hookline.create_endpoint("acme", unordered.url()).await;
+
+    // Accepted in batches, each event's key the next of twenty in turn.
+    let key_of = |n: usize| n % KEYS;
+    for first in (0..EVENTS).step_by(100) {
+        let events: Vec<Value> = (first..first + 100)
+            .map(|n| {
+                json!({"id": format!("ord-{n}"), "type": "application.status.updated",
+                       "ordering_key": format!("application:{}", key_of(n)),
+                       "data": {"n": n}})
+            })
+            .collect();
+        let answer = hookline
+            .call(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/events/batch",
+                json!({ "events": events }),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            answer.body["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .all(|r| r["id"].is_string()),
+            "{}",
+            answer.body
+        );
+    }
+    eventually_within(
+        "a third of the ordered events answered",
+        CHAOS_PATIENCE,
+        || async { answers.lock().expect("answers").len() > EVENTS / 3 },
+    )
+    .await;
+    let victim = hookline.deliverers.remove(0);
+    sigkill(&victim).await;
+
+    unordered.wait_for(EVENTS).await;
+    let ordered_done_when_unordered_was = {
+        let answers = answers.lock().expect("answers");
+        answers
+            .iter()
+            .filter(|(_, status)| *status == 204)
+            .map(|(n, _)| *n)
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    eventually_within(
+        "every ordered event answered 2xx",
+        CHAOS_PATIENCE,
+        || async {
+            let answers = answers.lock().expect("answers");
+            answers
+                .iter()
+                .filter(|(_, status)| *status == 204)
+                .map(|(n, _)| *n)
+                .collect::<HashSet<_>>()
+                .len()
+                == EVENTS
+        },
+    )
+    .await;
+    let answers = answers.lock().expect("answers").clone();
+    let mut first_successes: HashMap<usize, Vec<i64>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for (n, status) in &answers {
+        if *status == 204 && seen.insert(*n) {
+            first_successes
+                .entry(key_of(usize::try_from(*n).expect("n")))
+                .or_default()
+                .push(*n);
+        }
+    }
+    for key in 0..KEYS {
+        let accepted: Vec<i64> = (0..EVENTS)
+            .filter(|&n| key_of(n) == key)
+            .map(|n| i64::try_from(n).expect("n"))
+            .collect();
+        assert_eq!(first_successes[&key], accepted, "key {key}");
+    }
+    let failures = answers.iter().filter(|(_, s)| *s != 204).count();
+    eprintln!(
+        "ordered: {} requests, {failures} failed or hung; unordered had all {EVENTS} when the ordered endpoint had {ordered_done_when_unordered_was}",
+        answers.len()
+    );
+    assert!(
+        failures > EVENTS / 10,
+        "the receiver failed about a fifth of the attempts: {failures}"
+    );
+    assert!(
+        ordered_done_when_unordered_was < EVENTS,
+        "the unordered endpoint did not wait for the ordered one"
+    );
+    drop(victim);
+    hookline.stop().await;
+}
