@@ -360,6 +360,8 @@ async function endpointForm(tenant, existing) {
   const metadata = h("textarea", { id: "metadata", rows: 2 }, mapToLines(existing && existing.metadata, "="));
   const headers = h("textarea", { id: "headers", rows: 3 }, mapToLines(existing && existing.headers, ":"));
   const rate = h("input", { type: "number", id: "rate", min: 1, value: (existing && existing.rate_limit_per_s) || "" });
+  const ordered = h("input", { type: "checkbox", id: "ordered" });
+  ordered.checked = Boolean(existing && existing.ordered);
   const filter = h("textarea", { id: "filter", rows: 2 }, existing && existing.filter ? JSON.stringify(existing.filter) : "");
   const preview = h("pre", { id: "preview", "aria-live": "polite" }, "…");
   const problem = h("p", { class: "error", id: "form-error", role: "alert" });
@@ -373,6 +375,7 @@ async function endpointForm(tenant, existing) {
     body.metadata = linesToMap(metadata.value, "=");
     body.headers = linesToMap(headers.value, ":");
     if (rate.value) body.rate_limit_per_s = Number(rate.value);
+    body.ordered = ordered.checked;
     if (filter.value.trim()) body.filter = JSON.parse(filter.value);
     return body;
   }
@@ -425,6 +428,7 @@ async function endpointForm(tenant, existing) {
   h("label", { for: "metadata" }, "Metadata", h("span", { class: "hint" }, "key = value per line (export_key for the company format)"), metadata),
   h("label", { for: "headers" }, "Custom headers", h("span", { class: "hint" }, "Name: value per line"), headers),
   h("label", { for: "rate" }, "Rate limit (deliveries per second)", rate),
+  h("label", { for: "ordered", class: "check" }, ordered, " Ordered: events with the same ordering_key arrive one at a time, in the order they were accepted"),
   h("label", { for: "filter" }, "Filter", h("span", { class: "hint" }, "JSON: {\"status\": [\"hired\"]}"), filter),
   problem,
   h("div", { class: "row" },
@@ -463,6 +467,27 @@ async function endpointPage(tenant, id) {
       fill(testResult, h("p", { class: "error" }, error.message));
     }
   };
+  const eventId = h("input", { type: "text", id: "event-id", placeholder: "event id" });
+  const lookupResult = h("div", { class: "result", id: "event-state", "aria-live": "polite" });
+  const lookup = h("form", {
+    class: "row",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const found = await api("GET", `/tenants/${enc(tenant)}/events/${enc(eventId.value.trim())}`);
+        const mine = (found.deliveries || {})[id];
+        if (!mine) { fill(lookupResult, h("p", {}, "Not delivered to this endpoint.")); return; }
+        fill(lookupResult, h("p", { "data-testid": "event-status" }, mine.status.replace("_", " "),
+          ` · ${mine.attempts} attempts`,
+          mine.blocked_by ? ` · waiting for event ${mine.blocked_by} (same ordering key)` : "",
+          mine.status === "held_behind" && !mine.blocked_by ? " · waiting for an earlier event of its ordering key" : "",
+          mine.next_attempt_at ? ` · next attempt ${when(mine.next_attempt_at)}` : "",
+          mine.last_error ? ` · ${mine.last_error}` : ""));
+      } catch (error) {
+        fill(lookupResult, h("p", { class: "error" }, error.message));
+      }
+    },
+  }, h("label", { for: "event-id", class: "muted" }, "Event id"), eventId, h("button", { type: "submit" }, "Look up"));
   const reveal = async () => {
     const secret = await api("GET", `${base}/secret`);
     secretBox.textContent = secret.secret;
@@ -495,6 +520,7 @@ async function endpointPage(tenant, id) {
       h("dt", {}, "Id"), h("dd", {}, endpoint.id),
       h("dt", {}, "Events"), h("dd", {}, endpoint.event_types.join(", ")),
       h("dt", {}, "Format"), h("dd", {}, typeof endpoint.format === "string" ? endpoint.format : "template"),
+      h("dt", {}, "Ordered"), h("dd", { "data-testid": "ordered" }, endpoint.ordered ? "yes, per ordering_key" : "no"),
       h("dt", {}, "Health"), h("dd", {}, badge(health.state),
         ` ${health.consecutive_failures} consecutive failures`,
         health.disabled_reason ? ` · disabled: ${health.disabled_reason}` : ""),
@@ -511,6 +537,9 @@ async function endpointPage(tenant, id) {
       h("button", { type: "button", class: "secondary", onclick: reveal }, "Reveal secret"),
       h("button", { type: "button", class: "secondary", onclick: rotate }, "Rotate secret")),
     secretBox,
+    h("h2", {}, "Look up an event"),
+    lookup,
+    lookupResult,
     h("div", { class: "row spread" }, h("h2", {}, "Recent attempts"),
       h("a", { href: `#/tenants/${enc(tenant)}/dead-letters?endpoint=${enc(id)}` }, "Dead letters of this endpoint")),
     table(["When", "Event", "Attempt", "Outcome", { text: "Duration", num: true }, "Answer"],

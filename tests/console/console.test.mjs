@@ -32,11 +32,21 @@ function receiver(status) {
     request.on("data", (chunk) => { body += chunk; });
     request.on("end", () => {
       server.received.push({ headers: request.headers, body });
-      response.writeHead(server.status, { "content-type": "text/plain" });
-      response.end(server.status >= 300 ? "receiver is down for maintenance" : "");
+      const answer = () => {
+        response.writeHead(server.status, { "content-type": "text/plain" });
+        response.end(server.status >= 300 ? "receiver is down for maintenance" : "");
+      };
+      if (server.holding) server.held.push(answer); else answer();
     });
   });
   server.received = [];
+  // While holding, requests are received and left unanswered until release().
+  server.holding = false;
+  server.held = [];
+  server.release = () => {
+    server.holding = false;
+    for (const answer of server.held.splice(0)) answer();
+  };
   server.status = status;
   // The deliverer keeps idle connections open for a while; a receiver that is done
   // drops them, or they would keep this process alive after the tests.
@@ -370,4 +380,50 @@ test("a portal link opened in a signed-in tab asks before replacing that session
     assert.deepEqual(page.problems, []);
   });
   await page.context().close();
+});
+
+test("an ordered endpoint's page shows an event waiting behind the one its receiver has not answered", async () => {
+  const slow = await receiver(204);
+  slow.holding = true;
+  try {
+    const created = await api("POST", "/tenants/umbrella/endpoints",
+      { url: slow.url, event_types: ["application.#"], description: "Status sync", ordered: true });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.id;
+    const post = async (status) => {
+      const answer = await api("POST", "/tenants/umbrella/events",
+        { type: "application.status.updated", ordering_key: "application:7", data: { status } });
+      assert.equal(answer.status, 202);
+      return answer.body.id;
+    };
+    const first = await post("interview");
+    const second = await post("offer");
+    await until("the first event is at the receiver, unanswered", async () => slow.received.length === 1);
+
+    const page = await operatorPage();
+    await page.goto(`${BASE}/console/#/tenants/umbrella/endpoints/${id}`);
+    await page.getByRole("heading", { name: "Status sync" }).waitFor();
+    assert.equal(await page.getByTestId("ordered").textContent(), "yes, per ordering_key");
+    await page.getByLabel("Event id").fill(second);
+    await until("the second event shows what it waits for", async () => {
+      await page.getByRole("button", { name: "Look up" }).click();
+      const status = page.getByTestId("event-status");
+      await status.waitFor();
+      return (await status.textContent()).includes(`waiting for event ${first}`);
+    });
+    assert.match(await page.getByTestId("event-status").textContent(), /^held behind/);
+    await shot(page, "ordered-endpoint");
+
+    slow.release();
+    await until("the second event follows the first", async () => slow.received.some((r) => r.body.includes('"offer"')));
+    const bodies = slow.received.map((r) => r.body);
+    const lastFirst = bodies.findLastIndex((b) => b.includes('"interview"'));
+    const firstSecond = bodies.findIndex((b) => b.includes('"offer"'));
+    assert.ok(lastFirst < firstSecond, `the second event was sent only after the first was done: ${bodies}`);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  } finally {
+    slow.release();
+    slow.stop();
+  }
 });

@@ -16,6 +16,7 @@ use hookline_shared::domain::event::TenantId;
 use hookline_shared::store::dead_letters::DeadLetterQuery;
 use hookline_shared::store::health::to_ms;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use time::OffsetDateTime;
 
 /// Dead letters one bulk replay queues at most; the answer says whether more remain.
@@ -65,6 +66,11 @@ pub struct Replayed {
     queued: usize,
     /// True when a bulk replay stopped at its cap and more match.
     more: bool,
+    /// Of those, deliveries to ordered endpoints of events with an `ordering_key`: a
+    /// replay is delivered now, after the later events of its key that went on when it
+    /// was dead-lettered — out of order. Receivers that keep the latest state per key
+    /// should compare the event's `occurred_at`.
+    out_of_order: usize,
 }
 
 pub async fn replay_one(
@@ -80,10 +86,11 @@ pub async fn replay_one(
         .get(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("dead letter"))?;
-    replay(&state, &tenant, vec![record]).await?;
+    let out_of_order = replay(&state, &tenant, vec![record]).await?;
     Ok(Json(Replayed {
         queued: 1,
         more: false,
+        out_of_order,
     }))
 }
 
@@ -122,20 +129,38 @@ pub async fn replay_many(
         )
         .await?;
     let queued = records.len();
-    replay(&state, &tenant, records).await?;
+    let out_of_order = replay(&state, &tenant, records).await?;
     Ok(Json(Replayed {
         queued,
         more: queued == MAX_BULK_REPLAY && cursor.is_some(),
+        out_of_order,
     }))
 }
 
 /// Queues first, then unindexes: a crash in between replays an entry twice, never zero
-/// times (subscribers deduplicate on `webhook-id`).
+/// times (subscribers deduplicate on `webhook-id`). Returns how many of the replays
+/// leave their ordering key's order (see [`Replayed::out_of_order`]).
 async fn replay(
     state: &AppState,
     tenant: &TenantId,
     records: Vec<DeadDelivery>,
-) -> Result<(), ApiError> {
+) -> Result<usize, ApiError> {
+    let ordered: HashSet<String> = if records.iter().any(|r| r.event.ordering_key.is_some()) {
+        state
+            .endpoints
+            .list(tenant)
+            .await?
+            .into_iter()
+            .filter(|endpoint| endpoint.spec.ordered)
+            .map(|endpoint| endpoint.id)
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    let out_of_order = records
+        .iter()
+        .filter(|r| r.event.ordering_key.is_some() && ordered.contains(&r.endpoint_id))
+        .count();
     let due = to_ms(OffsetDateTime::now_utc());
     let tasks: Vec<(PendingDelivery, i64)> = records
         .iter()
@@ -161,5 +186,5 @@ async fn replay(
     for record in &records {
         state.dead_letters.remove(tenant, &record.id).await?;
     }
-    Ok(())
+    Ok(out_of_order)
 }
