@@ -884,7 +884,7 @@ async fn ordered_delivery_keeps_each_keys_order_through_failures_hangs_and_a_kil
             x ^= x >> 31;
             let status = if attempt == 1 && n % 97 == 13 {
                 0
-            } else if x % 5 == 0 {
+            } else if x.is_multiple_of(5) {
                 500
             } else {
                 204
