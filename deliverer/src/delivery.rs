@@ -400,6 +400,9 @@ impl Worker {
                             self.retries.enqueue_ordered(&task, now, gap)
                         })
                         .await?;
+                    if matches!(ordered, Some(Ordered::Released | Ordered::Late)) {
+                        self.parked.add(Lane::of_task(&task).shard);
+                    }
                     self.note_ordered(event, &endpoint.id, ordered);
                 }
                 Err(error) => {
@@ -425,8 +428,17 @@ impl Worker {
         Ok(unordered)
     }
 
-    /// Records an ordered delivery waiting behind its key's earlier ones.
+    /// Counts where an ordered delivery went, and records one waiting behind its key's
+    /// earlier ones.
     fn note_ordered(&self, event: &Event, endpoint_id: &str, ordered: Option<Ordered>) {
+        let placement = match &ordered {
+            Some(Ordered::Released) => "released",
+            Some(Ordered::Behind(_)) => "behind",
+            Some(Ordered::Gap(_)) => "gap",
+            Some(Ordered::Late) => "late",
+            Some(Ordered::Idle) | None => return,
+        };
+        self.metrics.ordered.with_label_values(&[placement]).inc();
         let blocked_by = match ordered {
             Some(Ordered::Behind(head)) => head
                 .strip_suffix(&format!(":{endpoint_id}"))
@@ -1216,13 +1228,17 @@ impl Worker {
         task: &PendingDelivery,
     ) -> Result<(), Aborted> {
         let gap = i64::try_from(self.ordering_gap.as_millis()).unwrap_or(i64::MAX);
-        let owned = self
+        let completed = self
             .until_durable("completing an ordered delivery", || {
                 self.retries
                     .complete_ordered(lane, id, token, task, due_in(Duration::ZERO), gap)
             })
             .await?;
-        if !owned {
+        if completed.released {
+            // The key's next is due now: this replica's promoter takes it at once.
+            self.parked.add(lane.shard);
+        }
+        if !completed.owned {
             tracing::warn!(delivery.id = %id, "retry lease expired before completion; another replica took it over");
         }
         Ok(())

@@ -37,6 +37,8 @@ pub struct DelivererMetrics {
     pub partition_ready: IntGaugeVec,
     /// Accept-to-take age of the last message this replica took, by partition.
     pub partition_lag: GaugeVec,
+    /// Deliveries to ordered endpoints as they were put in their key's order.
+    pub ordered: IntCounterVec,
 }
 
 fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
@@ -133,6 +135,13 @@ impl DelivererMetrics {
                 ),
                 &["partition"],
             )),
+            ordered: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_ordered_deliveries_total",
+                    "Deliveries to ordered endpoints by where they went: released (the key's next), behind (waiting for an earlier one), gap (waiting for a missing number), late (an earlier number arriving after a later one went: delivered out of order).",
+                ),
+                &["placement"],
+            )),
             partition_lag: unreachable_on_error(GaugeVec::new(
                 Opts::new(
                     "hookline_partition_lag_seconds",
@@ -199,6 +208,10 @@ impl DelivererMetrics {
         register(registry, metrics.lane_oldest_due.clone());
         register(registry, metrics.partition_ready.clone());
         register(registry, metrics.partition_lag.clone());
+        for placement in ["released", "behind", "gap", "late"] {
+            metrics.ordered.with_label_values(&[placement]);
+        }
+        register(registry, metrics.ordered.clone());
         metrics
     }
 }

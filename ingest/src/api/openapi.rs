@@ -182,6 +182,8 @@ fn schemas() -> Value {
                 "actor": {"type": "object", "properties": {"id": {}, "name": {"type": "string"}, "email": {"type": "string"}}},
                 "priority": {"type": "string", "enum": ["realtime", "bulk"], "default": "realtime",
                     "description": "bulk: delivered with the capacity real-time events leave, with a floor share"},
+                "ordering_key": {"type": "string", "maxLength": 128,
+                    "description": "events with the same key reach ordered endpoints one at a time, in acceptance order"},
             },
         },
         "EventBatch": {
@@ -219,6 +221,7 @@ fn schemas() -> Value {
                 "rate_limit_per_s": {"type": "integer", "minimum": 1},
                 "metadata": {"type": "object", "additionalProperties": {"type": "string"}, "description": "values formats may print, e.g. export_key"},
                 "event_names": {"type": "object", "additionalProperties": {"type": "string"}, "description": "event type → name printed by {{event_name}} and event_data"},
+                "ordered": {"type": "boolean", "description": "events with the same ordering_key are attempted one at a time, in the order they were accepted"},
                 "verify": {"type": "boolean", "description": "send a hookline.ping first; refuse if it fails"},
             },
         },

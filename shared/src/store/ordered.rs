@@ -180,6 +180,15 @@ impl Ordered {
     }
 }
 
+/// The outcome of completing an ordered delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// False if the lease was lost to another worker (nothing was changed).
+    pub owned: bool,
+    /// The key's next delivery is due now in the lane.
+    pub released: bool,
+}
+
 /// The keys of one ordered endpoint's order for one ordering key.
 struct OrderKeys {
     tasks: String,
@@ -277,8 +286,7 @@ impl RetryStore {
     }
 
     /// Completes a claimed ordered delivery (delivered or dead-lettered), fenced by its
-    /// lease like [`RetryStore::complete`], and releases the key's next delivery. False
-    /// if the lease was lost.
+    /// lease like [`RetryStore::complete`], and releases the key's next delivery.
     /// A task that is not ordered is completed as any other.
     pub async fn complete_ordered(
         &self,
@@ -288,10 +296,14 @@ impl RetryStore {
         task: &PendingDelivery,
         now_ms: i64,
         gap_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Completed, StoreError> {
         let (Some(key), Some(sequence)) = (task.event.ordering_key.as_deref(), task.sequence)
         else {
-            return self.complete(lane, id, token).await;
+            let owned = self.complete(lane, id, token).await?;
+            return Ok(Completed {
+                owned,
+                released: false,
+            });
         };
         let keys = self.order_keys(&task.event.tenant, lane, &task.endpoint_id, key);
         let reply: Vec<String> = Self::script(&COMPLETE_SCRIPT, &keys, now_ms, gap_ms)
@@ -301,6 +313,9 @@ impl RetryStore {
             .arg(STATE_TTL_S)
             .invoke_async(&mut self.redis())
             .await?;
-        Ok(reply.first().map(String::as_str) != Some("lost"))
+        Ok(Completed {
+            owned: reply.first().map(String::as_str) != Some("lost"),
+            released: reply.first().map(String::as_str) == Some("released"),
+        })
     }
 }

@@ -522,6 +522,11 @@ pub enum Traffic {
         second: Second,
         formats: Formats,
     },
+    /// (2) to one ordered endpoint, the events spread over `keys` ordering keys.
+    Ordered {
+        events: usize,
+        keys: usize,
+    },
     Amqp {
         events: usize,
     },
@@ -626,16 +631,35 @@ fn event_body(tenant: Option<&str>) -> Value {
 
 /// The same body as [`event_body`] without a tenant, written straight to bytes: the load
 /// generator shares the machine with what it measures, so it should cost little.
-fn event_bytes(padding: &str, priority: Priority) -> Vec<u8> {
-    let priority = match priority {
-        Priority::Realtime => "",
-        Priority::Bulk => r#","priority":"bulk""#,
+fn event_bytes(padding: &str, shape: Shape, index: usize) -> Vec<u8> {
+    let extra = match shape {
+        Shape::Realtime => String::new(),
+        Shape::Bulk => r#","priority":"bulk""#.to_owned(),
+        Shape::Keyed(keys) => format!(r#","ordering_key":"k{}""#, index % keys.max(1)),
     };
     format!(
-        r#"{{"type":"profile.parsing.success","data":{{"sent_at_us":{},"padding":"{padding}"}}{priority}}}"#,
+        r#"{{"type":"profile.parsing.success","data":{{"sent_at_us":{},"padding":"{padding}"}}{extra}}}"#,
         now_us()
     )
     .into_bytes()
+}
+
+/// What the load generator's events carry beside the usual fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Realtime,
+    Bulk,
+    /// An `ordering_key`, one of this many in turn.
+    Keyed(usize),
+}
+
+impl From<Priority> for Shape {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Realtime => Self::Realtime,
+            Priority::Bulk => Self::Bulk,
+        }
+    }
 }
 
 pub async fn throughput(
@@ -664,6 +688,7 @@ pub async fn throughput(
         Traffic::Http { .. } => "fanout",
         Traffic::Amqp { .. } => "amqp",
         Traffic::Batch { .. } => "batch",
+        Traffic::Ordered { .. } => "ordered",
     };
     let services = start_services(brokers, args, name).await?;
     let counter = Arc::new(Counter::default());
@@ -675,15 +700,22 @@ pub async fn throughput(
             second,
             formats,
         } => (endpoints, events, second, formats),
-        Traffic::Amqp { events } | Traffic::Batch { events, .. } => {
-            (1, events, Second::None, Formats::Json)
-        }
+        Traffic::Amqp { events }
+        | Traffic::Batch { events, .. }
+        | Traffic::Ordered { events, .. } => (1, events, Second::None, Formats::Json),
+    };
+    let shape = match traffic {
+        Traffic::Ordered { keys, .. } => Shape::Keyed(keys),
+        _ => Shape::Realtime,
     };
     for index in 0..endpoints {
-        let format = match formats {
+        let mut format = match formats {
             Formats::Json => json!({}),
             Formats::Mixed => mixed_format(index),
         };
+        if let (Shape::Keyed(_), Some(fields)) = (shape, format.as_object_mut()) {
+            fields.insert("ordered".into(), true.into());
+        }
         services
             .create_endpoint_with("healthy", format!("{base}/ok"), format)
             .await?;
@@ -711,7 +743,7 @@ pub async fn throughput(
             size,
             clients,
         } => send_batches_over_http(clients, events, size).await?,
-        Traffic::Http { .. } => {
+        Traffic::Http { .. } | Traffic::Ordered { .. } => {
             let total = if with_second {
                 events + events / (SECOND_TENANT_SHARE - 1)
             } else {
@@ -727,7 +759,7 @@ pub async fn throughput(
                         "healthy"
                     }
                 },
-                Priority::Realtime,
+                shape,
             )
             .await?;
         }
@@ -755,7 +787,7 @@ async fn send_over_http(
     clients: usize,
     total: usize,
     tenant_of: impl Fn(usize) -> &'static str + Copy + Send + 'static,
-    priority: Priority,
+    shape: Shape,
 ) -> anyhow::Result<()> {
     let sent = Arc::new(AtomicUsize::new(0));
     let mut running = Vec::new();
@@ -770,7 +802,7 @@ async fn send_over_http(
                     return Ok::<_, anyhow::Error>(());
                 }
                 ingest
-                    .send_event(tenant_of(index), event_bytes(&padding, priority))
+                    .send_event(tenant_of(index), event_bytes(&padding, shape, index))
                     .await?;
             }
         }));
@@ -804,7 +836,7 @@ async fn send_batches_over_http(clients: usize, total: usize, size: usize) -> an
                     if index > 0 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(&event_bytes(&padding, Priority::Realtime));
+                    body.extend_from_slice(&event_bytes(&padding, Shape::Realtime, 0));
                 }
                 body.extend_from_slice(b"]}");
                 ingest.send_batch("healthy", body).await?;
@@ -838,13 +870,7 @@ pub async fn held_backlog(brokers: &Brokers, args: &Args) -> anyhow::Result<Held
     services
         .create_endpoint("held", format!("http://{closed}/gone"))
         .await?;
-    send_over_http(
-        args.clients,
-        args.held_events,
-        |_| "held",
-        Priority::Realtime,
-    )
-    .await?;
+    send_over_http(args.clients, args.held_events, |_| "held", Shape::Realtime).await?;
     // The window starts once the deliverer has taken every event off the queue.
     let deadline = Instant::now() + DRAIN_LIMIT;
     while deliverer_metric(&services, "hookline_events_consumed_total", &[]).await?
@@ -1096,7 +1122,7 @@ pub async fn noisy_neighbour(
         args.clients,
         args.noisy_backlog,
         |_| "heavy",
-        backlog_priority,
+        Shape::from(backlog_priority),
     )
     .await?;
     services.start_deliverer(brokers, args).await?;

@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub prefetch: u16,
     /// Run only these scenarios (comma-separated: ceiling, single, batch, fanout, mixed,
-    /// direct, latency, isolation, held, noisy_neighbour, bulk_lane); all by default. Ratios to a
+    /// ordered, direct, latency, isolation, held, noisy_neighbour, bulk_lane); all by default. Ratios to a
     /// scenario left out are omitted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -130,6 +130,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         names: &["batch"],
         run: |bench, report| Box::pin(scenarios::batch(bench, report)),
+    },
+    Scenario {
+        names: &["ordered"],
+        run: |bench, report| Box::pin(scenarios::ordered(bench, report)),
     },
     Scenario {
         names: &["fanout"],

@@ -201,6 +201,47 @@ pub async fn batch(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (2c) (2) to one ordered endpoint, the events spread over 100 ordering keys and then
+/// all under one key, as ratios to (2): what one-at-a-time per key costs. Issue 18's
+/// target: with 100 keys, at least 0.5 of (2).
+pub async fn ordered(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let args = &bench.args;
+    for keys in [100, 1] {
+        // One key is one delivery at a time: a tenth of the events is plenty to measure.
+        let events = if keys == 1 {
+            args.events / 10
+        } else {
+            args.events
+        };
+        eprintln!(
+            "[2c/8] throughput to 1 ordered endpoint: {events} events over {keys} ordering keys"
+        );
+        let ordered =
+            harness::throughput(&bench.brokers, args, Traffic::Ordered { events, keys }).await?;
+        let name = format!("throughput_ordered_{keys}_keys");
+        report.push(line(
+            &name,
+            ordered.events_per_s,
+            "events/s",
+            report.against("throughput_1_endpoint"),
+            Some(&format!(
+                "{events} events, each key's one at a time in acceptance order{}",
+                if keys == 100 {
+                    "; target ≥ 0.5 of throughput_1_endpoint"
+                } else {
+                    ""
+                }
+            )),
+        ));
+        report.cpu(
+            &format!("ordered_{keys}_keys_cpu_per_event"),
+            &ordered,
+            &format!("during {name}"),
+        );
+    }
+    Ok(())
+}
+
 /// (3) Deliveries/s with ten endpoints of one tenant.
 pub async fn fanout(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let args = &bench.args;
