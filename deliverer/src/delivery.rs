@@ -1160,7 +1160,12 @@ impl Worker {
                 task.last_error.clone(),
             );
             self.dead_letter(record).await?;
-            return self.complete(&lane, &id, token).await;
+            // An ordered delivery lets its key's next go, which is dead-lettered the
+            // same way: the deleted endpoint's queued deliveries do not linger.
+            return match task.sequence {
+                Some(_) => self.complete_ordered(&lane, &id, token, &task).await,
+                None => self.complete(&lane, &id, token).await,
+            };
         };
         let prior = Prior {
             attempts: task.attempts,

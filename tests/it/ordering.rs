@@ -354,3 +354,54 @@ async fn events_an_ordered_endpoint_does_not_receive_do_not_hold_its_key() {
     assert_eq!(ids, vec![first.as_str(), third.as_str()]);
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_an_ordered_endpoint_dead_letters_its_queued_deliveries_too() {
+    let hookline = Hookline::builder()
+        .retry_schedule("200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms")
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "100")
+        .start()
+        .await;
+    let receiver = Receiver::answering(&[]).await;
+    receiver.set_status(500);
+    let endpoint = hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": receiver.url(), "event_types": ["#"], "ordered": true}),
+        )
+        .await;
+    for n in 0..4 {
+        post(
+            &hookline,
+            json!({"type": "a.b", "ordering_key": "k", "data": {"key": "k", "n": n}}),
+        )
+        .await;
+    }
+    receiver.wait_for(1).await;
+    let path = format!(
+        "/v1/tenants/acme/endpoints/{}",
+        endpoint["id"].as_str().expect("id")
+    );
+    let deleted = hookline.call(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    eventually("every delivery of the key is dead-lettered", || async {
+        hookline.get("/v1/tenants/acme/dead-letters").await.body["data"]
+            .as_array()
+            .is_some_and(|d| d.len() == 4)
+    })
+    .await;
+    eventually("nothing is left in the pool", || async {
+        hookline.retry_pool().await.is_empty()
+    })
+    .await;
+    let records = hookline.get("/v1/tenants/acme/dead-letters").await.body;
+    assert!(
+        records["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .all(|r| r["reason"] == "endpoint_deleted"),
+        "{records}"
+    );
+    hookline.stop().await;
+}
