@@ -185,7 +185,7 @@ async fn publish(
     let result = state
         .publisher
         .publish(
-            &state.topology.events_exchange,
+            &state.topology.partitions_exchange,
             event.event_type.as_str(),
             &body,
             properties,
@@ -422,7 +422,7 @@ pub async fn ingest_batch(
     } else {
         state
             .publisher
-            .publish_many(&state.topology.events_exchange, outgoing)
+            .publish_many(&state.topology.partitions_exchange, outgoing)
             .await
     };
     let published = match published {
