@@ -30,6 +30,43 @@ function h(tag, attrs, ...children) {
   return node;
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  for (const child of children.flat()) if (child) node.append(child);
+  return node;
+}
+
+/** A stacked bar chart of attempts over time, drawn in the page (no library): delivered
+ * in green under failed in red, one bar per bucket, the oldest on the left. */
+function attemptChart(buckets, { testid, label, unit }) {
+  const width = 640, height = 120, top = 8, bottom = 18;
+  const max = Math.max(1, ...buckets.map((b) => b.delivered + b.failed));
+  const step = width / Math.max(1, buckets.length);
+  const y = (n) => (height - bottom) * (1 - n / max) + top * (n / max);
+  const bars = buckets.map((b, i) => {
+    const x = i * step + 1, w = Math.max(1, step - 2);
+    const delivered = svg("rect", { x, y: y(b.delivered), width: w, height: height - bottom - y(b.delivered), class: "bar-ok" });
+    const failed = svg("rect", { x, y: y(b.delivered + b.failed), width: w, height: y(b.delivered) - y(b.delivered + b.failed), class: "bar-bad" });
+    const title = svg("title", {});
+    title.textContent = `${when(b.start)}: ${b.delivered} delivered, ${b.failed} failed`;
+    return svg("g", {}, delivered, failed, title);
+  });
+  const delivered = buckets.reduce((n, b) => n + b.delivered, 0);
+  const failed = buckets.reduce((n, b) => n + b.failed, 0);
+  const axis = svg("text", { x: 0, y: height - 4, class: "axis" });
+  axis.textContent = buckets.length ? `${when(buckets[0].start)} → now · peak ${max} per ${unit}` : "";
+  const chart = svg("svg", {
+    viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart", "aria-label": label,
+    "data-testid": testid, "data-delivered": delivered, "data-failed": failed,
+  }, bars, axis);
+  const ratio = delivered + failed ? ` · ${((failed / (delivered + failed)) * 100).toFixed(1)} % failed` : "";
+  return h("figure", { class: "chart-box" }, chart,
+    h("figcaption", { class: "muted" }, `${label}: ${delivered} delivered, ${failed} failed${ratio}`));
+}
+
 function present(nodes) {
   return nodes.flat().filter((node) => node !== null && node !== undefined && node !== false);
 }
@@ -236,6 +273,8 @@ async function overviewPage() {
       card("Scheduled later", data.retry_backlog.scheduled, "retries-scheduled"),
       card("Longest wait past due", `${data.retry_backlog.oldest_due_seconds.realtime.toFixed(1)} s`, "oldest-due"),
       card("Dead letters", Object.values(totals.dead_letters).reduce((a, b) => a + b, 0), "dead-letters")),
+    h("h2", {}, `Attempts per minute, last ${data.window_minutes} minutes`),
+    attemptChart(data.series, { testid: "overview-chart", label: "Attempts per minute, whole installation", unit: "min" }),
     h("h2", {}, "Tenants"),
     table(
       ["Tenant", { text: "Healthy", num: true }, { text: "Failing", num: true }, { text: "Disabled", num: true },
@@ -448,7 +487,8 @@ async function endpointForm(tenant, existing) {
 
 async function endpointPage(tenant, id) {
   const base = `/tenants/${enc(tenant)}/endpoints/${enc(id)}`;
-  const [endpoint, attempts] = await Promise.all([api("GET", base), api("GET", `${base}/attempts?limit=50`)]);
+  const [endpoint, attempts, stats] = await Promise.all([
+    api("GET", base), api("GET", `${base}/attempts?limit=50`), api("GET", `${base}/stats?hours=6`)]);
   const health = endpoint.health;
   const testResult = h("div", { class: "result", id: "test-result", "aria-live": "polite" });
   const secretBox = h("div", { class: "result secret", id: "secret", "aria-live": "polite" });
@@ -537,6 +577,8 @@ async function endpointPage(tenant, id) {
       h("button", { type: "button", class: "secondary", onclick: reveal }, "Reveal secret"),
       h("button", { type: "button", class: "secondary", onclick: rotate }, "Rotate secret")),
     secretBox,
+    h("h2", {}, "Last six hours"),
+    attemptChart(stats.buckets, { testid: "endpoint-chart", label: "Attempts per 10 minutes", unit: `${stats.bucket_minutes} min` }),
     h("h2", {}, "Look up an event"),
     lookup,
     lookupResult,

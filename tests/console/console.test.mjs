@@ -250,7 +250,21 @@ test("a failing receiver turns the badge to failing, and a dead letter is replay
   const acme = page.locator('tr[data-tenant="acme"]');
   await acme.waitFor();
   assert.match(await acme.textContent(), /retries_exhausted 2/);
+  // The overview's chart counts the failures this test caused.
+  const overviewChart = page.getByTestId("overview-chart");
+  await overviewChart.waitFor();
+  assert.ok(Number(await overviewChart.getAttribute("data-failed")) >= 9, "nine failed attempts drawn");
   await shot(page, "overview");
+
+  // So does the endpoint's own chart: three attempts for each of three events.
+  await page.goto(`${BASE}/console/#/tenants/acme/endpoints/${id}`);
+  const chart = page.getByTestId("endpoint-chart");
+  await chart.waitFor();
+  assert.ok(Number(await chart.getAttribute("data-failed")) >= 9,
+    `failures drawn: ${await chart.getAttribute("data-failed")}`);
+  assert.ok(Number(await chart.getAttribute("data-delivered")) >= 1, "the replayed delivery drawn");
+  assert.ok(await chart.locator("rect.bar-bad").count() > 0);
+  await shot(page, "endpoint-chart");
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });

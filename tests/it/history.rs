@@ -124,3 +124,95 @@ async fn event_states_beyond_the_tenant_cap_are_trimmed_oldest_first() {
     .await;
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoints_chart_counts_its_own_deliveries_and_failures() {
+    let hookline = Hookline::builder()
+        .retry_schedule("50ms,50ms")
+        // Every attempt is made: no circuit opens to hold the later ones.
+        .setting("HOOKLINE__HEALTH__FAILING_AFTER", "100")
+        .start()
+        .await;
+    let good = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.set_status(500);
+    let good_endpoint = hookline
+        .create_endpoint("acme", json!({"url": good.url(), "event_types": ["#"]}))
+        .await;
+    let bad_endpoint = hookline
+        .create_endpoint("acme", json!({"url": bad.url(), "event_types": ["#"]}))
+        .await;
+    for n in 0..4 {
+        let answer = hookline
+            .post_event("acme", json!({"type": "a.b", "data": {"n": n}}))
+            .await;
+        assert_eq!(answer.status, 202);
+    }
+    let totals = |body: &serde_json::Value| {
+        body["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .fold((0, 0), |(d, f), b| {
+                (
+                    d + b["delivered"].as_u64().expect("delivered"),
+                    f + b["failed"].as_u64().expect("failed"),
+                )
+            })
+    };
+    let stats =
+        |endpoint: &serde_json::Value| format!("{}/stats?hours=1", endpoint_path("acme", endpoint));
+    // Every event given up at the failing endpoint: its attempt log is complete.
+    hookline
+        .get_until("/v1/tenants/acme/dead-letters", |body| {
+            body["data"].as_array().is_some_and(|d| d.len() == 4)
+        })
+        .await;
+    let logged = hookline
+        .get(&format!(
+            "{}/attempts?limit=200",
+            endpoint_path("acme", &bad_endpoint)
+        ))
+        .await;
+    let failed_attempts = logged.body["data"].as_array().expect("attempts").len() as u64;
+    assert!(failed_attempts >= 4, "{}", logged.body);
+    let bad_stats = hookline
+        .get_until(&stats(&bad_endpoint), |body| {
+            totals(body) == (0, failed_attempts)
+        })
+        .await;
+    assert_eq!(bad_stats["bucket_minutes"], 10);
+    assert_eq!(
+        bad_stats["buckets"].as_array().map(Vec::len),
+        Some(6),
+        "an hour in ten-minute buckets"
+    );
+    let good_stats = hookline
+        .get_until(&stats(&good_endpoint), |body| totals(body) == (4, 0))
+        .await;
+    assert_eq!(totals(&good_stats), (4, 0), "each endpoint its own");
+    let refused = hookline
+        .get(&format!(
+            "{}/stats?hours=7",
+            endpoint_path("acme", &good_endpoint)
+        ))
+        .await;
+    refused.assert_invalid("hours", "more than the chart keeps");
+    eventually("the overview's series has them too", || async {
+        let overview = hookline.get("/v1/operator/overview").await.body;
+        overview["series"].as_array().is_some_and(|minutes| {
+            minutes
+                .iter()
+                .map(|m| m["failed"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 12
+                && minutes
+                    .iter()
+                    .map(|m| m["delivered"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    == 4
+        })
+    })
+    .await;
+    hookline.stop().await;
+}

@@ -274,6 +274,16 @@ pub fn api() -> Documented<AppState> {
         )
         .op(
             M::GET,
+            "/tenants/{tenant}/endpoints/{endpoint_id}/stats",
+            history::stats,
+            Doc::new(
+                "The endpoint's attempts per ten minutes over the last hours (its chart)",
+                (200, "Buckets, oldest first"),
+            )
+            .query(&["hours"]),
+        )
+        .op(
+            M::GET,
             "/tenants/{tenant}/events/{event_id}",
             history::event,
             Doc::new(

@@ -35,6 +35,8 @@ pub struct Overview {
     window_minutes: i64,
     deliverers: Deliverers,
     retry_backlog: RetryBacklog,
+    /// All tenants' attempts per minute over the window, oldest first.
+    series: Vec<super::history::StatsBucket>,
     totals: TenantOverview,
     tenants: Vec<TenantOverview>,
 }
@@ -164,18 +166,36 @@ pub async fn overview(
                 .collect(),
         },
         retry_backlog,
+        series: Vec::new(),
         totals: TenantOverview::default(),
         tenants: Vec::new(),
     };
     let mut tenants = tenants;
     tenants.sort();
+    let mut series: Vec<(i64, u64, u64)> = Vec::new();
     for tenant in tenants {
+        let minutes = state
+            .activity
+            .attempt_series(&tenant, now, window_minutes)
+            .await?;
+        if series.is_empty() {
+            series = minutes;
+        } else {
+            for (total, (_, delivered, failed)) in series.iter_mut().zip(minutes) {
+                total.1 += delivered;
+                total.2 += failed;
+            }
+        }
         let mut summary = tenant_overview(&state, &tenant, now, window_minutes).await?;
         summary.finish(window_minutes);
         overview.totals.add(&summary);
         overview.tenants.push(summary);
     }
     overview.totals.finish(window_minutes);
+    overview.series = series
+        .into_iter()
+        .map(super::history::StatsBucket::new)
+        .collect();
     Ok(Json(overview))
 }
 

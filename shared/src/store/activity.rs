@@ -127,6 +127,11 @@ pub const SUCCESS: &str = "success";
 /// Per-minute attempt counts are kept long enough for the overview's largest window.
 const STATS_TTL_MS: i64 = 2 * 60 * 60 * 1000;
 pub const MAX_STATS_WINDOW_MINUTES: i64 = 60;
+/// Each endpoint's attempts are counted per ten minutes, for its chart.
+pub const ENDPOINT_BUCKET_MINUTES: i64 = 10;
+/// How far back an endpoint's chart reaches.
+pub const MAX_ENDPOINT_CHART_HOURS: i64 = 6;
+const ENDPOINT_STATS_TTL_MS: i64 = (MAX_ENDPOINT_CHART_HOURS + 1) * 60 * 60 * 1000;
 
 /// Attempts of one tenant over a window of whole minutes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -190,6 +195,8 @@ impl ActivityStore {
         let mut states: BTreeMap<&str, EventStates<'_>> = BTreeMap::new();
         // (unix minute, delivered?) → attempts, for the operator overview's rates.
         let mut stats: BTreeMap<(i64, bool), i64> = BTreeMap::new();
+        // (bucket, endpoint, delivered?) → attempts, for each endpoint's chart.
+        let mut endpoint_stats: BTreeMap<(i64, &str, bool), i64> = BTreeMap::new();
         for activity in batch {
             match activity {
                 Activity::Attempt {
@@ -203,8 +210,11 @@ impl ActivityStore {
                         .or_default()
                         .push((super::health::to_ms(record.at), json));
                     let minute = record.at.unix_timestamp().div_euclid(60);
-                    *stats
-                        .entry((minute, record.outcome == SUCCESS))
+                    let delivered = record.outcome == SUCCESS;
+                    *stats.entry((minute, delivered)).or_default() += 1;
+                    let bucket = minute.div_euclid(ENDPOINT_BUCKET_MINUTES);
+                    *endpoint_stats
+                        .entry((bucket, endpoint_id.as_str(), delivered))
                         .or_default() += 1;
                 }
                 Activity::State {
@@ -262,6 +272,13 @@ impl ActivityStore {
             pipe.hincr(&key, field, count).ignore();
             pipe.pexpire(&key, STATS_TTL_MS).ignore();
         }
+        for ((bucket, endpoint_id, delivered), count) in endpoint_stats {
+            let key = self.keys.endpoint_stats(tenant, bucket);
+            let outcome = if delivered { "delivered" } else { "failed" };
+            pipe.hincr(&key, format!("{endpoint_id}:{outcome}"), count)
+                .ignore();
+            pipe.pexpire(&key, ENDPOINT_STATS_TTL_MS).ignore();
+        }
         let mut redis = self.redis.clone();
         let () = pipe.query_async(&mut redis).await?;
         if !states.is_empty() {
@@ -302,6 +319,69 @@ impl ActivityStore {
                     failed: total.failed + failed.unwrap_or(0),
                 }
             }))
+    }
+
+    /// Attempts per minute over the last `minutes` whole minutes up to `now` (the
+    /// current one included), oldest first: (minute start, delivered, failed).
+    pub async fn attempt_series(
+        &self,
+        tenant: &TenantId,
+        now: OffsetDateTime,
+        minutes: i64,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        let current = now.unix_timestamp().div_euclid(60);
+        let first = current - minutes.clamp(1, MAX_STATS_WINDOW_MINUTES) + 1;
+        let mut pipe = redis::pipe();
+        for minute in first..=current {
+            pipe.cmd("HMGET")
+                .arg(self.keys.attempt_stats(tenant, minute))
+                .arg("delivered")
+                .arg("failed");
+        }
+        let buckets: Vec<(Option<u64>, Option<u64>)> =
+            pipe.query_async(&mut self.redis.clone()).await?;
+        Ok((first..=current)
+            .zip(buckets)
+            .map(|(minute, (delivered, failed))| {
+                (minute * 60, delivered.unwrap_or(0), failed.unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// One endpoint's attempts per [`ENDPOINT_BUCKET_MINUTES`] over the last `hours`
+    /// (at most [`MAX_ENDPOINT_CHART_HOURS`]) up to `now`, oldest first: (bucket start
+    /// in unix seconds, delivered, failed).
+    pub async fn endpoint_series(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &str,
+        now: OffsetDateTime,
+        hours: i64,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        let current = now
+            .unix_timestamp()
+            .div_euclid(60 * ENDPOINT_BUCKET_MINUTES);
+        let count = hours.clamp(1, MAX_ENDPOINT_CHART_HOURS) * 60 / ENDPOINT_BUCKET_MINUTES;
+        let first = current - count + 1;
+        let mut pipe = redis::pipe();
+        for bucket in first..=current {
+            pipe.cmd("HMGET")
+                .arg(self.keys.endpoint_stats(tenant, bucket))
+                .arg(format!("{endpoint_id}:delivered"))
+                .arg(format!("{endpoint_id}:failed"));
+        }
+        let buckets: Vec<(Option<u64>, Option<u64>)> =
+            pipe.query_async(&mut self.redis.clone()).await?;
+        Ok((first..=current)
+            .zip(buckets)
+            .map(|(bucket, (delivered, failed))| {
+                (
+                    bucket * 60 * ENDPOINT_BUCKET_MINUTES,
+                    delivered.unwrap_or(0),
+                    failed.unwrap_or(0),
+                )
+            })
+            .collect())
     }
 
     /// Newest first; `before` (exclusive, ms) pages back.

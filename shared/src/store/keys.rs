@@ -129,6 +129,11 @@ impl Keyspace {
         self.tenant_key(tenant, &format!("stats:{minute}"))
     }
 
+    /// Hash: `{endpoint}:delivered|failed` → attempts in one ten-minute bucket.
+    pub fn endpoint_stats(&self, tenant: &TenantId, bucket: i64) -> String {
+        self.tenant_key(tenant, &format!("endpoint-stats:{bucket}"))
+    }
+
     /// Sorted set: deliverer replica → last heartbeat (ms).
     pub fn deliverers(&self) -> String {
         format!("{}:deliverers", self.prefix)

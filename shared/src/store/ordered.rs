@@ -73,7 +73,7 @@ end
 ";
 
 /// ARGV[4] sequence, ARGV[5] delivery id, ARGV[6] task ('' for a skip marker),
-/// ARGV[7] TTL (s) of the key's queue and state.
+/// ARGV[7] TTL (s) of the key's queue and state, ARGV[8] the first sight's wait (ms).
 const ENQUEUE: &str = r"
 local seq, id, task, ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 local head = redis.call('HGET', KEYS[5], 'head')
@@ -93,8 +93,16 @@ if head and head ~= '' and gap_due and gap_due ~= '' then
 end
 local next_seq = tonumber(redis.call('HGET', KEYS[5], 'next'))
 if not next_seq then
-  next_seq = seq
-  redis.call('HSET', KEYS[5], 'next', seq)
+  -- First sight of the key at this endpoint: it starts at 1. Past 1, the earlier
+  -- numbers may be on their way through other deliverers (a moment), or long
+  -- delivered (the key is older than the endpoint's order): they get a short wait,
+  -- not the whole gap.
+  next_seq = 1
+  redis.call('HSET', KEYS[5], 'next', 1)
+  if seq > 1 then
+    local first_wait = math.min(gap, tonumber(ARGV[8]))
+    redis.call('HSET', KEYS[5], 'gap_since', now - gap + first_wait)
+  end
 end
 local result
 if seq < next_seq then
@@ -145,6 +153,11 @@ static ENQUEUE_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&format!("{RELEASE}\n{ENQUEUE}")));
 static COMPLETE_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&format!("{RELEASE}\n{COMPLETE}")));
+
+/// How long a key seen for the first time at an endpoint, past its number 1, waits for
+/// earlier numbers: long enough for events being numbered and handled by other
+/// deliverers at the same moment, short since usually they were delivered long ago.
+const FIRST_SIGHT_WAIT_MS: i64 = 1_000;
 
 /// How long a key's queue and state outlive its last event: longer than any retry
 /// schedule, so a key's order survives its slowest delivery.
@@ -257,6 +270,7 @@ impl RetryStore {
             .arg(&id)
             .arg(encode(task))
             .arg(STATE_TTL_S)
+            .arg(FIRST_SIGHT_WAIT_MS)
             .invoke_async(&mut self.redis())
             .await?;
         Ok(Some(Ordered::from_reply(&reply, &id)))
@@ -280,6 +294,7 @@ impl RetryStore {
             .arg(format!("skip:{sequence}"))
             .arg("")
             .arg(STATE_TTL_S)
+            .arg(FIRST_SIGHT_WAIT_MS)
             .invoke_async(&mut self.redis())
             .await?;
         Ok(())
