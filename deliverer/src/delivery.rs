@@ -12,6 +12,7 @@ use crate::message::{
     delivery_count, event_as_stored, integer_header, parse_event, rejected, source, truncate,
 };
 use crate::metrics::DelivererMetrics;
+use crate::notify::{Notifier, SOURCE_NOTICE};
 use crate::probe::ProbeLease;
 use crate::settings::Settings;
 use crate::slots::{EndpointSlots, Slot};
@@ -21,12 +22,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
-    SEQUENCE_HEADER, StoredPayload, delivery_id,
+    SEQUENCE_HEADER, SOURCE_HEADER, StoredPayload, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, Priority, TenantId};
-use hookline_shared::domain::health::{HealthPolicy, HealthRecord, HealthState};
+use hookline_shared::domain::health::{DisabledReason, HealthPolicy, HealthRecord, HealthState};
+use hookline_shared::domain::notification::{self, Notice};
 use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
     self, AttemptOutcome, DeadLetterReason, Failure, RetrySchedule,
@@ -82,6 +84,10 @@ pub struct Worker {
     pub parked: ParkedWork,
     /// Numbers keyed events published straight to the exchange without a number.
     sequences: SequenceStore,
+    /// Tells tenants about their endpoints' health.
+    notifier: Notifier,
+    /// At most one dead-letters notice per endpoint per this long.
+    notice_window: Duration,
     /// How long an ordered key waits for a missing earlier event.
     ordering_gap: Duration,
     dead_letters: DeadLetters,
@@ -107,6 +113,7 @@ pub struct Worker {
 /// its metrics, and the task tracker and abort signal that shutdown drives.
 #[derive(Debug)]
 pub struct WorkerDeps {
+    pub notifier: Notifier,
     pub redis: RedisConnection,
     pub sealer: Arc<Sealer>,
     pub keys: Keyspace,
@@ -122,6 +129,7 @@ pub struct WorkerDeps {
 impl Worker {
     pub fn new(settings: &Settings, deps: WorkerDeps) -> Result<Self, DispatcherError> {
         let WorkerDeps {
+            notifier,
             redis,
             sealer,
             keys,
@@ -162,6 +170,8 @@ impl Worker {
             retries: RetryStore::new(redis.clone(), keys.clone()),
             parked: ParkedWork::default(),
             sequences: SequenceStore::new(redis, keys),
+            notifier,
+            notice_window: settings.notifications.dead_letters_interval,
             ordering_gap: delivery.ordering_gap,
             dead_letters,
             metrics,
@@ -315,6 +325,20 @@ impl Worker {
                 return self.dead_letter(record).await;
             }
         };
+        if event
+            .event_type
+            .as_str()
+            .starts_with(notification::RESERVED_PREFIX)
+            && !is_notice(delivery)
+        {
+            let error = format!(
+                "type: {} is reserved for Hookline's operational events",
+                event.event_type.as_str()
+            );
+            tracing::warn!(error, routing_key, "invalid message dead-lettered");
+            let record = rejected(delivery, DeadLetterReason::InvalidMessage, error);
+            return self.dead_letter(record).await;
+        }
         self.metrics
             .events_consumed
             .with_label_values(&[source(delivery)])
@@ -989,7 +1013,13 @@ impl Worker {
                 self.health
                     .record_success(&event.tenant, &endpoint.id, now)
                     .await
-                    .map(|()| false)
+                    .map(|ended| {
+                        if notification::recovered(ended, &self.health_policy) {
+                            self.notifier
+                                .emit(endpoint, &Notice::Recovered { failures: ended });
+                        }
+                        false
+                    })
             }
             AttemptOutcome::Failed(failure) => {
                 match self
@@ -999,17 +1029,19 @@ impl Worker {
                 {
                     // Disabled meanwhile (by another delivery or replica).
                     Ok(record) if record.disabled_reason.is_some() => Ok(true),
-                    Ok(record) => match record.disables_after_failure(
-                        failure.status,
-                        now,
-                        &self.health_policy,
-                    ) {
+                    Ok(record) => match self.note_failure(endpoint, &record, failure, now) {
                         Some(reason) => {
                             let disabled = self
                                 .health
                                 .disable(&event.tenant, &endpoint.id, reason)
                                 .await;
                             if matches!(disabled, Ok(true)) {
+                                self.notifier.emit(
+                                    endpoint,
+                                    &Notice::Disabled {
+                                        reason: reason.as_str().to_owned(),
+                                    },
+                                );
                                 tracing::warn!(tenant = %event.tenant, endpoint.id = %endpoint.id, reason = reason.as_str(), "endpoint disabled");
                                 self.metrics
                                     .endpoints_disabled
@@ -1032,6 +1064,27 @@ impl Worker {
             );
             false
         })
+    }
+
+    /// Tells the tenant when this failure is the one that opened the circuit, and says
+    /// whether it disables the endpoint.
+    fn note_failure(
+        &self,
+        endpoint: &Endpoint,
+        record: &HealthRecord,
+        failure: &Failure,
+        now: OffsetDateTime,
+    ) -> Option<DisabledReason> {
+        if notification::turned_failing(record.consecutive_failures, &self.health_policy) {
+            self.notifier.emit(
+                endpoint,
+                &Notice::Failing {
+                    failures: record.consecutive_failures,
+                    last_error: Some(failure.message.clone()),
+                },
+            );
+        }
+        record.disables_after_failure(failure.status, now, &self.health_policy)
     }
 
     fn record_attempt(
@@ -1106,11 +1159,50 @@ impl Worker {
             self.dead_letters.publish(&record)
         })
         .await?;
+        if let DeadLetter::DeliveryV1(delivery) = &record
+            && !delivery
+                .event
+                .event_type
+                .as_str()
+                .starts_with(notification::RESERVED_PREFIX)
+        {
+            self.notice_dead_letter(delivery).await;
+        }
         self.metrics
             .dead_letters
             .with_label_values(&[record.reason().as_str()])
             .inc();
         Ok(())
+    }
+
+    /// The first dead letter of an endpoint in a window tells its tenant (best effort:
+    /// a Redis error skips the notice, never the dead letter).
+    async fn notice_dead_letter(&self, delivery: &DeadDelivery) {
+        let tenant = &delivery.event.tenant;
+        let window_ms = i64::try_from(self.notice_window.as_millis()).unwrap_or(i64::MAX);
+        let first = self
+            .health
+            .first_in_window(tenant, &delivery.endpoint_id, "dead-letters", window_ms)
+            .await;
+        if !matches!(first, Ok(true)) {
+            return;
+        }
+        let Ok(endpoints) = self.endpoints.load(tenant, None).await else {
+            return;
+        };
+        if let Some(endpoint) = endpoints
+            .endpoints
+            .iter()
+            .find(|e| e.id == delivery.endpoint_id)
+        {
+            self.notifier.emit(
+                endpoint,
+                &Notice::DeadLettersAccumulated {
+                    window_s: self.notice_window.as_secs(),
+                    reason: delivery.reason.as_str().to_owned(),
+                },
+            );
+        }
     }
 
     /// Runs one claimed retry to its next durable state.
@@ -1293,13 +1385,27 @@ impl Worker {
 /// The body for each endpoint (by index) that the event matches: subscribed to its type
 /// and accepted by its filter. One rendering per distinct format, shared by every
 /// endpoint that renders alike and by every attempt of each.
+/// Whether the message is an operational event this installation published.
+fn is_notice(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(SOURCE_HEADER).cloned())
+        .is_some_and(|value| {
+            matches!(value, lapin::types::AMQPValue::LongString(s) if s.as_bytes() == SOURCE_NOTICE.as_bytes())
+        })
+}
+
 fn render_for_matching(
     event: &Event,
     endpoints: &[Endpoint],
 ) -> Vec<(usize, Result<Payload, RenderError>)> {
     let mut rendered: Vec<(usize, Result<Payload, RenderError>)> = Vec::new();
     for (index, endpoint) in endpoints.iter().enumerate() {
-        if !(endpoint.subscribes_to(&event.event_type) && endpoint.accepts_data(&event.data)) {
+        if !(endpoint.subscribes_to(&event.event_type) && endpoint.accepts_data(&event.data))
+            || notification::is_about(event, &endpoint.id)
+        {
             continue;
         }
         let payload = rendered

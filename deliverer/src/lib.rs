@@ -26,6 +26,7 @@ pub mod health_gauge;
 pub mod heartbeat;
 pub mod message;
 pub mod metrics;
+pub mod notify;
 pub mod partitions;
 pub mod probe;
 pub mod retries;
@@ -151,6 +152,16 @@ impl Deliverer {
             delivery::Worker::new(
                 &settings,
                 delivery::WorkerDeps {
+                    notifier: notify::Notifier {
+                        publisher: publisher.clone(),
+                        exchange: topology.partitions_exchange.clone(),
+                        operator_tenant: hookline_shared::domain::event::TenantId::parse(
+                            settings.notifications.operator_tenant.clone(),
+                        )
+                        .ok(),
+                        tasks: handlers.clone(),
+                        abort: abort.clone(),
+                    },
                     redis: redis.clone(),
                     sealer: sealer.clone(),
                     keys: keys.clone(),

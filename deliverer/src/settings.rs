@@ -22,6 +22,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub retry: RetrySettings,
     pub fairness: FairnessSettings,
+    pub notifications: NotificationSettings,
     pub health: HealthSettings,
     pub retention: RetentionSettings,
     pub amqp: AmqpSettings,
@@ -85,6 +86,16 @@ pub struct RetrySettings {
     pub lease: Duration,
 }
 
+/// Operational events about endpoints (`hookline.endpoint.failing`, …).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationSettings {
+    /// A tenant that also receives every tenant's operational events; empty for none.
+    pub operator_tenant: String,
+    /// At most one `hookline.dead_letters.accumulated` per endpoint per this long.
+    #[serde(with = "humantime_serde")]
+    pub dead_letters_interval: Duration,
+}
+
 /// How a replica shares its capacity between tenants and priorities.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FairnessSettings {
@@ -138,6 +149,18 @@ impl Settings {
         ];
         if let Some((_, field, variable)) = durations.iter().find(|(d, ..)| d.is_zero()) {
             return Err(SettingsError::invalid(field, variable, "must be positive"));
+        }
+        if !self.notifications.operator_tenant.is_empty()
+            && hookline_shared::domain::event::TenantId::parse(
+                self.notifications.operator_tenant.clone(),
+            )
+            .is_err()
+        {
+            return Err(SettingsError::invalid(
+                "notifications.operator_tenant",
+                "HOOKLINE__NOTIFICATIONS__OPERATOR_TENANT",
+                "is not a valid tenant id",
+            ));
         }
         if !(0.0..=1.0).contains(&self.fairness.bulk_floor) {
             return Err(SettingsError::invalid(

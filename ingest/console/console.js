@@ -318,7 +318,9 @@ async function endpointsPage(tenant) {
   render(
     h("div", { class: "row spread" },
       h("h1", {}, "Endpoints"),
-      h("a", { class: "button", href: `#/tenants/${enc(tenant)}/endpoints/new` }, "New endpoint")),
+      h("div", { class: "row" },
+        h("a", { class: "button secondary", href: `#/tenants/${enc(tenant)}/endpoints/new?notifications=1` }, "Get notified when an endpoint fails"),
+        h("a", { class: "button", href: `#/tenants/${enc(tenant)}/endpoints/new` }, "New endpoint"))),
     table(["Health", "Endpoint", "Events", "Format"],
       list.data.map((e) => h("tr", { "data-endpoint": e.id },
         h("td", {}, badge(e.health.state),
@@ -373,14 +375,19 @@ async function presetNames() {
   return presets;
 }
 
-async function endpointForm(tenant, existing) {
+// What the one-click "operational notifications" box subscribes an endpoint to.
+const NOTICE_PATTERNS = ["hookline.endpoint.*", "hookline.dead_letters.*"];
+
+async function endpointForm(tenant, existing, { notifications = false } = {}) {
   const [catalog, presetList] = await Promise.all([
     api("GET", "/event-types").catch(() => ({ data: [] })),
     presetNames(),
   ]);
   const known = (catalog.data || []).map((entry) => entry.type);
   const chosen = new Set(existing ? existing.event_types : []);
-  const extra = [...chosen].filter((p) => !known.includes(p));
+  const extra = [...chosen].filter((p) => !known.includes(p) && !NOTICE_PATTERNS.includes(p));
+  const notify = h("input", { type: "checkbox", id: "notify" });
+  notify.checked = notifications || NOTICE_PATTERNS.every((p) => chosen.has(p));
   const isTemplate = existing && typeof existing.format === "object";
 
   const url = h("input", { type: "url", id: "url", name: "url", required: true, value: existing ? existing.url : "" });
@@ -408,6 +415,7 @@ async function endpointForm(tenant, existing) {
   function read() {
     const types = boxes.map((label) => label.firstChild).filter((box) => box.checked).map((box) => box.value);
     for (const pattern of patterns.value.split(",").map((p) => p.trim()).filter(Boolean)) types.push(pattern);
+    if (notify.checked) for (const pattern of NOTICE_PATTERNS) if (!types.includes(pattern)) types.push(pattern);
     const body = { url: url.value.trim(), event_types: types };
     if (description.value.trim()) body.description = description.value.trim();
     body.format = format.value === "template" ? { template: JSON.parse(template.value) } : format.value;
@@ -461,7 +469,9 @@ async function endpointForm(tenant, existing) {
   h("fieldset", {}, h("legend", {}, "Event types"),
     boxes.length ? h("div", { class: "types" }, boxes) : h("p", { class: "muted" }, "The catalog is empty."),
     h("label", { for: "patterns" }, "More patterns",
-      h("span", { class: "hint" }, "comma-separated; * matches one word, # any number"), patterns)),
+      h("span", { class: "hint" }, "comma-separated; * matches one word, # any number"), patterns),
+    h("label", { for: "notify", class: "check" }, notify,
+      " Operational notifications: hear when this tenant's endpoints fail, recover, are disabled or dead-letter (hookline.endpoint.*, hookline.dead_letters.*; never about this endpoint itself)")),
   h("label", { for: "format" }, "Format", format),
   templateLabel,
   h("label", { for: "metadata" }, "Metadata", h("span", { class: "hint" }, "key = value per line (export_key for the company format)"), metadata),
@@ -688,7 +698,9 @@ async function showRoute() {
     const [, tenant, section, id, action] = parts;
     if (section === undefined) return await endpointsPage(tenant);
     if (section === "dead-letters") return await deadLettersPage(tenant, params.get("endpoint"));
-    if (section === "endpoints" && id === "new") return await endpointForm(tenant, null);
+    if (section === "endpoints" && id === "new") {
+      return await endpointForm(tenant, null, { notifications: params.get("notifications") === "1" });
+    }
     if (section === "endpoints" && action === "edit") {
       return await endpointForm(tenant, await api("GET", `/tenants/${enc(tenant)}/endpoints/${enc(id)}`));
     }

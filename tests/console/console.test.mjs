@@ -441,3 +441,19 @@ test("an ordered endpoint's page shows an event waiting behind the one its recei
     slow.stop();
   }
 });
+
+test("one click subscribes a new endpoint to the tenant's operational notifications", async () => {
+  const page = await operatorPage();
+  await page.goto(`${BASE}/console/#/tenants/wayne`);
+  await page.getByRole("link", { name: "Get notified when an endpoint fails" }).click();
+  const box = page.getByLabel(/Operational notifications/);
+  await box.waitFor();
+  assert.equal(await box.isChecked(), true, "the box comes ticked");
+  await page.getByLabel("URL").fill(healthy.url);
+  await page.getByRole("button", { name: "Create endpoint" }).click();
+  await page.locator("#flash", { hasText: "signing secret" }).waitFor();
+  const listed = await api("GET", "/tenants/wayne/endpoints");
+  assert.deepEqual(listed.body.data[0].event_types, ["hookline.endpoint.*", "hookline.dead_letters.*"]);
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});

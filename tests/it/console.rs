@@ -52,8 +52,8 @@ async fn console_in_a_real_browser() {
     println!("{report}");
     assert!(output.status.success(), "browser tests failed:\n{report}");
     assert!(
-        report.contains("# pass 7"),
-        "all seven browser tests ran:\n{report}"
+        report.contains("# pass 8"),
+        "all eight browser tests ran:\n{report}"
     );
     hookline.stop().await;
 }

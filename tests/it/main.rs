@@ -13,6 +13,7 @@ mod formats;
 mod history;
 mod lanes;
 mod metrics;
+mod notifications;
 mod ordering;
 mod pacing;
 mod pipeline;

@@ -117,6 +117,16 @@ async fn validate(
         },
     )
     .map_err(ApiError::invalid)?;
+    if event
+        .event_type
+        .as_str()
+        .starts_with(hookline_shared::domain::notification::RESERVED_PREFIX)
+    {
+        return Err(ApiError::invalid(hookline_shared::Invalid::new(
+            "type",
+            "hookline.* types are reserved for Hookline's operational events",
+        )));
+    }
     if state.settings.require_known_event_types
         && !state
             .known_types

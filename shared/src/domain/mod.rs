@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod event;
 pub mod filter;
 pub mod health;
+pub mod notification;
 pub mod pattern;
 pub mod payload;
 pub mod policy;

@@ -67,18 +67,20 @@ return out
     )
 });
 
-/// A success closes the streak. Keeps `disabled_reason`: a success from a probe that
-/// raced the disable does not silently re-enable an endpoint.
+/// A success closes the streak; returns the failures in a row it closed. Keeps
+/// `disabled_reason`: a success from a probe that raced the disable does not silently
+/// re-enable an endpoint.
 static RECORD_SUCCESS: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local h = raw and cjson.decode(raw) or {}
+local closed = h.failures or 0
 h.failures = 0
 h.failing_since_ms = nil
 h.last_success_ms = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
-return 1
+return closed
 ",
     )
 });
@@ -162,19 +164,21 @@ impl HealthStore {
         decode(&key, &json)
     }
 
+    /// Records a success; returns the failures in a row it ended (one caller sees a
+    /// given streak end: the script is atomic).
     pub async fn record_success(
         &self,
         tenant: &TenantId,
         endpoint_id: &str,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let _: i64 = RECORD_SUCCESS
+    ) -> Result<u32, StoreError> {
+        let closed: i64 = RECORD_SUCCESS
             .key(self.keys.health(tenant))
             .arg(endpoint_id)
             .arg(to_ms(now))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(())
+        Ok(u32::try_from(closed).unwrap_or(0))
     }
 
     /// True if this call disabled the endpoint (it was not disabled already).
@@ -191,6 +195,26 @@ impl HealthStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(changed == 1)
+    }
+
+    /// True for the first call per endpoint and `what` in each window of `window_ms`: the
+    /// gate of a notice sent at most once per window by all replicas together.
+    pub async fn first_in_window(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &str,
+        what: &str,
+        window_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.notice_gate(tenant, endpoint_id, what))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(window_ms.max(1))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Forgets an endpoint's history: re-enabled, or deleted.

@@ -134,6 +134,11 @@ impl Keyspace {
         self.tenant_key(tenant, &format!("endpoint-stats:{bucket}"))
     }
 
+    /// String with a TTL: a notice about an endpoint was sent in the current window.
+    pub fn notice_gate(&self, tenant: &TenantId, endpoint_id: &str, what: &str) -> String {
+        self.tenant_key(tenant, &format!("notice:{what}:{endpoint_id}"))
+    }
+
     /// Sorted set: deliverer replica → last heartbeat (ms).
     pub fn deliverers(&self) -> String {
         format!("{}:deliverers", self.prefix)
