@@ -371,14 +371,35 @@ async fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test]
 async fn a_resource_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
+    // A memory watermark far below what the node uses raises the alarm at once.
+    alarm_is_answered_503_and_loses_nothing(
+        &["set_vm_memory_high_watermark", "0.00001"],
+        &["set_vm_memory_high_watermark", "0.4"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_disk_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
+    // A free-disk limit above what any disk has raises the disk alarm.
+    alarm_is_answered_503_and_loses_nothing(
+        &["set_disk_free_limit", "1000000GB"],
+        &["set_disk_free_limit", "50MB"],
+    )
+    .await;
+}
+
+/// Raises a resource alarm with `raise` (rabbitmqctl arguments): ingest answers 503
+/// `broker_blocked` and its readiness says why; once `clear` ends it, the refused event
+/// is accepted when sent again and every accepted event is delivered.
+async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &[&str]) {
     let hookline = Installation::start(1).await;
     let receiver = Receiver::start().await;
     hookline.create_endpoint("acme", receiver.url()).await;
     let mut ids = vec!["before-alarm".to_owned()];
     hookline.post_until_accepted("acme", &ids[0]).await;
 
-    // A memory watermark far below what the node uses raises the alarm at once.
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.00001"]).await;
+    rabbitmqctl(raise).await;
     let refused = std::cell::RefCell::new(Value::Null);
     eventually_within(
         "ingest refuses events with broker_blocked",
@@ -415,7 +436,7 @@ async fn a_resource_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
         .expect("readiness JSON");
     assert_eq!(readiness["amqp_unblocked"], false, "{readiness}");
 
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]).await;
+    rabbitmqctl(clear).await;
     // The refused event is accepted once it is sent again, as a client would.
     ids.push("during-alarm".to_owned());
     ids.push("after-alarm".to_owned());
