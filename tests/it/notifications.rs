@@ -29,9 +29,21 @@ async fn a_tenant_hears_that_an_endpoint_fails_and_recovers_once_each() {
     down.set_status(500);
     let notified = Receiver::start().await;
     let operator = Receiver::start().await;
-    // The failing endpoint takes every type: it must still never get news of itself.
+    // The failing endpoint takes every type, Hookline's too: it must still never get
+    // news of itself.
     let failing = hookline
-        .create_endpoint("acme", json!({"url": down.url(), "event_types": ["#"]}))
+        .create_endpoint(
+            "acme",
+            json!({"url": down.url(), "event_types": ["#", "hookline.#"]}),
+        )
+        .await;
+    // An endpoint that takes every event of the ATS (`#`) gets none of Hookline's.
+    let everything = Receiver::start().await;
+    hookline
+        .create_endpoint(
+            "acme",
+            json!({"url": everything.url(), "event_types": ["#"]}),
+        )
         .await;
     let failing_id = failing["id"].as_str().expect("id").to_owned();
     hookline
@@ -102,6 +114,14 @@ async fn a_tenant_hears_that_an_endpoint_fails_and_recovers_once_each() {
             .starts_with("hookline.")),
         "the endpoint an event is about never receives it"
     );
+    assert!(
+        everything.received().iter().all(|r| !r.json()["type"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("hookline.")),
+        "`#` does not subscribe to Hookline's own types"
+    );
+    assert_eq!(everything.count(), 3, "the ATS's three events");
     hookline.stop().await;
 }
 

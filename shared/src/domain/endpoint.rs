@@ -281,8 +281,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Subscribed to this event type, whatever its state.
+    /// Whether one of the endpoint's patterns matches the type. Hookline's own types
+    /// (`hookline.…`) match only patterns that name them (start with `hookline.`): an
+    /// endpoint that takes every event (`#`) keeps getting only the ATS's.
     pub fn subscribes_to(&self, event_type: &EventType) -> bool {
-        self.spec.event_types.iter().any(|p| p.matches(event_type))
+        let reserved = event_type
+            .as_str()
+            .starts_with(crate::domain::notification::RESERVED_PREFIX);
+        self.spec.event_types.iter().any(|p| {
+            p.matches(event_type)
+                && (!reserved
+                    || p.as_str()
+                        .starts_with(crate::domain::notification::RESERVED_PREFIX))
+        })
     }
 
     /// Whether `data` passes the endpoint's payload filter (no filter: everything does).
@@ -410,5 +421,28 @@ mod tests {
         let stored = serde_json::to_string(&endpoint).expect("serialize");
         let back: Endpoint = serde_json::from_str(&stored).expect("deserialize");
         assert_eq!(back, endpoint);
+    }
+
+    #[test]
+    fn hookline_s_own_types_reach_only_endpoints_that_name_them() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let endpoint = |types: serde_json::Value| Endpoint {
+            id: "ep_1".into(),
+            tenant: TenantId::parse("acme").expect("tenant"),
+            spec: spec(json!({"url": "https://x.example", "event_types": types})).expect("spec"),
+            secret: SigningSecret::from_random_bytes([1; 32]),
+            retiring_secret: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let failing = EventType::parse("hookline.endpoint.failing".to_owned()).expect("type");
+        let created = EventType::parse("candidate.created".to_owned()).expect("type");
+        let everything = endpoint(json!(["#"]));
+        assert!(everything.subscribes_to(&created));
+        assert!(!everything.subscribes_to(&failing), "# is the ATS's events");
+        assert!(!endpoint(json!(["*.endpoint.*"])).subscribes_to(&failing));
+        assert!(endpoint(json!(["hookline.endpoint.*"])).subscribes_to(&failing));
+        assert!(endpoint(json!(["hookline.#"])).subscribes_to(&failing));
+        assert!(!endpoint(json!(["hookline.#"])).subscribes_to(&created));
     }
 }
