@@ -22,7 +22,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
-    SEQUENCE_HEADER, SOURCE_HEADER, StoredPayload, delivery_id,
+    SEQUENCE_HEADER, SOURCE_HEADER, StoredPayload, TRACEPARENT_HEADER, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
@@ -33,6 +33,7 @@ use hookline_shared::domain::payload::{Purpose, RenderError};
 use hookline_shared::domain::policy::{
     self, AttemptOutcome, DeadLetterReason, Failure, RetrySchedule,
 };
+use hookline_shared::domain::trace::TraceParent;
 use hookline_shared::metrics::status_class;
 use hookline_shared::retry;
 use hookline_shared::store::activity::{
@@ -202,6 +203,8 @@ enum Action {
 /// What happened to a delivery before this attempt.
 #[derive(Debug, Default)]
 struct Prior {
+    /// The event's trace: each attempt is a span of it, sent as `traceparent`.
+    trace: Option<TraceParent>,
     attempts: u32,
     deferrals: u32,
     last_error: Option<Failure>,
@@ -357,17 +360,20 @@ impl Worker {
                 )
             })
             .await?;
+        let trace = message_trace(delivery);
         let rendered = render_for_matching(&event, &tenant.endpoints);
-        let rendered = self.order(delivery, &event, &tenant, rendered).await?;
+        let rendered = self
+            .order(delivery, &event, &tenant, rendered, trace)
+            .await?;
         if rendered.is_empty() {
             return Ok(());
         }
         if place.is_none() {
-            return self.park(&event, &tenant, rendered).await;
+            return self.park(&event, &tenant, rendered, trace).await;
         }
         let event_json = event_as_stored(&event, delivery);
         let actions = self
-            .deliver_or_hand_off(&event, &tenant, &event_json, rendered)
+            .deliver_or_hand_off(&event, &tenant, &event_json, rendered, trace)
             .await?;
         self.make_durable(actions).await
     }
@@ -382,6 +388,7 @@ impl Worker {
         event: &Event,
         tenant: &TenantEndpoints,
         rendered: Vec<(usize, Result<Payload, RenderError>)>,
+        trace: TraceParent,
     ) -> Result<Vec<(usize, Result<Payload, RenderError>)>, Aborted> {
         let Some(key) = event.ordering_key.as_deref() else {
             return Ok(rendered);
@@ -419,6 +426,7 @@ impl Worker {
                 Ok(payload) => {
                     let mut task = pending(event, endpoint, &payload, 0, None);
                     task.sequence = Some(sequence);
+                    task.trace = Some(trace.to_string());
                     let ordered = self
                         .until_durable("ordering a delivery", || {
                             self.retries.enqueue_ordered(&task, now, gap)
@@ -496,6 +504,7 @@ impl Worker {
         event: &Event,
         tenant: &TenantEndpoints,
         rendered: Vec<(usize, Result<Payload, RenderError>)>,
+        trace: TraceParent,
     ) -> Result<(), Aborted> {
         let now = due_in(Duration::ZERO);
         let mut tasks = Vec::with_capacity(rendered.len());
@@ -503,7 +512,11 @@ impl Worker {
         for (index, payload) in rendered {
             let endpoint = &tenant.endpoints[index];
             match payload {
-                Ok(payload) => tasks.push((pending(event, endpoint, &payload, 0, None), now)),
+                Ok(payload) => {
+                    let mut task = pending(event, endpoint, &payload, 0, None);
+                    task.trace = Some(trace.to_string());
+                    tasks.push((task, now));
+                }
                 Err(error) => {
                     unrenderable.push(self.unrenderable(event, endpoint, &error, Prior::default()));
                 }
@@ -531,6 +544,7 @@ impl Worker {
         tenant: &Arc<TenantEndpoints>,
         event_json: &Arc<str>,
         rendered: Vec<(usize, Result<Payload, RenderError>)>,
+        trace: TraceParent,
     ) -> Result<Vec<Action>, Aborted> {
         let mut unsettled: Vec<(usize, Payload)> = rendered
             .iter()
@@ -543,12 +557,16 @@ impl Worker {
                 let event = event.clone();
                 let tenant = tenant.clone();
                 let event_json = event_json.clone();
+                let first = Prior {
+                    trace: Some(trace),
+                    ..Prior::default()
+                };
                 Box::pin(async move {
                     let endpoint = &tenant.endpoints[index];
                     let action = match &payload {
                         Ok(payload) => {
                             worker
-                                .deliver(&event, endpoint, &tenant, payload, Prior::default())
+                                .deliver(&event, endpoint, &tenant, payload, first)
                                 .await
                         }
                         Err(error) => {
@@ -577,7 +595,7 @@ impl Worker {
                     let wanted = u32::try_from(unsettled.len()).unwrap_or(u32::MAX);
                     match self.handoff_permits.clone().try_acquire_many_owned(wanted) {
                         Ok(permits) => {
-                            self.hand_off(event, tenant, &unsettled, deliveries, permits)
+                            self.hand_off(event, tenant, &unsettled, deliveries, permits, trace)
                                 .await?;
                             break;
                         }
@@ -606,13 +624,15 @@ impl Worker {
         unsettled: &[(usize, Payload)],
         mut deliveries: FuturesUnordered<EndpointDelivery>,
         permits: OwnedSemaphorePermit,
+        trace: TraceParent,
     ) -> Result<(), Aborted> {
         let lease_end = due_in(self.retry_lease);
         let lane = Lane::of(&event.tenant, event.priority);
         let tasks: Vec<(PendingDelivery, i64)> = unsettled
             .iter()
             .map(|(index, payload)| {
-                let task = pending(event, &tenant.endpoints[*index], payload, 0, None);
+                let mut task = pending(event, &tenant.endpoints[*index], payload, 0, None);
+                task.trace = Some(trace.to_string());
                 (task, lease_end)
             })
             .collect();
@@ -781,6 +801,7 @@ impl Worker {
                     .with_label_values(&[held_by.outcome(), "none"])
                     .inc();
                 let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+                task.trace = prior.trace.map(|trace| trace.to_string());
                 task.deferrals = prior.deferrals + 1;
                 let due = due_in(wait);
                 task.held_until_ms = Some(due);
@@ -792,6 +813,7 @@ impl Worker {
                     .with_label_values(&["rate_limited", "none"])
                     .inc();
                 let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
+                task.trace = prior.trace.map(|trace| trace.to_string());
                 task.deferrals = prior.deferrals;
                 let due = due_in(wait);
                 task.rate_slot_ms = Some(due);
@@ -861,10 +883,27 @@ impl Worker {
             slot: _slot,
             ..
         } = admitting;
+        let trace = prior.trace;
         self.metrics.in_flight.inc();
-        let report = self.dispatcher.attempt(endpoint, &event.id, payload).await;
+        let report = self
+            .dispatcher
+            .attempt(
+                endpoint,
+                &event.id,
+                payload,
+                trace.map(|trace| trace.child(rand::random())),
+            )
+            .await;
         self.metrics.in_flight.dec();
         let attempts = prior.attempts + 1;
+        tracing::debug!(
+            trace_id = trace.map(|trace| trace.trace_id_hex()).unwrap_or_default(),
+            event.id = %event.id,
+            endpoint.id = %endpoint.id,
+            attempt = attempts,
+            outcome = ?report.outcome,
+            "delivery attempt"
+        );
         self.record_attempt(event, endpoint, attempts, &report);
         let disabled = self.update_health(event, endpoint, &health, &report).await;
         if let Some(probe) = probe {
@@ -889,10 +928,11 @@ impl Worker {
                 attempts,
                 last_error,
             )),
-            policy::Decision::RetryAfter(delay) => Action::Retry(
-                pending(event, endpoint, payload, attempts, last_error),
-                due_in(delay),
-            ),
+            policy::Decision::RetryAfter(delay) => {
+                let mut task = pending(event, endpoint, payload, attempts, last_error);
+                task.trace = trace.map(|trace| trace.to_string());
+                Action::Retry(task, due_in(delay))
+            }
             policy::Decision::DeadLetter(reason) => Action::DeadLetter(dead_delivery(
                 event,
                 &endpoint.id,
@@ -1260,6 +1300,7 @@ impl Worker {
             };
         };
         let prior = Prior {
+            trace: task.trace.as_deref().and_then(TraceParent::parse),
             attempts: task.attempts,
             deferrals: task.deferrals,
             last_error: task.last_error.clone(),
@@ -1455,8 +1496,24 @@ fn pending(
             body: String::from_utf8_lossy(&payload.body).into_owned(),
         }),
         sequence: None,
+        trace: None,
         event: event.clone(),
     }
+}
+
+/// The message's trace (`traceparent` header), or a new one: every delivery is traced.
+fn message_trace(delivery: &Delivery) -> TraceParent {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| match headers.inner().get(TRACEPARENT_HEADER)? {
+            lapin::types::AMQPValue::LongString(value) => {
+                TraceParent::parse(std::str::from_utf8(value.as_bytes()).ok()?)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| TraceParent::root((rand::random(), rand::random())))
 }
 
 fn dead_delivery(

@@ -28,6 +28,9 @@ pub use crate::broker::topology::TENANT_HEADER;
 /// key's order (1, 2, …, per tenant and key, in the order ingest accepted them). A direct
 /// publisher may set it; without it deliverers number keyed events as they take them.
 pub const SEQUENCE_HEADER: &str = "x-hookline-sequence";
+/// W3C trace context of the event, in the AMQP message (as in HTTP): set by ingest (the
+/// ATS's request's own, continued, or a new trace), or by a direct publisher.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Set by quorum queues on redelivery: how often the broker handed the message out before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -131,6 +134,9 @@ pub struct PendingDelivery {
     /// event's place in its key's order. Its completion lets the next one go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<i64>,
+    /// The event's `traceparent`, so every attempt of the delivery is in its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     pub event: Event,
 }
 

@@ -394,6 +394,7 @@ async fn retries_stored_by_an_earlier_version_are_delivered() {
         rate_slot_ms: None,
         payload: None,
         sequence: None,
+        trace: None,
         event,
     };
     let id = task.id();

@@ -49,6 +49,7 @@ fn task(tenant: &str, n: usize, priority: &str) -> PendingDelivery {
         rate_slot_ms: None,
         payload: None,
         sequence: None,
+        trace: None,
         event,
     }
 }

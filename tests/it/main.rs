@@ -22,3 +22,4 @@ mod redis_topologies;
 
 /// Helpers shared by the modules about endpoints.
 mod support;
+mod tracing;

@@ -15,6 +15,7 @@ use hookline_shared::domain::endpoint::Endpoint;
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks};
 use hookline_shared::domain::payload::Purpose;
 use hookline_shared::domain::policy::AttemptOutcome;
+use hookline_shared::domain::trace::TraceParent;
 use hookline_shared::store::rate::Refused;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -109,7 +110,16 @@ pub async fn test_delivery(
     };
     let report = state
         .dispatcher
-        .attempt(endpoint, &event.id, &payload)
+        .attempt(
+            endpoint,
+            &event.id,
+            &payload,
+            // A test delivery starts a trace of its own, so receivers see the header.
+            Some(TraceParent::root((
+                uuid::Uuid::new_v4().as_u128(),
+                uuid::Uuid::new_v4().as_u64_pair().0,
+            ))),
+        )
         .await;
     Ok(result(event.id, report))
 }

@@ -176,6 +176,7 @@ async fn replay(
                     // Rendered afresh, with the endpoint's format as it is now.
                     payload: None,
                     sequence: None,
+                    trace: None,
                     event: record.event.clone(),
                 },
                 due,

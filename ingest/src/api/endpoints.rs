@@ -52,6 +52,8 @@ struct EndpointInput {
     event_names: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ordered: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    send_traceparent: Option<bool>,
     /// On create: send a `hookline.ping` test event first and refuse if it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verify: Option<bool>,
@@ -96,6 +98,7 @@ impl EndpointInput {
             metadata: self.metadata,
             event_names: self.event_names,
             ordered: self.ordered.unwrap_or(false),
+            send_traceparent: self.send_traceparent.unwrap_or(true),
         };
         spec.validate()?;
         Ok((spec, secret))
@@ -119,6 +122,7 @@ impl EndpointInput {
             metadata: spec.metadata.clone(),
             event_names: spec.event_names.clone(),
             ordered: Some(spec.ordered),
+            send_traceparent: Some(spec.send_traceparent),
             verify: None,
         }
     }

@@ -10,13 +10,15 @@ use crate::accepted::Claim;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use hookline_shared::broker::publisher::Outgoing;
 use hookline_shared::contract::{
     ACCEPTED_AT_HEADER, ENDPOINTS_VERSION_HEADER, JSON, SEQUENCE_HEADER, SOURCE_HEADER,
-    SOURCE_HTTP, TENANT_HEADER,
+    SOURCE_HTTP, TENANT_HEADER, TRACEPARENT_HEADER,
 };
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks, TenantId};
+use hookline_shared::domain::trace::TraceParent;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
@@ -34,9 +36,11 @@ pub struct Accepted {
 pub async fn ingest(
     State(state): State<AppState>,
     Path(raw_tenant): Path<String>,
+    request_headers: HeaderMap,
     request_body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let tenant = tenant(raw_tenant)?;
+    let trace = continue_trace(&request_headers);
     let message: EventMessage =
         body::parse_json(request_body, state.settings.max_event_bytes).await?;
     let caller_chose_id = message.id.is_some();
@@ -69,7 +73,7 @@ pub async fn ingest(
             .copied(),
         None => None,
     };
-    let published = publish(&state, &event, endpoints_version, sequence).await;
+    let published = publish(&state, &event, endpoints_version, sequence, trace).await;
     if caller_chose_id {
         match &published {
             Ok(()) => state.accepted.confirm(&event.tenant, &event.id).await?,
@@ -144,10 +148,25 @@ async fn validate(
 }
 
 /// The AMQP body and properties of an event, the same for a single event and a batch's.
+/// The request's trace (its `traceparent`), continued under a span of ingest's own; a
+/// new trace when it has none or a malformed one.
+fn continue_trace(headers: &HeaderMap) -> TraceParent {
+    let span = rand::random::<u64>();
+    headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(
+            || TraceParent::root((rand::random(), span)),
+            |parent| parent.child(span),
+        )
+}
+
 fn message(
     event: &Event,
     endpoints_version: Option<u64>,
     sequence: Option<i64>,
+    trace: TraceParent,
 ) -> (Vec<u8>, BasicProperties) {
     // An `Event` serializes to exactly the public message body (see
     // `Event::to_message`), so it is written without an intermediate copy. Serializing
@@ -170,6 +189,10 @@ fn message(
     if let Some(sequence) = sequence {
         headers.insert(SEQUENCE_HEADER.into(), AMQPValue::LongLongInt(sequence));
     }
+    headers.insert(
+        TRACEPARENT_HEADER.into(),
+        AMQPValue::LongString(trace.to_string().into()),
+    );
     if let Some(version) = endpoints_version {
         headers.insert(
             ENDPOINTS_VERSION_HEADER.into(),
@@ -189,8 +212,9 @@ async fn publish(
     event: &Event,
     endpoints_version: Option<u64>,
     sequence: Option<i64>,
+    trace: TraceParent,
 ) -> Result<(), ApiError> {
-    let (body, properties) = message(event, endpoints_version, sequence);
+    let (body, properties) = message(event, endpoints_version, sequence, trace);
     let started = Instant::now();
     let result = state
         .publisher
@@ -290,9 +314,11 @@ enum Slot {
 pub async fn ingest_batch(
     State(state): State<AppState>,
     Path(raw_tenant): Path<String>,
+    request_headers: HeaderMap,
     request_body: Body,
 ) -> Result<Json<BatchAnswer>, ApiError> {
     let tenant = tenant(raw_tenant)?;
+    let trace = continue_trace(&request_headers);
     let limit = state.settings.max_batch_bytes();
     let bytes = body::read(request_body, limit).await.map_err(|_| {
         ApiError::new(
@@ -410,6 +436,7 @@ pub async fn ingest_batch(
                 event,
                 endpoints_version,
                 sequences.get(&i).copied(),
+                trace,
             )),
             _ => None,
         })

@@ -222,6 +222,7 @@ fn schemas() -> Value {
                 "metadata": {"type": "object", "additionalProperties": {"type": "string"}, "description": "values formats may print, e.g. export_key"},
                 "event_names": {"type": "object", "additionalProperties": {"type": "string"}, "description": "event type → name printed by {{event_name}} and event_data"},
                 "ordered": {"type": "boolean", "description": "events with the same ordering_key are attempted one at a time, in the order they were accepted"},
+                "send_traceparent": {"type": "boolean", "default": true, "description": "each request carries a W3C traceparent in the event's trace"},
                 "verify": {"type": "boolean", "description": "send a hookline.ping first; refuse if it fails"},
             },
         },

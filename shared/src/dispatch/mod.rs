@@ -8,6 +8,7 @@ pub mod proxy;
 use crate::domain::endpoint::Endpoint;
 use crate::domain::policy::{AttemptOutcome, ErrorClass, Failure};
 use crate::domain::signing::signature_header;
+use crate::domain::trace::TraceParent;
 use crate::telemetry::error_chain;
 use address_guard::{AddressPolicy, BlockedAddress, GuardError, GuardedResolver};
 use bytes::Bytes;
@@ -143,19 +144,24 @@ impl Dispatcher {
         self.policy.check_url(url)
     }
 
-    /// Makes one signed attempt. Never fails: every problem is an outcome.
+    /// Makes one signed attempt. Never fails: every problem is an outcome. `trace` is
+    /// sent as `traceparent` unless the endpoint opted out.
     pub async fn attempt(
         &self,
         endpoint: &Endpoint,
         webhook_id: &str,
         payload: &Payload,
+        trace: Option<TraceParent>,
     ) -> AttemptReport {
         let started = Instant::now();
         let (outcome, response_excerpt) = match self.check_url(&endpoint.spec.url) {
             Err(blocked) => (blocked_outcome(endpoint, &blocked), None),
             Ok(()) => {
-                match tokio::time::timeout(self.timeout, self.send(endpoint, webhook_id, payload))
-                    .await
+                match tokio::time::timeout(
+                    self.timeout,
+                    self.send(endpoint, webhook_id, payload, trace),
+                )
+                .await
                 {
                     Ok(result) => result,
                     Err(_) => (
@@ -182,6 +188,7 @@ impl Dispatcher {
         endpoint: &Endpoint,
         webhook_id: &str,
         payload: &Payload,
+        trace: Option<TraceParent>,
     ) -> (AttemptOutcome, Option<String>) {
         let (url, host) = match self.checked_target(&endpoint.spec.url).await {
             Ok(target) => target,
@@ -201,6 +208,11 @@ impl Dispatcher {
             }
         };
         let mut headers = request_headers(endpoint, webhook_id, payload, OffsetDateTime::now_utc());
+        if let Some(trace) = trace.filter(|_| endpoint.spec.send_traceparent)
+            && let Ok(value) = HeaderValue::try_from(trace.to_string())
+        {
+            headers.insert("traceparent", value);
+        }
         if let Some(host) = host.and_then(|host| HeaderValue::try_from(host).ok()) {
             headers.insert(HOST, host);
         }

@@ -70,6 +70,9 @@ pub struct EndpointSpec {
     /// the order they were accepted (see ARCHITECTURE.md, Ordered delivery).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ordered: bool,
+    /// Each request carries a W3C `traceparent` in the event's trace (opt out: false).
+    #[serde(default = "enabled_by_default")]
+    pub send_traceparent: bool,
 }
 
 fn enabled_by_default() -> bool {

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod quota;
 pub mod signing;
 pub mod template;
+pub mod trace;
 
 use std::fmt;
 
