@@ -28,9 +28,12 @@ impl DeadLetters {
         let reason = record.reason().as_str();
         let mut headers = FieldTable::default();
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let properties = BasicProperties::default()
             .with_content_type(JSON.into())
             .with_message_id(record.id().into())
+            // What the ops queue's trimming reads a record's age from.
+            .with_timestamp(u64::try_from(now).unwrap_or(0))
             .with_headers(headers);
         self.publisher
             .publish(&self.exchange, reason, &body, properties)

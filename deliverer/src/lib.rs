@@ -19,6 +19,7 @@ pub mod admission;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dead_letter_index;
+pub mod dead_letter_trim;
 pub mod delivery;
 pub mod endpoint_cache;
 pub mod fairness;
@@ -179,6 +180,17 @@ impl Deliverer {
         );
 
         let side_tasks = vec![
+            tokio::spawn(
+                dead_letter_trim::DeadLetterTrim {
+                    settings: settings.amqp.clone(),
+                    queue: topology.dead_letter_queue.clone(),
+                    max_age: settings.retention.dead_letter_queue,
+                    max_len: settings.retention.dead_letter_queue_max,
+                    every: settings.retention.dead_letter_queue_check,
+                    dropped: worker.metrics.dead_letter_queue_trimmed.clone(),
+                }
+                .run(shutdown.clone()),
+            ),
             tokio::spawn(retries::migrate_legacy_pool(
                 worker.retries.clone(),
                 shutdown.clone(),

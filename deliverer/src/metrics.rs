@@ -39,6 +39,8 @@ pub struct DelivererMetrics {
     pub partition_lag: GaugeVec,
     /// Deliveries to ordered endpoints as they were put in their key's order.
     pub ordered: IntCounterVec,
+    /// Records dropped from the ops dead-letter queue by its retention bounds.
+    pub dead_letter_queue_trimmed: IntCounter,
 }
 
 fn unreachable_on_error<T>(result: prometheus::Result<T>) -> T {
@@ -135,6 +137,10 @@ impl DelivererMetrics {
                 ),
                 &["partition"],
             )),
+            dead_letter_queue_trimmed: unreachable_on_error(IntCounter::new(
+                "hookline_dead_letter_queue_trimmed_total",
+                "Records dropped from the ops dead-letter queue, past retention.dead_letter_queue or beyond retention.dead_letter_queue_max.",
+            )),
             ordered: unreachable_on_error(IntCounterVec::new(
                 Opts::new(
                     "hookline_ordered_deliveries_total",
@@ -212,6 +218,7 @@ impl DelivererMetrics {
             metrics.ordered.with_label_values(&[placement]);
         }
         register(registry, metrics.ordered.clone());
+        register(registry, metrics.dead_letter_queue_trimmed.clone());
         metrics
     }
 }

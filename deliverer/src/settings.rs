@@ -146,6 +146,11 @@ impl Settings {
                 "delivery.handoff_after",
                 "HOOKLINE__DELIVERY__HANDOFF_AFTER",
             ),
+            (
+                self.retention.dead_letter_queue_check,
+                "retention.dead_letter_queue_check",
+                "HOOKLINE__RETENTION__DEAD_LETTER_QUEUE_CHECK",
+            ),
         ];
         if let Some((_, field, variable)) = durations.iter().find(|(d, ..)| d.is_zero()) {
             return Err(SettingsError::invalid(field, variable, "must be positive"));

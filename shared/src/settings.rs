@@ -280,6 +280,14 @@ pub struct RetentionSettings {
     pub events_per_tenant: u32,
     #[serde(with = "humantime_serde")]
     pub dead_letters: Duration,
+    /// The ops record `{prefix}.dead-letter` keeps a dead letter this long...
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_queue: Duration,
+    /// ...and at most this many (the oldest go first).
+    pub dead_letter_queue_max: u64,
+    /// How often a deliverer trims it.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_queue_check: Duration,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod pacing;
 mod pipeline;
 mod quota;
 mod redis_topologies;
+mod retention;
 
 /// Helpers shared by the modules about endpoints.
 mod support;
