@@ -176,6 +176,9 @@ impl Installation {
     }
 }
 
+/// An `extra` setting of [`spawn`]: the directory the process's output is written to.
+const LOG_DIR: &str = "HOOKLINE_TEST_LOG_DIR";
+
 fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
     let admin = free_port();
     let path = root().join("target/debug").join(binary);
@@ -207,6 +210,15 @@ fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
         .kill_on_drop(true);
     for (key, value) in extra {
         command.env(key, value);
+        // The process's output goes to a file in this directory, for tests that read it.
+        if *key == LOG_DIR {
+            let log = std::fs::File::create(
+                std::path::Path::new(value).join(format!("{binary}-{admin}.log")),
+            )
+            .expect("log file");
+            command.stderr(log.try_clone().expect("log file"));
+            command.stdout(log);
+        }
     }
     Process {
         child: command.spawn().expect("binary starts"),
@@ -1019,4 +1031,129 @@ async fn ordered_delivery_keeps_each_keys_order_through_failures_hangs_and_a_kil
     );
     drop(victim);
     hookline.stop().await;
+}
+
+/// Issue 20: logs and metrics carry no payload values. The whole pipeline runs with
+/// debug logging — delivered, retried, dead-lettered, published over HTTP and AMQP —
+/// and neither process's output nor metrics contain the events' marker values.
+#[tokio::test]
+async fn logs_and_metrics_carry_no_payload_values() {
+    let dir = std::env::temp_dir().join(format!("hookline-logs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("log directory");
+    let hookline = Installation::start_with(
+        1,
+        vec![
+            ("HOOKLINE__LOG__FILTER", "debug".into()),
+            ("HOOKLINE__LOG__FORMAT", "json".into()),
+            (LOG_DIR, dir.display().to_string()),
+        ],
+    )
+    .await;
+    let email = format!(
+        "marker-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let name = format!(
+        "Zed Marker{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let flaky = Receiver::answering(&[500]).await;
+    let gone = Receiver::start().await;
+    gone.set_status(410);
+    hookline.create_endpoint("acme", flaky.url()).await;
+    hookline.create_endpoint("acme", gone.url()).await;
+    let event = json!({"id": "marked-http", "type": "candidate.created",
+        "data": {"candidate": {"email": email, "name": name}},
+        "actor": {"name": name, "email": email}});
+    let accepted = hookline
+        .call(reqwest::Method::POST, "/v1/tenants/acme/events", event)
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    assert!(
+        publish_direct_body(
+            &hookline.prefix,
+            &json!({"tenant": "acme", "id": "marked-amqp", "type": "candidate.created",
+                    "data": {"candidate": {"email": email, "name": name}}}),
+        )
+        .await
+    );
+    // Each event: one failed attempt and a retry at the flaky endpoint, a dead letter
+    // at the gone one.
+    eventually("both events delivered after their retries", || async {
+        let delivered = delivered_ids(&flaky);
+        delivered.contains("marked-http") && delivered.contains("marked-amqp")
+    })
+    .await;
+    let dead = hookline
+        .call(
+            reqwest::Method::GET,
+            "/v1/tenants/acme/dead-letters",
+            Value::Null,
+        )
+        .await;
+    let mut metrics = String::new();
+    for admin in hookline.admins() {
+        metrics.push_str(
+            &hookline
+                .http
+                .get(format!("http://127.0.0.1:{admin}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text"),
+        );
+    }
+    hookline.stop().await;
+    assert!(
+        dead.body["data"].as_array().is_some_and(|d| !d.is_empty()),
+        "a dead letter was made: {}",
+        dead.body
+    );
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(&dir).expect("log directory") {
+        logs.push_str(&std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
+    for marker in [&email, &name] {
+        assert!(
+            !logs.contains(marker.as_str()),
+            "a log line carries {marker}"
+        );
+        assert!(
+            !metrics.contains(marker.as_str()),
+            "a metric carries {marker}"
+        );
+    }
+}
+
+/// Publishes one JSON body straight to the events exchange, with a confirm.
+async fn publish_direct_body(prefix: &str, body: &Value) -> bool {
+    let connection = lapin::Connection::connect(
+        &env("HOOKLINE_TEST_AMQP_URL"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("AMQP");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirm = channel
+        .basic_publish(
+            format!("{prefix}.events").as_str().into(),
+            "candidate.created".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body.to_string().as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let _ = connection.close(200, "done".into()).await;
+    confirm.is_ack()
 }
