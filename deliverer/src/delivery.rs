@@ -9,7 +9,8 @@ use crate::dead_letter::DeadLetters;
 use crate::endpoint_cache::{EndpointCache, TenantEndpoints};
 use crate::fairness::TenantShares;
 use crate::message::{
-    delivery_count, event_as_stored, integer_header, parse_event, rejected, source, truncate,
+    delivery_count, event_as_stored, has_source, integer_header, parse_event, rejected, source,
+    string_header, truncate,
 };
 use crate::metrics::DelivererMetrics;
 use crate::notify::{Notifier, SOURCE_NOTICE};
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
-    SEQUENCE_HEADER, SOURCE_HEADER, StoredPayload, TRACEPARENT_HEADER, delivery_id,
+    SEQUENCE_HEADER, StoredPayload, TRACEPARENT_HEADER, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
@@ -200,11 +201,19 @@ enum Action {
     DeadLetter(DeadLetter),
 }
 
+/// What a delivery keeps from its message through every attempt: the event's trace
+/// (each attempt is a span of it, sent as `traceparent`) and, for an ordered endpoint,
+/// the event's place in its key's order. Every task [`pending`] builds carries both.
+#[derive(Debug, Default, Clone, Copy)]
+struct Carried {
+    trace: Option<TraceParent>,
+    sequence: Option<i64>,
+}
+
 /// What happened to a delivery before this attempt.
 #[derive(Debug, Default)]
 struct Prior {
-    /// The event's trace: each attempt is a span of it, sent as `traceparent`.
-    trace: Option<TraceParent>,
+    carried: Carried,
     attempts: u32,
     deferrals: u32,
     last_error: Option<Failure>,
@@ -332,7 +341,7 @@ impl Worker {
             .event_type
             .as_str()
             .starts_with(notification::RESERVED_PREFIX)
-            && !is_notice(delivery)
+            && !has_source(delivery, SOURCE_NOTICE)
         {
             let error = format!(
                 "type: {} is reserved for Hookline's operational events",
@@ -424,9 +433,11 @@ impl Worker {
             matched[index] = true;
             match payload {
                 Ok(payload) => {
-                    let mut task = pending(event, endpoint, &payload, 0, None);
-                    task.sequence = Some(sequence);
-                    task.trace = Some(trace.to_string());
+                    let carried = Carried {
+                        trace: Some(trace),
+                        sequence: Some(sequence),
+                    };
+                    let task = pending(event, endpoint, &payload, 0, None, carried);
                     let ordered = self
                         .until_durable("ordering a delivery", || {
                             self.retries.enqueue_ordered(&task, now, gap)
@@ -513,9 +524,11 @@ impl Worker {
             let endpoint = &tenant.endpoints[index];
             match payload {
                 Ok(payload) => {
-                    let mut task = pending(event, endpoint, &payload, 0, None);
-                    task.trace = Some(trace.to_string());
-                    tasks.push((task, now));
+                    let carried = Carried {
+                        trace: Some(trace),
+                        sequence: None,
+                    };
+                    tasks.push((pending(event, endpoint, &payload, 0, None, carried), now));
                 }
                 Err(error) => {
                     unrenderable.push(self.unrenderable(event, endpoint, &error, Prior::default()));
@@ -558,7 +571,10 @@ impl Worker {
                 let tenant = tenant.clone();
                 let event_json = event_json.clone();
                 let first = Prior {
-                    trace: Some(trace),
+                    carried: Carried {
+                        trace: Some(trace),
+                        sequence: None,
+                    },
                     ..Prior::default()
                 };
                 Box::pin(async move {
@@ -631,8 +647,11 @@ impl Worker {
         let tasks: Vec<(PendingDelivery, i64)> = unsettled
             .iter()
             .map(|(index, payload)| {
-                let mut task = pending(event, &tenant.endpoints[*index], payload, 0, None);
-                task.trace = Some(trace.to_string());
+                let carried = Carried {
+                    trace: Some(trace),
+                    sequence: None,
+                };
+                let task = pending(event, &tenant.endpoints[*index], payload, 0, None, carried);
                 (task, lease_end)
             })
             .collect();
@@ -800,8 +819,14 @@ impl Worker {
                     .attempts
                     .with_label_values(&[held_by.outcome(), "none"])
                     .inc();
-                let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
-                task.trace = prior.trace.map(|trace| trace.to_string());
+                let mut task = pending(
+                    event,
+                    endpoint,
+                    payload,
+                    prior.attempts,
+                    prior.last_error,
+                    prior.carried,
+                );
                 task.deferrals = prior.deferrals + 1;
                 let due = due_in(wait);
                 task.held_until_ms = Some(due);
@@ -812,8 +837,14 @@ impl Worker {
                     .attempts
                     .with_label_values(&["rate_limited", "none"])
                     .inc();
-                let mut task = pending(event, endpoint, payload, prior.attempts, prior.last_error);
-                task.trace = prior.trace.map(|trace| trace.to_string());
+                let mut task = pending(
+                    event,
+                    endpoint,
+                    payload,
+                    prior.attempts,
+                    prior.last_error,
+                    prior.carried,
+                );
                 task.deferrals = prior.deferrals;
                 let due = due_in(wait);
                 task.rate_slot_ms = Some(due);
@@ -883,7 +914,7 @@ impl Worker {
             slot: _slot,
             ..
         } = admitting;
-        let trace = prior.trace;
+        let carried = prior.carried;
         self.metrics.in_flight.inc();
         let report = self
             .dispatcher
@@ -891,13 +922,16 @@ impl Worker {
                 endpoint,
                 &event.id,
                 payload,
-                trace.map(|trace| trace.child(rand::random())),
+                carried.trace.map(|trace| trace.child(rand::random())),
             )
             .await;
         self.metrics.in_flight.dec();
         let attempts = prior.attempts + 1;
         tracing::debug!(
-            trace_id = trace.map(|trace| trace.trace_id_hex()).unwrap_or_default(),
+            trace_id = carried
+                .trace
+                .map(|trace| trace.trace_id_hex())
+                .unwrap_or_default(),
             event.id = %event.id,
             endpoint.id = %endpoint.id,
             attempt = attempts,
@@ -929,8 +963,7 @@ impl Worker {
                 last_error,
             )),
             policy::Decision::RetryAfter(delay) => {
-                let mut task = pending(event, endpoint, payload, attempts, last_error);
-                task.trace = trace.map(|trace| trace.to_string());
+                let task = pending(event, endpoint, payload, attempts, last_error, carried);
                 Action::Retry(task, due_in(delay))
             }
             policy::Decision::DeadLetter(reason) => Action::DeadLetter(dead_delivery(
@@ -1300,7 +1333,10 @@ impl Worker {
             };
         };
         let prior = Prior {
-            trace: task.trace.as_deref().and_then(TraceParent::parse),
+            carried: Carried {
+                trace: task.trace.as_deref().and_then(TraceParent::parse),
+                sequence: task.sequence,
+            },
             attempts: task.attempts,
             deferrals: task.deferrals,
             last_error: task.last_error.clone(),
@@ -1341,9 +1377,7 @@ impl Worker {
         };
         match action {
             Action::Delivered { .. } => complete().await,
-            Action::Retry(mut next, due) => {
-                // Still its key's head: the next attempt keeps its place in the order.
-                next.sequence = ordered.and_then(|task| task.sequence);
+            Action::Retry(next, due) => {
                 self.until_durable("rescheduling a retry", || {
                     self.retries.reschedule(lane, id, token, &next, due)
                 })
@@ -1426,18 +1460,6 @@ impl Worker {
 /// The body for each endpoint (by index) that the event matches: subscribed to its type
 /// and accepted by its filter. One rendering per distinct format, shared by every
 /// endpoint that renders alike and by every attempt of each.
-/// Whether the message is an operational event this installation published.
-fn is_notice(delivery: &Delivery) -> bool {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(SOURCE_HEADER).cloned())
-        .is_some_and(|value| {
-            matches!(value, lapin::types::AMQPValue::LongString(s) if s.as_bytes() == SOURCE_NOTICE.as_bytes())
-        })
-}
-
 fn render_for_matching(
     event: &Event,
     endpoints: &[Endpoint],
@@ -1483,36 +1505,25 @@ fn pending(
     payload: &Payload,
     attempts: u32,
     last_error: Option<Failure>,
+    carried: Carried,
 ) -> PendingDelivery {
     PendingDelivery {
-        endpoint_id: endpoint.id.clone(),
         attempts,
-        deferrals: 0,
-        held_until_ms: None,
         last_error,
-        rate_slot_ms: None,
         payload: Some(StoredPayload {
             content_type: payload.content_type.to_owned(),
             body: String::from_utf8_lossy(&payload.body).into_owned(),
         }),
-        sequence: None,
-        trace: None,
-        event: event.clone(),
+        sequence: carried.sequence,
+        trace: carried.trace.map(|trace| trace.to_string()),
+        ..PendingDelivery::new(event.clone(), endpoint.id.clone())
     }
 }
 
 /// The message's trace (`traceparent` header), or a new one: every delivery is traced.
 fn message_trace(delivery: &Delivery) -> TraceParent {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| match headers.inner().get(TRACEPARENT_HEADER)? {
-            lapin::types::AMQPValue::LongString(value) => {
-                TraceParent::parse(std::str::from_utf8(value.as_bytes()).ok()?)
-            }
-            _ => None,
-        })
+    string_header(delivery, TRACEPARENT_HEADER)
+        .and_then(TraceParent::parse)
         .unwrap_or_else(|| TraceParent::root((rand::random(), rand::random())))
 }
 

@@ -9,10 +9,10 @@
 use crate::acks::AckWindow;
 use crate::consumer::Handler;
 use crate::delivery::Worker;
+use crate::message::integer_header;
 use hookline_shared::contract::ACCEPTED_AT_HEADER;
 use hookline_shared::domain::event::TenantId;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
 use prometheus::Gauge;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -116,16 +116,9 @@ impl Handler for PartitionHandler {
 /// When the event was accepted (unix ms): ingest's header, else the message's
 /// `timestamp` property (seconds), which a direct publisher may set.
 fn accepted_at_ms(delivery: &Delivery) -> Option<i64> {
-    let header = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(ACCEPTED_AT_HEADER).cloned());
-    match header {
-        Some(AMQPValue::LongLongInt(ms)) => Some(ms),
-        Some(AMQPValue::LongInt(ms)) => Some(i64::from(ms)),
-        Some(AMQPValue::LongUInt(ms)) => Some(i64::from(ms)),
-        _ => delivery
+    match integer_header(delivery, ACCEPTED_AT_HEADER) {
+        Some(ms) => i64::try_from(ms).ok(),
+        None => delivery
             .properties
             .timestamp()
             .and_then(|seconds| i64::try_from(seconds).ok())

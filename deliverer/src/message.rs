@@ -74,16 +74,24 @@ pub fn event_as_stored(event: &Event, delivery: &Delivery) -> Arc<str> {
 }
 
 pub fn source(delivery: &Delivery) -> &'static str {
-    let from_ingest = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(SOURCE_HEADER))
-        .is_some_and(|value| matches!(value, AMQPValue::LongString(s) if s.as_bytes() == SOURCE_HTTP.as_bytes()));
-    if from_ingest {
+    if has_source(delivery, SOURCE_HTTP) {
         SOURCE_HTTP
     } else {
         SOURCE_AMQP
+    }
+}
+
+/// Whether the message's `x-hookline-source` header is `value`: ingest's events (`http`)
+/// and Hookline's own operational events (`notice`) say where they come from.
+pub fn has_source(delivery: &Delivery, value: &str) -> bool {
+    string_header(delivery, SOURCE_HEADER) == Some(value)
+}
+
+/// A text header (AMQP long string) that is UTF-8.
+pub fn string_header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a str> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        _ => None,
     }
 }
 

@@ -144,17 +144,11 @@ impl Promoter {
         metrics
             .retry_backlog
             .with_label_values(&["waiting"])
-            .set(count(backlog.total.saturating_sub(backlog.due())));
-        for (priority, oldest) in [
-            ("realtime", backlog.oldest_due_realtime_ms),
-            ("bulk", backlog.oldest_due_bulk_ms),
-        ] {
-            // Milliseconds of waiting as seconds for the gauge: precision is ample.
-            #[allow(clippy::cast_precision_loss)]
-            let waited = oldest.map_or(0.0, |due| (now - due).max(0) as f64 / 1000.0);
+            .set(count(backlog.waiting()));
+        for (priority, waited) in backlog.oldest_waits_s(now) {
             metrics
                 .lane_oldest_due
-                .with_label_values(&[priority])
+                .with_label_values(&[priority.as_str()])
                 .set(waited);
         }
     }

@@ -151,6 +151,22 @@ fn is_zero(value: &u32) -> bool {
 }
 
 impl PendingDelivery {
+    /// A delivery not attempted yet, nothing held, reserved or rendered.
+    pub fn new(event: Event, endpoint_id: String) -> Self {
+        Self {
+            endpoint_id,
+            attempts: 0,
+            deferrals: 0,
+            held_until_ms: None,
+            last_error: None,
+            rate_slot_ms: None,
+            payload: None,
+            sequence: None,
+            trace: None,
+            event,
+        }
+    }
+
     pub fn id(&self) -> String {
         delivery_id(&self.event.id, &self.endpoint_id)
     }

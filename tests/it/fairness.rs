@@ -385,18 +385,11 @@ async fn retries_stored_by_an_earlier_version_are_delivered() {
         },
     )
     .expect("event");
-    let task = hookline_shared::contract::PendingDelivery {
-        endpoint_id: endpoint["id"].as_str().expect("id").to_owned(),
-        attempts: 1,
-        deferrals: 0,
-        held_until_ms: None,
-        last_error: None,
-        rate_slot_ms: None,
-        payload: None,
-        sequence: None,
-        trace: None,
+    let mut task = hookline_shared::contract::PendingDelivery::new(
         event,
-    };
+        endpoint["id"].as_str().expect("id").to_owned(),
+    );
+    task.attempts = 1;
     let id = task.id();
     let stored = serde_json::to_string(&hookline_shared::contract::RetryTask::DeliveryV1(task))
         .expect("task");

@@ -40,18 +40,7 @@ fn task(tenant: &str, n: usize, priority: &str) -> PendingDelivery {
         },
     )
     .expect("event");
-    PendingDelivery {
-        endpoint_id: "ep".into(),
-        attempts: 0,
-        deferrals: 0,
-        held_until_ms: None,
-        last_error: None,
-        rate_slot_ms: None,
-        payload: None,
-        sequence: None,
-        trace: None,
-        event,
-    }
+    PendingDelivery::new(event, "ep".into())
 }
 
 /// Two tenants of one shard, found by trying names.

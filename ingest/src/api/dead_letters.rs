@@ -166,19 +166,8 @@ async fn replay(
         .iter()
         .map(|record| {
             (
-                PendingDelivery {
-                    endpoint_id: record.endpoint_id.clone(),
-                    attempts: 0,
-                    deferrals: 0,
-                    held_until_ms: None,
-                    last_error: None,
-                    rate_slot_ms: None,
-                    // Rendered afresh, with the endpoint's format as it is now.
-                    payload: None,
-                    sequence: None,
-                    trace: None,
-                    event: record.event.clone(),
-                },
+                // Attempts 0, rendered afresh with the endpoint's format as it is now.
+                PendingDelivery::new(record.event.clone(), record.endpoint_id.clone()),
                 due,
             )
         })

@@ -127,19 +127,14 @@ pub async fn overview(
         state.retries.largest_lanes(LARGEST_LANES),
         state.endpoints.tenants(),
     )?;
-    let waited = |oldest: Option<i64>| {
-        // Milliseconds as seconds: precision is ample.
-        #[allow(clippy::cast_precision_loss)]
-        let seconds = oldest.map_or(0.0, |due| (now_ms - due).max(0) as f64 / 1000.0);
-        seconds
-    };
     let retry_backlog = RetryBacklog {
         due: backlog.due(),
-        scheduled: backlog.total.saturating_sub(backlog.due()),
-        oldest_due_seconds: BTreeMap::from([
-            ("realtime", waited(backlog.oldest_due_realtime_ms)),
-            ("bulk", waited(backlog.oldest_due_bulk_ms)),
-        ]),
+        scheduled: backlog.waiting(),
+        oldest_due_seconds: backlog
+            .oldest_waits_s(now_ms)
+            .into_iter()
+            .map(|(priority, seconds)| (priority.as_str(), seconds))
+            .collect(),
         largest_lanes: largest
             .into_iter()
             .map(|lane| LaneBacklog {

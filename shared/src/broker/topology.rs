@@ -203,16 +203,7 @@ impl Topology {
     ) -> Result<Vec<String>, lapin::Error> {
         let mut retired = Vec::new();
         if self.exists(connection, &self.deliveries).await? {
-            let channel = connection.create_channel().await?;
-            channel
-                .queue_unbind(
-                    self.deliveries.as_str().into(),
-                    self.events_exchange.as_str().into(),
-                    "#".into(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let _ = channel.close(200, "done".into()).await;
+            unbind(connection, &self.deliveries, &self.events_exchange, "#").await?;
             retired.push(self.deliveries.clone());
         }
         for index in self.partitions..MAX_PARTITIONS {
@@ -220,16 +211,7 @@ impl Topology {
             if !self.exists(connection, &queue).await? {
                 break;
             }
-            let channel = connection.create_channel().await?;
-            channel
-                .queue_unbind(
-                    queue.as_str().into(),
-                    self.partitions_exchange.as_str().into(),
-                    "1".into(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let _ = channel.close(200, "done".into()).await;
+            unbind(connection, &queue, &self.partitions_exchange, "1").await?;
             retired.push(queue);
         }
         Ok(retired)
@@ -255,6 +237,25 @@ impl Topology {
             Err(error) => Err(error),
         }
     }
+}
+
+async fn unbind(
+    connection: &Connection,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_unbind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(())
 }
 
 fn is_not_found(error: &lapin::Error) -> bool {

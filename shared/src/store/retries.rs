@@ -234,6 +234,24 @@ impl Backlog {
     pub fn due(&self) -> u64 {
         self.due_realtime + self.due_bulk
     }
+
+    /// Tasks due later.
+    pub fn waiting(&self) -> u64 {
+        self.total.saturating_sub(self.due())
+    }
+
+    /// Seconds the longest-waiting due task of each priority has been due at `now_ms`
+    /// (0 when none is due): `[realtime, bulk]`.
+    pub fn oldest_waits_s(&self, now_ms: i64) -> [(Priority, f64); 2] {
+        // Milliseconds as seconds: precision is ample.
+        #[allow(clippy::cast_precision_loss)]
+        let waited =
+            |oldest: Option<i64>| oldest.map_or(0.0, |due| (now_ms - due).max(0) as f64 / 1000.0);
+        [
+            (Priority::Realtime, waited(self.oldest_due_realtime_ms)),
+            (Priority::Bulk, waited(self.oldest_due_bulk_ms)),
+        ]
+    }
 }
 
 /// A lane's size, for the tenants with the largest backlog.
