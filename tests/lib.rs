@@ -5,6 +5,7 @@
 //! The brokers come from `HOOKLINE_TEST_AMQP_URL` and `HOOKLINE_TEST_REDIS_URL`; without
 //! them every test fails loudly rather than skipping.
 
+pub mod collector;
 pub mod proxy;
 pub mod receiver;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use collector::{ExportedSpan, OtlpCollector};
 pub use proxy::{Asked, RecordingProxy};
 pub use receiver::{Received, Receiver};
 
@@ -119,7 +121,12 @@ impl HooklineBuilder {
         let ingest_settings =
             hookline_ingest::settings::Settings::from_defaults_with(overrides.clone())
                 .expect("ingest settings");
-        hookline_shared::telemetry::init(&ingest_settings.log);
+        // In-process: no spans exported (the fault tests export them from the binaries).
+        let _logs = hookline_shared::telemetry::init(
+            &ingest_settings.log,
+            &Default::default(),
+            "hookline-tests",
+        );
         let partitions = ingest_settings.amqp.partitions;
         let ingest = hookline_ingest::Ingest::bind(ingest_settings)
             .await

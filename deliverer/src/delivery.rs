@@ -23,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hookline_shared::contract::{
     DeadDelivery, DeadLetter, ENDPOINTS_VERSION_HEADER, PendingDelivery, RejectedMessage,
-    SEQUENCE_HEADER, StoredPayload, TRACEPARENT_HEADER, delivery_id,
+    SEQUENCE_HEADER, StoredPayload, TENANT_HEADER, TRACEPARENT_HEADER, delivery_id,
 };
 use hookline_shared::dispatch::{AttemptReport, Dispatcher, DispatcherError, Payload};
 use hookline_shared::domain::endpoint::Endpoint;
@@ -48,6 +48,7 @@ use hookline_shared::store::retries::{Claimed, Lane, RetryStore};
 use hookline_shared::store::sealing::Sealer;
 use hookline_shared::store::sequences::SequenceStore;
 use hookline_shared::store::{Keyspace, RedisConnection, StoreError};
+use hookline_shared::telemetry;
 use lapin::message::Delivery;
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,6 +59,7 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span};
 
 #[derive(Debug)]
 pub struct Worker {
@@ -300,7 +302,25 @@ impl Worker {
         shares: &Arc<TenantShares>,
     ) {
         let tag = delivery.delivery_tag;
-        match self.process_message(&delivery, shares).await {
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = "amqp consume",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            event.id = message_id(&delivery),
+            event.type = delivery.routing_key.as_str(),
+            tenant = string_header(&delivery, TENANT_HEADER).unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+        );
+        let trace = telemetry::continue_trace(
+            &span,
+            string_header(&delivery, TRACEPARENT_HEADER).and_then(TraceParent::parse),
+        );
+        let processed = self
+            .process_message(&delivery, shares, trace)
+            .instrument(span)
+            .await;
+        match processed {
             Ok(()) => acks.ack(tag),
             Err(Aborted) => acks.requeue(tag),
         }
@@ -316,6 +336,7 @@ impl Worker {
         self: &Arc<Self>,
         delivery: &Delivery,
         shares: &Arc<TenantShares>,
+        trace: TraceParent,
     ) -> Result<(), Aborted> {
         let routing_key = delivery.routing_key.as_str();
         if let Some(count) = delivery_count(delivery)
@@ -369,8 +390,16 @@ impl Worker {
                 )
             })
             .await?;
-        let trace = message_trace(delivery);
-        let rendered = render_for_matching(&event, &tenant.endpoints);
+        let rendered = tracing::info_span!(
+            "match",
+            endpoints = tenant.endpoints.len(),
+            matched = tracing::field::Empty,
+        )
+        .in_scope(|| {
+            let rendered = render_for_matching(&event, &tenant.endpoints);
+            Span::current().record("matched", rendered.len());
+            rendered
+        });
         let rendered = self
             .order(delivery, &event, &tenant, rendered, trace)
             .await?;
@@ -577,21 +606,25 @@ impl Worker {
                     },
                     ..Prior::default()
                 };
-                Box::pin(async move {
-                    let endpoint = &tenant.endpoints[index];
-                    let action = match &payload {
-                        Ok(payload) => {
-                            worker
-                                .deliver(&event, endpoint, &tenant, payload, first)
-                                .await
-                        }
-                        Err(error) => {
-                            worker.unrenderable(&event, endpoint, error, Prior::default())
-                        }
-                    };
-                    worker.note_state(&event, &event_json, &endpoint.id, &action);
-                    (index, action)
-                }) as EndpointDelivery
+                let span = deliver_span(&tenant.endpoints[index].id);
+                Box::pin(
+                    async move {
+                        let endpoint = &tenant.endpoints[index];
+                        let action = match &payload {
+                            Ok(payload) => {
+                                worker
+                                    .deliver(&event, endpoint, &tenant, payload, first)
+                                    .await
+                            }
+                            Err(error) => {
+                                worker.unrenderable(&event, endpoint, error, Prior::default())
+                            }
+                        };
+                        worker.note_state(&event, &event_json, &endpoint.id, &action);
+                        (index, action)
+                    }
+                    .instrument(span),
+                ) as EndpointDelivery
             })
             .collect();
         let mut actions = Vec::with_capacity(deliveries.len());
@@ -730,6 +763,14 @@ impl Worker {
 
     /// Records the delivery's state for `GET …/events/{id}`.
     fn note_state(&self, event: &Event, event_json: &Arc<str>, endpoint_id: &str, action: &Action) {
+        Span::current().record(
+            "outcome",
+            match action {
+                Action::Delivered { .. } => "delivered",
+                Action::Retry(..) => "retry",
+                Action::DeadLetter(_) => "dead_letter",
+            },
+        );
         let now = OffsetDateTime::now_utc();
         let state = match action {
             Action::Delivered { attempts } => DeliveryState {
@@ -915,6 +956,17 @@ impl Worker {
             ..
         } = admitting;
         let carried = prior.carried;
+        let attempts = prior.attempts + 1;
+        let span = tracing::info_span!(
+            "attempt",
+            otel.name = "webhook attempt",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            attempt = attempts,
+            http.response.status_code = tracing::field::Empty,
+            error.class = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
         self.metrics.in_flight.inc();
         let report = self
             .dispatcher
@@ -922,16 +974,15 @@ impl Worker {
                 endpoint,
                 &event.id,
                 payload,
-                carried.trace.map(|trace| trace.child(rand::random())),
+                carried
+                    .trace
+                    .map(|trace| telemetry::child_trace(&span, trace)),
             )
+            .instrument(span.clone())
             .await;
         self.metrics.in_flight.dec();
-        let attempts = prior.attempts + 1;
+        record_attempt_span(&span, &report);
         tracing::debug!(
-            trace_id = carried
-                .trace
-                .map(|trace| trace.trace_id_hex())
-                .unwrap_or_default(),
             event.id = %event.id,
             endpoint.id = %endpoint.id,
             attempt = attempts,
@@ -1280,7 +1331,19 @@ impl Worker {
 
     /// Runs one claimed retry to its next durable state.
     pub async fn handle_retry(&self, claimed: Claimed) {
-        let _ = self.process_retry(claimed).await;
+        let span = deliver_span(
+            claimed
+                .task
+                .as_ref()
+                .map_or("", |task| task.endpoint_id.as_str()),
+        );
+        if let Ok(task) = &claimed.task {
+            span.record("event.id", task.event.id.as_str());
+            span.record("tenant", task.event.tenant.as_str());
+            // The retry is a span of the trace its event's message started.
+            telemetry::continue_trace(&span, task.trace.as_deref().and_then(TraceParent::parse));
+        }
+        let _ = self.process_retry(claimed).instrument(span).await;
     }
 
     async fn process_retry(&self, claimed: Claimed) -> Result<(), Aborted> {
@@ -1499,6 +1562,38 @@ fn stored_payload(stored: &StoredPayload) -> Payload {
     }
 }
 
+/// The span of one endpoint's delivery of an event, from its message or a retry task.
+fn deliver_span(endpoint_id: &str) -> Span {
+    tracing::info_span!(
+        "deliver",
+        endpoint.id = endpoint_id,
+        event.id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    )
+}
+
+/// What an attempt's span says of it: never the URL or the answer's body.
+fn record_attempt_span(span: &Span, report: &AttemptReport) {
+    span.record(
+        "duration_ms",
+        u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+    );
+    match &report.outcome {
+        AttemptOutcome::Delivered { status } => {
+            span.record("http.response.status_code", status);
+        }
+        AttemptOutcome::Failed(failure) => {
+            if let Some(status) = failure.status {
+                span.record("http.response.status_code", status);
+            }
+            span.record("error.class", failure.class.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
 fn pending(
     event: &Event,
     endpoint: &Endpoint,
@@ -1520,11 +1615,13 @@ fn pending(
     }
 }
 
-/// The message's trace (`traceparent` header), or a new one: every delivery is traced.
-fn message_trace(delivery: &Delivery) -> TraceParent {
-    string_header(delivery, TRACEPARENT_HEADER)
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(|| TraceParent::root((rand::random(), rand::random())))
+/// The event's id for the consume span, before the body is parsed: its message id.
+fn message_id(delivery: &Delivery) -> &str {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map_or("", |id| id.as_str())
 }
 
 fn dead_delivery(

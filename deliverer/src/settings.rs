@@ -5,7 +5,7 @@ use hookline_shared::dispatch::proxy::DeliveryProxy;
 use hookline_shared::domain::policy::RetrySchedule;
 use hookline_shared::settings::{
     self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings,
-    RetentionSettings, SecretsSettings, SettingsError, ShutdownSettings,
+    RetentionSettings, SecretsSettings, SettingsError, ShutdownSettings, TelemetrySettings,
 };
 use ipnet::IpNet;
 use secrecy::SecretString;
@@ -28,6 +28,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
     #[serde(default)]
     pub secrets: SecretsSettings,
@@ -126,6 +128,7 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
+        self.telemetry.validate()?;
         self.amqp.validate()?;
         DeliveryProxy::validate_setting(&self.delivery.proxy)?;
         let durations = [

@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let path = hookline_shared::settings::config_path(args.config);
     let settings = Settings::load(path.as_deref())?;
-    hookline_shared::telemetry::init(&settings.log);
+    let telemetry =
+        hookline_shared::telemetry::init(&settings.log, &settings.telemetry, "hookline-ingest")?;
     let ingest = Ingest::bind(settings).await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -25,5 +26,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested; draining");
         trigger.cancel();
     });
-    ingest.run(shutdown).await
+    let ran = ingest.run(shutdown).await;
+    telemetry.shutdown().await;
+    ran
 }

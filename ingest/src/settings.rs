@@ -6,7 +6,7 @@ use hookline_shared::domain::quota::Quota;
 use hookline_shared::server::ConnectionLimits;
 use hookline_shared::settings::{
     self, AdminSettings, AmqpSettings, HealthSettings, LogSettings, RedisSettings, SecretsSettings,
-    SettingsError, ShutdownSettings,
+    SettingsError, ShutdownSettings, TelemetrySettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -27,6 +27,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
     #[serde(default)]
     pub secrets: SecretsSettings,
@@ -174,6 +176,7 @@ impl Settings {
         settings::validate_prefix(&self.prefix)?;
         self.secrets.sealer()?;
         self.admin.validate()?;
+        self.telemetry.validate()?;
         self.amqp.validate()?;
         self.http.limits.validate([
             (

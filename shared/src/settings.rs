@@ -195,6 +195,75 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// OpenTelemetry traces, exported over OTLP/HTTP (protobuf) when an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (`http://otel-collector:4318`, the form of
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: `/v1/traces` is appended unless the path already
+    /// ends with it). Empty: no spans are exported.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    /// The share of traces that start here (no sampled parent) which are recorded;
+    /// a trace continued from a `traceparent` follows its sampled flag.
+    #[serde(default = "full_sampling")]
+    pub sample_ratio: f64,
+}
+
+fn full_sampling() -> f64 {
+    1.0
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            sample_ratio: full_sampling(),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(SettingsError::invalid(
+                "telemetry.sample_ratio",
+                "HOOKLINE__TELEMETRY__SAMPLE_RATIO",
+                "must be between 0 and 1",
+            ));
+        }
+        if !self.otlp_endpoint.is_empty() {
+            let parsed = url::Url::parse(&self.otlp_endpoint).map_err(|error| {
+                SettingsError::invalid(
+                    "telemetry.otlp_endpoint",
+                    "HOOKLINE__TELEMETRY__OTLP_ENDPOINT",
+                    format!("not a URL: {error}"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(SettingsError::invalid(
+                    "telemetry.otlp_endpoint",
+                    "HOOKLINE__TELEMETRY__OTLP_ENDPOINT",
+                    "must be an http:// or https:// URL (OTLP over HTTP)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where spans are posted: the endpoint with the traces path.
+    pub fn traces_url(&self) -> Option<String> {
+        if self.otlp_endpoint.is_empty() {
+            return None;
+        }
+        let base = self.otlp_endpoint.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShutdownSettings {
     /// How long in-flight work may take to finish after SIGTERM.

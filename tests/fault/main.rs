@@ -4,7 +4,10 @@
 //! These tests restart brokers, so they run serially against their own broker instance
 //! (`make test` starts the `chaos` instance and runs this binary with one thread).
 
-use hookline_tests::{Receiver, TOKEN, answer, eventually, eventually_within};
+use hookline_shared::domain::trace::TraceParent;
+use hookline_tests::{
+    ExportedSpan, OtlpCollector, Receiver, TOKEN, answer, eventually, eventually_within,
+};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -1156,4 +1159,163 @@ async fn publish_direct_body(prefix: &str, body: &Value) -> bool {
         .expect("confirm");
     let _ = connection.close(200, "done".into()).await;
     confirm.is_ack()
+}
+
+/// One event that fails once, then succeeds: one trace, continuing the ATS's, with the
+/// request and publish spans of ingest, the consume, match, delivery and both attempt
+/// spans of the deliverer (the retry's delivery under the same message), exported to a
+/// real OTLP receiver; the webhook receiver saw each attempt's own span in `traceparent`,
+/// and the deliverer's JSON log lines carry the trace id. Nothing exported carries the
+/// receiver's URL or the event's data.
+#[tokio::test]
+async fn one_event_is_one_trace_from_the_ats_through_both_services_to_the_receiver() {
+    const ATS_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const ATS_SPAN_ID: &str = "00f067aa0ba902b7";
+    let collector = OtlpCollector::start().await;
+    let dir =
+        std::env::temp_dir().join(format!("hookline-trace-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("log directory");
+    let hookline = Installation::start_with(
+        1,
+        vec![
+            ("HOOKLINE__TELEMETRY__OTLP_ENDPOINT", collector.endpoint()),
+            // The SDK's batch interval (5 s by default), so the spans come soon.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("HOOKLINE__LOG__FILTER", "debug".into()),
+            ("HOOKLINE__LOG__FORMAT", "json".into()),
+            (LOG_DIR, dir.display().to_string()),
+        ],
+    )
+    .await;
+    let receiver = Receiver::answering(&[500]).await;
+    hookline.create_endpoint("acme", receiver.url()).await;
+    let marker = format!("marker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let accepted = hookline
+        .http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/tenants/acme/events",
+            hookline.api
+        ))
+        .bearer_auth(TOKEN)
+        .header("traceparent", format!("00-{ATS_TRACE_ID}-{ATS_SPAN_ID}-01"))
+        .json(&json!({"id": "traced", "type": "candidate.created", "data": {"note": marker}}))
+        .send()
+        .await
+        .expect("ingest answers");
+    assert_eq!(accepted.status(), 202);
+    let received = receiver.wait_for(2).await;
+    let sent: Vec<TraceParent> = received
+        .iter()
+        .map(|request| {
+            TraceParent::parse(request.header("traceparent").expect("a traceparent"))
+                .expect("a valid traceparent")
+        })
+        .collect();
+
+    let in_trace = |spans: &[ExportedSpan]| -> Vec<ExportedSpan> {
+        spans
+            .iter()
+            .filter(|span| span.trace_id == ATS_TRACE_ID)
+            .cloned()
+            .collect()
+    };
+    eventually("both attempts' spans exported", || async {
+        let spans = in_trace(&collector.spans());
+        spans.iter().filter(|s| s.name == "webhook attempt").count() == 2
+            && spans.iter().filter(|s| s.name == "deliver").count() == 2
+    })
+    .await;
+    hookline.stop().await;
+    let spans = in_trace(&collector.spans());
+    let one = |name: &str| -> ExportedSpan {
+        let found: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
+        found[0].clone()
+    };
+    let request = one("ingest.event");
+    let publish = one("amqp publish");
+    let consume = one("amqp consume");
+    let matching = one("match");
+    assert_eq!(request.service, "hookline-ingest");
+    assert_eq!(
+        request.parent_span_id, ATS_SPAN_ID,
+        "ingest joins the ATS's trace"
+    );
+    assert_eq!(request.attribute("http.response.status_code"), Some("202"));
+    assert_eq!(publish.parent_span_id, request.span_id);
+    assert_eq!(publish.attribute("outcome"), Some("confirmed"));
+    assert_eq!(consume.service, "hookline-deliverer");
+    assert_eq!(
+        consume.parent_span_id, publish.span_id,
+        "the message's traceparent names the publish span"
+    );
+    assert_eq!(consume.attribute("event.id"), Some("traced"));
+    assert_eq!(matching.parent_span_id, consume.span_id);
+    assert_eq!(matching.attribute("matched"), Some("1"));
+    let deliveries: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == "deliver").collect();
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.parent_span_id == consume.span_id),
+        "the first delivery and the retry both hang off the message: {deliveries:#?}"
+    );
+    let mut outcomes: Vec<&str> = deliveries
+        .iter()
+        .filter_map(|d| d.attribute("outcome"))
+        .collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["delivered", "retry"]);
+    let mut attempts: Vec<&ExportedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "webhook attempt")
+        .collect();
+    attempts.sort_by_key(|a| a.attribute("attempt").map(str::to_owned));
+    assert_eq!(
+        attempts[0].attribute("http.response.status_code"),
+        Some("500")
+    );
+    assert_eq!(attempts[0].attribute("error.class"), Some("http_error"));
+    assert_eq!(
+        attempts[1].attribute("http.response.status_code"),
+        Some("204")
+    );
+    for (attempt, traceparent) in attempts.iter().zip(&sent) {
+        assert_eq!(
+            attempt.span_id,
+            format!("{:016x}", traceparent.parent_id),
+            "the receiver saw the attempt's own span"
+        );
+        assert!(
+            deliveries
+                .iter()
+                .any(|d| d.span_id == attempt.parent_span_id),
+            "an attempt is a span of its delivery"
+        );
+    }
+    assert!(
+        sent.iter().all(|t| t.sampled),
+        "the ATS's sampled flag is kept"
+    );
+    let everything = format!("{:?}", collector.spans());
+    assert!(!everything.contains(&marker), "no payload value in a span");
+    assert!(
+        !everything.contains(&receiver.addr.port().to_string()),
+        "no receiver URL in a span"
+    );
+
+    let mut deliverer_log = String::new();
+    for entry in std::fs::read_dir(&dir).expect("log directory") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().contains("hookline-deliverer") {
+            deliverer_log.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        deliverer_log
+            .lines()
+            .any(|line| line.contains("delivery attempt")
+                && line.contains(&format!("\"trace_id\":\"{ATS_TRACE_ID}\""))),
+        "the attempt's log line carries the trace id"
+    );
 }

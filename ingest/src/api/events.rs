@@ -19,6 +19,7 @@ use hookline_shared::contract::{
 };
 use hookline_shared::domain::event::{Event, EventMessage, Fallbacks, TenantId};
 use hookline_shared::domain::trace::TraceParent;
+use hookline_shared::telemetry::{self, continue_trace};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::Instant;
 use time::OffsetDateTime;
+use tracing::{Instrument, Span};
 
 #[derive(Debug, Serialize)]
 pub struct Accepted {
@@ -39,12 +41,27 @@ pub async fn ingest(
     request_headers: HeaderMap,
     request_body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let span = request_span("ingest.event", &raw_tenant);
+    let trace = continue_trace(&span, request_trace(&request_headers));
+    let answer = ingest_one(state, raw_tenant, request_body, trace)
+        .instrument(span.clone())
+        .await;
+    record_answer(&span, answer.as_ref().map(|(status, _)| *status));
+    answer
+}
+
+async fn ingest_one(
+    state: AppState,
+    raw_tenant: String,
+    request_body: Body,
+    trace: TraceParent,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let tenant = tenant(raw_tenant)?;
-    let trace = continue_trace(&request_headers);
     let message: EventMessage =
         body::parse_json(request_body, state.settings.max_event_bytes).await?;
     let caller_chose_id = message.id.is_some();
     let event = validate(&state, tenant, message).await?;
+    Span::current().record("event.id", event.id.as_str());
     quota::admit(&state, &event.tenant, 1).await?;
 
     // Only an id the caller chose can repeat; a generated UUIDv7 cannot, so it skips
@@ -147,21 +164,50 @@ async fn validate(
     Ok(event)
 }
 
-/// The AMQP body and properties of an event, the same for a single event and a batch's.
-/// The request's trace (its `traceparent`), continued under a span of ingest's own; a
-/// new trace when it has none or a malformed one.
-fn continue_trace(headers: &HeaderMap) -> TraceParent {
-    let span = rand::random::<u64>();
+/// The span of one event or batch request; its trace continues the request's.
+fn request_span(name: &'static str, tenant: &str) -> Span {
+    tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        tenant = tenant,
+        event.id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    )
+}
+
+/// The request's trace (its `traceparent`), if it has a well-formed one.
+fn request_trace(headers: &HeaderMap) -> Option<TraceParent> {
     headers
         .get(TRACEPARENT_HEADER)
         .and_then(|value| value.to_str().ok())
         .and_then(TraceParent::parse)
-        .map_or_else(
-            || TraceParent::root((rand::random(), span)),
-            |parent| parent.child(span),
-        )
 }
 
+fn record_answer(span: &Span, status: Result<StatusCode, &ApiError>) {
+    let status = status.unwrap_or_else(|error| error.status());
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The span of a publish and its confirm; the messages' `traceparent` names it.
+fn publish_span(events: usize) -> Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = "amqp publish",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.batch.message_count = events,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// The AMQP body and properties of an event, the same for a single event and a batch's.
 fn message(
     event: &Event,
     endpoints_version: Option<u64>,
@@ -214,6 +260,8 @@ async fn publish(
     sequence: Option<i64>,
     trace: TraceParent,
 ) -> Result<(), ApiError> {
+    let span = publish_span(1);
+    let trace = telemetry::child_trace(&span, trace);
     let (body, properties) = message(event, endpoints_version, sequence, trace);
     let started = Instant::now();
     let result = state
@@ -224,8 +272,18 @@ async fn publish(
             &body,
             properties,
         )
+        .instrument(span.clone())
         .await;
-    Ok(record_publish(state, started, result)?)
+    let result = record_publish(state, started, result);
+    record_publish_span(&span, result.reason());
+    Ok(result?)
+}
+
+fn record_publish_span(span: &Span, failure: Option<&'static str>) {
+    span.record("outcome", failure.unwrap_or("confirmed"));
+    if failure.is_some() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// Counts a publish's outcome in the metrics, and hands it back.
@@ -317,8 +375,22 @@ pub async fn ingest_batch(
     request_headers: HeaderMap,
     request_body: Body,
 ) -> Result<Json<BatchAnswer>, ApiError> {
+    let span = request_span("ingest.batch", &raw_tenant);
+    let trace = continue_trace(&span, request_trace(&request_headers));
+    let answer = ingest_many(state, raw_tenant, request_body, trace)
+        .instrument(span.clone())
+        .await;
+    record_answer(&span, answer.as_ref().map(|_| StatusCode::OK));
+    answer
+}
+
+async fn ingest_many(
+    state: AppState,
+    raw_tenant: String,
+    request_body: Body,
+    trace: TraceParent,
+) -> Result<Json<BatchAnswer>, ApiError> {
     let tenant = tenant(raw_tenant)?;
-    let trace = continue_trace(&request_headers);
     let limit = state.settings.max_batch_bytes();
     let bytes = body::read(request_body, limit).await.map_err(|_| {
         ApiError::new(
@@ -429,6 +501,8 @@ pub async fn ingest_batch(
         )
         .await?;
     let sequences: HashMap<usize, i64> = keyed.iter().map(|(i, _)| *i).zip(numbers).collect();
+    let publish_span = publish_span(to_publish.len());
+    let trace = telemetry::child_trace(&publish_span, trace);
     let messages: Vec<(Vec<u8>, BasicProperties)> = to_publish
         .iter()
         .filter_map(|&i| match &slots[i] {
@@ -460,8 +534,13 @@ pub async fn ingest_batch(
         state
             .publisher
             .publish_many(&state.topology.partitions_exchange, outgoing)
+            .instrument(publish_span.clone())
             .await
     };
+    record_publish_span(
+        &publish_span,
+        published.as_ref().err().map(|error| error.reason()),
+    );
     let published = match published {
         Ok(results) => results,
         Err(error) => {
