@@ -1,6 +1,6 @@
 //! Indexes dead letters for the API: consumes `{prefix}.dead-letter.index` and writes each
-//! delivery record to Redis, acking only once it is written. The API lists and replays
-//! from the index; `{prefix}.dead-letter` stays the untouched record for ops.
+//! delivery record to Redis (sealed), acking only once it is written. The API lists and
+//! replays from the index; `{prefix}.dead-letter` keeps only references for ops.
 
 use crate::acks::AckWindow;
 use crate::consumer::Handler;
@@ -27,8 +27,9 @@ impl Handler for DeadLetterIndexer {
         let record = match serde_json::from_slice::<DeadLetter>(&delivery.data) {
             Ok(DeadLetter::DeliveryV1(record)) => record,
             // Rejected messages have no tenant to list them under; they stay readable in
-            // the record queue.
-            Ok(DeadLetter::MessageV1(_)) => return acks.ack(tag),
+            // the record queue. References reach this queue through the exchange beside
+            // the full record, which was published to this queue directly.
+            Ok(DeadLetter::MessageV1(_) | DeadLetter::DeliveryRefV1(_)) => return acks.ack(tag),
             Err(error) => {
                 tracing::warn!(%error, "unreadable dead-letter record not indexed");
                 return acks.ack(tag);

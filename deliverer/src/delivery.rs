@@ -158,7 +158,7 @@ impl Worker {
             delivery_limit: settings.amqp.delivery_limit,
             dispatcher: Dispatcher::new(&delivery.dispatch())?,
             endpoints: EndpointCache::new(
-                EndpointStore::new(redis.clone(), keys.clone(), sealer),
+                EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
                 health.clone(),
                 delivery.endpoint_cache_ttl,
             ),
@@ -171,7 +171,7 @@ impl Worker {
             success_writes: Throttle::new(Duration::from_secs(30)),
             probe_requests: Throttle::new(Duration::from_millis(250)),
             recovery_checks: Throttle::new(Duration::from_millis(250)),
-            retries: RetryStore::new(redis.clone(), keys.clone()),
+            retries: RetryStore::new(redis.clone(), keys.clone(), sealer.clone()),
             parked: ParkedWork::default(),
             sequences: SequenceStore::new(redis, keys),
             notifier,
@@ -353,7 +353,13 @@ impl Worker {
             Ok(event) => Arc::new(event),
             Err(invalid) => {
                 let error = hookline_shared::telemetry::error_chain(&invalid);
-                tracing::warn!(error, routing_key, "invalid message dead-lettered");
+                // Not the error: a parser's message may quote a value of the body. It is
+                // in the dead-letter record.
+                tracing::warn!(
+                    routing_key,
+                    message.id = message_id(delivery),
+                    "invalid message dead-lettered"
+                );
                 let record = rejected(delivery, DeadLetterReason::InvalidMessage, error);
                 return self.dead_letter(record).await;
             }
@@ -803,7 +809,7 @@ impl Worker {
                 dead_letter_reason: Some(record.reason.as_str().to_owned()),
                 blocked_by: None,
             },
-            Action::DeadLetter(DeadLetter::MessageV1(_)) => return,
+            Action::DeadLetter(DeadLetter::MessageV1(_) | DeadLetter::DeliveryRefV1(_)) => return,
         };
         self.activity.record(Activity::State {
             tenant: event.tenant.clone(),

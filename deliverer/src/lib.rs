@@ -139,7 +139,7 @@ impl Deliverer {
         let abort = CancellationToken::new();
         let handlers = TaskTracker::new();
         let (activity, history) = activity::ActivityLog::spawn(
-            ActivityStore::new(redis.clone(), keys.clone()),
+            ActivityStore::new(redis.clone(), keys.clone(), sealer.clone()),
             Retention {
                 max_age: settings.retention.attempts,
                 attempts_per_endpoint: settings.retention.attempts_per_endpoint,
@@ -169,6 +169,7 @@ impl Deliverer {
                     dead_letters: dead_letter::DeadLetters::new(
                         publisher,
                         topology.dead_letter_exchange.clone(),
+                        topology.dead_letter_index_queue.clone(),
                     ),
                     activity,
                     metrics,
@@ -231,7 +232,7 @@ impl Deliverer {
                 topology: topology.clone(),
                 prefetch: 50,
                 handler: Arc::new(dead_letter_index::DeadLetterIndexer {
-                    store: DeadLetterStore::new(redis, keys),
+                    store: DeadLetterStore::new(redis, keys, sealer.clone()),
                     retention: settings.retention.dead_letters,
                     abort: abort.clone(),
                 }),

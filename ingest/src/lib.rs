@@ -153,9 +153,9 @@ impl Ingest {
             endpoints: EndpointStore::new(redis.clone(), keys.clone(), sealer.clone()),
             health: HealthStore::new(redis.clone(), keys.clone()),
             health_policy: settings.health.policy(),
-            activity: ActivityStore::new(redis.clone(), keys.clone()),
-            dead_letters: DeadLetterStore::new(redis.clone(), keys.clone()),
-            retries: RetryStore::new(redis.clone(), keys.clone()),
+            activity: ActivityStore::new(redis.clone(), keys.clone(), sealer.clone()),
+            dead_letters: DeadLetterStore::new(redis.clone(), keys.clone(), sealer.clone()),
+            retries: RetryStore::new(redis.clone(), keys.clone(), sealer.clone()),
             sequences: SequenceStore::new(redis.clone(), keys.clone()),
             replicas: hookline_shared::store::replicas::ReplicaRegistry::new(
                 redis.clone(),

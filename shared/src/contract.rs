@@ -2,7 +2,7 @@
 //! and retry tasks. Records are versioned tagged enums so a newer deliverer can read what
 //! an older one wrote, and the other way round fails loudly rather than silently.
 
-use crate::domain::event::Event;
+use crate::domain::event::{Event, TenantId};
 use crate::domain::policy::{DeadLetterReason, Failure};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -45,6 +45,9 @@ pub enum DeadLetter {
     /// A message taken off the events queue that was not processed: not a valid event
     /// (`invalid_message`) or handed out too often (`delivery_limit`).
     MessageV1(RejectedMessage),
+    /// What the ops queue keeps of a dead delivery: which, why, how often — not the
+    /// event, whose one stored copy is the sealed, bounded, erasable index in Redis.
+    DeliveryRefV1(DeadDeliveryRef),
 }
 
 impl DeadLetter {
@@ -52,6 +55,7 @@ impl DeadLetter {
         match self {
             Self::DeliveryV1(d) => &d.id,
             Self::MessageV1(m) => &m.id,
+            Self::DeliveryRefV1(r) => &r.id,
         }
     }
 
@@ -59,6 +63,7 @@ impl DeadLetter {
         match self {
             Self::DeliveryV1(d) => d.reason,
             Self::MessageV1(m) => m.reason,
+            Self::DeliveryRefV1(r) => r.reason,
         }
     }
 }
@@ -76,6 +81,38 @@ pub struct DeadDelivery {
     #[serde(with = "time::serde::rfc3339")]
     pub dead_lettered_at: OffsetDateTime,
     pub event: Event,
+}
+
+impl DeadDelivery {
+    /// The record for the ops queue: everything but the event's content.
+    pub fn reference(&self) -> DeadDeliveryRef {
+        DeadDeliveryRef {
+            id: self.id.clone(),
+            reason: self.reason,
+            tenant: self.event.tenant.clone(),
+            event_id: self.event.id.clone(),
+            event_type: self.event.event_type.as_str().to_owned(),
+            endpoint_id: self.endpoint_id.clone(),
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            dead_lettered_at: self.dead_lettered_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadDeliveryRef {
+    pub id: String,
+    pub reason: DeadLetterReason,
+    pub tenant: TenantId,
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint_id: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Failure>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub dead_lettered_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

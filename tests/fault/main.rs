@@ -801,7 +801,7 @@ async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
         if let Ok(record) = serde_json::from_slice::<Value>(&message.delivery.data)
             && let (Some(endpoint), Some(id)) = (
                 record["endpoint_id"].as_str(),
-                record["event"]["id"].as_str(),
+                record["event_id"].as_str(),
             )
         {
             found.push((endpoint.to_owned(), id.to_owned()));

@@ -20,7 +20,12 @@ async fn store() -> (RetryStore, Keyspace) {
     .expect("Redis");
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let keys = Keyspace::new(&prefix);
-    (RetryStore::new(redis, keys.clone()), keys)
+    (RetryStore::new(redis, keys.clone(), development_sealer()), keys)
+}
+
+/// The tests' installations run with the development key.
+fn development_sealer() -> std::sync::Arc<hookline_shared::store::sealing::Sealer> {
+    std::sync::Arc::new(hookline_shared::store::sealing::Sealer::new(None, None).expect("sealer"))
 }
 
 fn task(tenant: &str, n: usize, priority: &str) -> PendingDelivery {
@@ -182,7 +187,7 @@ async fn the_operator_overview_lists_the_largest_backlogs() {
     )
     .await
     .expect("Redis");
-    let store = RetryStore::new(redis, hookline.keys());
+    let store = RetryStore::new(redis, hookline.keys(), development_sealer());
     // Waiting an hour: retries the deliverer will not touch during the test.
     let later = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 3_600_000;
     let mut tasks: Vec<(PendingDelivery, i64)> = (0..5)

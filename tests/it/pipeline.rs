@@ -301,14 +301,28 @@ async fn exhausted_delivery_is_dead_lettered_with_its_reason() {
     assert_eq!(accepted.status, 202);
     let records = hookline.dead_letters(1).await;
     let record = &records[0];
-    assert_eq!(record["type"], "delivery_v1");
+    assert_eq!(record["type"], "delivery_ref_v1");
     assert_eq!(record["reason"], "retries_exhausted");
     assert_eq!(record["attempts"], 3, "first attempt plus two retries");
     assert_eq!(record["endpoint_id"], endpoint["id"]);
     assert_eq!(record["last_error"]["class"], "http_error");
     assert_eq!(record["last_error"]["status"], 500);
-    assert_eq!(record["event"]["id"], "inv_1");
-    assert_eq!(record["event"]["data"], json!({"invoice": 1}));
+    assert_eq!(record["event_id"], "inv_1");
+    assert_eq!(record["tenant"], "acme");
+    assert_eq!(record["event_type"], "invoice.status.updated");
+    assert!(
+        record.get("event").is_none(),
+        "the ops record carries no event content: {record}"
+    );
+    // The event itself is in the (sealed) index the API reads.
+    let listed = hookline.get("/v1/tenants/acme/dead-letters").await;
+    assert_eq!(listed.body["data"][0]["id"], record["id"]);
+    assert_eq!(
+        listed.body["data"][0]["event"]["data"],
+        json!({"invoice": 1}),
+        "{}",
+        listed.body
+    );
     assert_eq!(down.count(), 3);
     hookline.stop().await;
 }

@@ -6,13 +6,14 @@
 //! delivery. Retention is enforced on every write — by age, by count per endpoint and by
 //! count of events per tenant — so it cannot grow without bound.
 
-use super::{Keyspace, StoreError};
+use super::sealing::Sealer;
+use super::{Keyspace, StoreError, open_json};
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -151,11 +152,17 @@ struct EventStates<'a> {
 pub struct ActivityStore {
     redis: RedisConnection,
     keys: Keyspace,
+    /// Event states hold the event, attempts the receiver's answer: sealed at rest.
+    sealer: Arc<Sealer>,
 }
 
 impl ActivityStore {
-    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
-        Self { redis, keys }
+    pub fn new(redis: RedisConnection, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
+        Self {
+            redis,
+            keys,
+            sealer,
+        }
     }
 
     /// Writes a batch — one pipeline per tenant, since a tenant's keys share a hash slot
@@ -204,7 +211,9 @@ impl ActivityStore {
                     record,
                     ..
                 } => {
-                    let json = serde_json::to_string(record).unwrap_or_default();
+                    let json = self
+                        .sealer
+                        .seal(&serde_json::to_string(record).unwrap_or_default());
                     attempts
                         .entry(self.keys.attempts(tenant, endpoint_id))
                         .or_default()
@@ -250,7 +259,9 @@ impl ActivityStore {
             for (event_id, entry) in &states {
                 let key = self.keys.event_state(tenant, event_id);
                 let mut hset = redis::cmd("HSET");
-                hset.arg(&key).arg("event").arg(entry.event);
+                hset.arg(&key)
+                    .arg("event")
+                    .arg(self.sealer.seal(entry.event));
                 for (endpoint_id, json) in &entry.endpoints {
                     hset.arg(*endpoint_id).arg(json);
                 }
@@ -404,12 +415,7 @@ impl ActivityStore {
             .query_async(&mut self.redis.clone())
             .await?;
         raw.iter()
-            .map(|json| {
-                serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-                    key: key.clone(),
-                    source,
-                })
-            })
+            .map(|stored| open_json(&self.sealer, &key, stored))
             .collect()
     }
 
@@ -431,7 +437,7 @@ impl ActivityStore {
             key: key.clone(),
             source,
         };
-        let event: Value = serde_json::from_str(&event).map_err(corrupt)?;
+        let event: Value = open_json(&self.sealer, &key, &event)?;
         let states = fields
             .into_iter()
             .map(|(endpoint, json)| Ok((endpoint, serde_json::from_str(&json).map_err(corrupt)?)))

@@ -6,12 +6,13 @@
 //! Per tenant, a hash holds the records and a sorted set orders them by time.
 
 use super::health::to_ms;
-use super::{Keyspace, StoreError};
+use super::sealing::Sealer;
+use super::{Keyspace, StoreError, open_json};
 use crate::contract::DeadDelivery;
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -71,11 +72,17 @@ const SCAN_PAGE: usize = 200;
 pub struct DeadLetterStore {
     redis: RedisConnection,
     keys: Keyspace,
+    /// Records hold the event: sealed at rest.
+    sealer: Arc<Sealer>,
 }
 
 impl DeadLetterStore {
-    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
-        Self { redis, keys }
+    pub fn new(redis: RedisConnection, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
+        Self {
+            redis,
+            keys,
+            sealer,
+        }
     }
 
     pub async fn index(
@@ -92,7 +99,10 @@ impl DeadLetterStore {
             .key(self.keys.dead_letter_reasons(tenant))
             .key(self.keys.dead_letter_reason_of(tenant))
             .arg(&record.id)
-            .arg(serde_json::to_string(record).unwrap_or_default())
+            .arg(
+                self.sealer
+                    .seal(&serde_json::to_string(record).unwrap_or_default()),
+            )
             .arg(to_ms(record.dead_lettered_at))
             .arg(cutoff)
             .arg(record.reason.as_str())
@@ -112,7 +122,8 @@ impl DeadLetterStore {
             .arg(id)
             .query_async(&mut self.redis.clone())
             .await?;
-        raw.map(|json| decode(&key, &json)).transpose()
+        raw.map(|stored| open_json(&self.sealer, &key, &stored))
+            .transpose()
     }
 
     /// Newest first. Returns the page and the cursor for the next one.
@@ -157,7 +168,7 @@ impl DeadLetterStore {
                 .await?;
             for ((_, score), json) in page.iter().zip(records) {
                 let Some(json) = json else { continue };
-                let record = decode(&records_key, &json)?;
+                let record: DeadDelivery = open_json(&self.sealer, &records_key, &json)?;
                 if query
                     .endpoint_id
                     .as_ref()
@@ -209,11 +220,4 @@ impl DeadLetterStore {
             })
             .collect())
     }
-}
-
-fn decode(key: &str, json: &str) -> Result<DeadDelivery, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
 }

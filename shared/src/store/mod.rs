@@ -36,7 +36,7 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("a signing secret at {key} cannot be opened")]
+    #[error("a sealed value at {key} cannot be opened")]
     Sealed {
         key: String,
         #[source]
@@ -44,6 +44,22 @@ pub enum StoreError {
     },
     #[error("the tenant already has the maximum of {max} endpoints")]
     QuotaExceeded { max: u32 },
+}
+
+/// A value stored sealed (or plain, from before sealing), opened and parsed.
+pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
+    sealer: &sealing::Sealer,
+    key: &str,
+    stored: &str,
+) -> Result<T, StoreError> {
+    let json = sealer.open(stored).map_err(|source| StoreError::Sealed {
+        key: key.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 impl StoreError {

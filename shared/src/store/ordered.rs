@@ -14,7 +14,7 @@
 //! Every key here shares the tenant's shard tag, so each script runs on one Cluster slot.
 
 use super::StoreError;
-use super::retries::{Lane, RetryStore, encode, shard_of};
+use super::retries::{Lane, RetryStore, shard_of};
 use crate::contract::PendingDelivery;
 use crate::domain::event::TenantId;
 use std::sync::LazyLock;
@@ -268,7 +268,7 @@ impl RetryStore {
         let reply: Vec<String> = Self::script(&ENQUEUE_SCRIPT, &keys, now_ms, gap_ms)
             .arg(sequence)
             .arg(&id)
-            .arg(encode(task))
+            .arg(self.encode(task))
             .arg(STATE_TTL_S)
             .arg(FIRST_SIGHT_WAIT_MS)
             .invoke_async(&mut self.redis())

@@ -23,7 +23,9 @@ use super::{Keyspace, StoreError};
 use crate::contract::{PendingDelivery, RetryTask};
 use crate::domain::event::{Priority, TenantId};
 use crate::store::RedisConnection;
+use crate::store::sealing::{SealError, Sealer};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Shards of the retry pool. Fixed: a task's shard follows from its tenant, and changing
 /// the count would strand the tasks of every tenant that moved.
@@ -214,9 +216,19 @@ pub struct Claimed {
 #[derive(Debug, thiserror::Error)]
 #[error("unreadable retry task")]
 pub struct UnreadableTask {
+    /// As stored (sealed when it was written sealed).
     pub raw: String,
     #[source]
-    pub source: serde_json::Error,
+    pub source: TaskError,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Json(serde_json::Error),
+    /// Sealed under a key no longer configured, or damaged.
+    #[error(transparent)]
+    Sealed(SealError),
 }
 
 /// What the pool holds, for the gauges and the operator overview.
@@ -266,11 +278,17 @@ pub struct LaneSize {
 pub struct RetryStore {
     redis: RedisConnection,
     keys: Keyspace,
+    /// Tasks hold the event and its rendered payload: sealed at rest.
+    sealer: Arc<Sealer>,
 }
 
 impl RetryStore {
-    pub fn new(redis: RedisConnection, keys: Keyspace) -> Self {
-        Self { redis, keys }
+    pub fn new(redis: RedisConnection, keys: Keyspace, sealer: Arc<Sealer>) -> Self {
+        Self {
+            redis,
+            keys,
+            sealer,
+        }
     }
 
     pub(crate) fn keys(&self) -> &Keyspace {
@@ -307,7 +325,7 @@ impl RetryStore {
             pipe.atomic();
             for (lane, task, due_ms) in tasks {
                 let id = task.id();
-                pipe.hset(self.keys.retry_tasks(shard), &id, encode(task))
+                pipe.hset(self.keys.retry_tasks(shard), &id, self.encode(task))
                     .ignore();
                 pipe.zadd(self.lane_key(&lane), &id, due_ms).ignore();
                 pipe.cmd("ZADD")
@@ -354,7 +372,7 @@ impl RetryStore {
                 },
                 id: triple[1].clone(),
                 token,
-                task: decode(&triple[2]),
+                task: self.decode(&triple[2]),
             })
             .collect())
     }
@@ -388,7 +406,7 @@ impl RetryStore {
             .arg(id)
             .arg(token)
             .arg(due_ms)
-            .arg(encode(task))
+            .arg(self.encode(task))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(done == 1)
@@ -427,7 +445,7 @@ impl RetryStore {
                 .await?;
             let mut held: HashMap<Lane, Vec<(String, i64)>> = HashMap::new();
             for (id, json) in tasks {
-                if let Ok(task) = decode(&json)
+                if let Ok(task) = self.decode(&json)
                     && task.endpoint_id == endpoint_id
                     && let Some(until) = task.held_until_ms
                 {
@@ -553,7 +571,7 @@ impl RetryStore {
             let mut readable = Vec::new();
             for ((id, json), due) in tasks.iter().zip(dues) {
                 let due = due.unwrap_or(now_ms);
-                match decode(json) {
+                match self.decode(json) {
                     Ok(task) => readable.push((task, due)),
                     Err(_) => {
                         let lane = Lane {
@@ -596,7 +614,7 @@ impl RetryStore {
                 .query_async(&mut redis)
                 .await?;
             for json in tasks.values() {
-                let Ok(task) = decode(json) else { continue };
+                let Ok(task) = self.decode(json) else { continue };
                 let lane = Lane::of_task(&task);
                 let due: Option<i64> = redis::cmd("ZSCORE")
                     .arg(self.lane_key(&lane))
@@ -612,31 +630,46 @@ impl RetryStore {
     }
 }
 
-pub(crate) fn encode(task: &PendingDelivery) -> String {
-    // Strings, numbers and JSON values: serializing cannot fail.
-    serde_json::to_string(&RetryTask::DeliveryV1(task.clone())).unwrap_or_default()
+impl RetryStore {
+    /// A task as stored: its JSON, sealed.
+    pub(crate) fn encode(&self, task: &PendingDelivery) -> String {
+        // Strings, numbers and JSON values: serializing cannot fail.
+        let json = serde_json::to_string(&RetryTask::DeliveryV1(task.clone())).unwrap_or_default();
+        self.sealer.seal(&json)
+    }
+
+    /// A stored task (sealed, or plain JSON from before sealing).
+    pub(crate) fn decode(&self, stored: &str) -> Result<PendingDelivery, UnreadableTask> {
+        let unreadable = |source| UnreadableTask {
+            raw: stored.to_owned(),
+            source,
+        };
+        let json = self
+            .sealer
+            .open(stored)
+            .map_err(|error| unreadable(TaskError::Sealed(error)))?;
+        parse_task(&json).map_err(|error| unreadable(TaskError::Json(error)))
+    }
 }
 
-fn decode(json: &str) -> Result<PendingDelivery, UnreadableTask> {
-    match serde_json::from_str(json) {
-        Ok(RetryTask::DeliveryV1(task)) => Ok(task),
-        Err(source) => Err(UnreadableTask {
-            raw: json.to_owned(),
-            source,
-        }),
-    }
+fn parse_task(json: &str) -> Result<PendingDelivery, serde_json::Error> {
+    serde_json::from_str(json).map(|RetryTask::DeliveryV1(task)| task)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Lane, SHARDS, decode, shard_of};
+    use super::{Lane, SHARDS, TaskError, parse_task, shard_of};
     use crate::domain::event::{Priority, TenantId};
     use crate::telemetry::error_chain;
 
     #[test]
     fn an_unreadable_task_keeps_its_text_and_says_why() {
-        let unreadable = decode(r#"{"type":"delivery_v9"}"#).expect_err("unknown version");
-        assert_eq!(unreadable.raw, r#"{"type":"delivery_v9"}"#);
+        let unreadable = super::UnreadableTask {
+            raw: r#"{"type":"delivery_v9"}"#.to_owned(),
+            source: TaskError::Json(
+                parse_task(r#"{"type":"delivery_v9"}"#).expect_err("unknown version"),
+            ),
+        };
         let error = error_chain(&unreadable);
         assert!(
             error.starts_with("unreadable retry task: unknown variant"),
