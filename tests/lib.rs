@@ -430,6 +430,93 @@ impl Hookline {
         queue.message_count()
     }
 
+    /// Every value this installation keeps in Redis — each key of its prefix read by its
+    /// type (strings, hashes' fields and values, sets, sorted sets, lists, streams) — as
+    /// text, keys included.
+    pub async fn redis_dump(&self) -> Vec<String> {
+        let mut redis = self.redis().await;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, found): (String, Vec<String>) = redis::cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await
+                .expect("SCAN");
+            keys.extend(found);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let mut values = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .expect("TYPE");
+            let read = match kind.as_str() {
+                "string" => redis::cmd("GET").arg(&key).clone(),
+                "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+                "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+                "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).clone(),
+                "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+                "stream" => {
+                    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .query_async(&mut redis)
+                        .await
+                        .expect("XRANGE");
+                    values.extend(
+                        entries
+                            .into_iter()
+                            .flat_map(|(_, fields)| fields)
+                            .flat_map(|(field, value)| [field, value]),
+                    );
+                    values.push(key);
+                    continue;
+                }
+                // Gone between SCAN and TYPE.
+                _ => continue,
+            };
+            let found: redis::Value = read.query_async(&mut redis).await.expect("read");
+            collect_strings(&found, &mut values);
+            values.push(key);
+        }
+        values
+    }
+
+    /// The body of every message waiting in this installation's queues (delivery
+    /// partitions and both dead-letter queues), read without taking them.
+    pub async fn queued_bodies(&self) -> Vec<String> {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.expect("channel");
+        let mut queues: Vec<String> = (0..self.partitions)
+            .map(|partition| format!("{}.deliveries.{partition}", self.prefix))
+            .collect();
+        queues.push(format!("{}.dead-letter", self.prefix));
+        queues.push(format!("{}.dead-letter.index", self.prefix));
+        let mut bodies = Vec::new();
+        for queue in queues {
+            while let Ok(Some(message)) = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                bodies.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+            }
+        }
+        // Unacked: closing hands every message back to its queue.
+        let _ = connection.close(200, "done".into()).await;
+        bodies
+    }
+
     /// This installation's Redis keys, named as Hookline names them.
     pub fn keys(&self) -> hookline_shared::store::Keyspace {
         hookline_shared::store::Keyspace::new(&self.prefix)
@@ -616,4 +703,24 @@ pub fn verify_signature(secret: &str, received: &Received) -> bool {
     signatures
         .split(' ')
         .any(|entry| entry.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+fn collect_strings(value: &redis::Value, into: &mut Vec<String>) {
+    match value {
+        redis::Value::BulkString(bytes) => into.push(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(text) => into.push(text.clone()),
+        redis::Value::Int(number) => into.push(number.to_string()),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                collect_strings(item, into);
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (field, value) in pairs {
+                collect_strings(field, into);
+                collect_strings(value, into);
+            }
+        }
+        _ => {}
+    }
 }

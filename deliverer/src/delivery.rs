@@ -198,7 +198,11 @@ const RATE_SLACK: Duration = Duration::from_millis(20);
 
 /// What must be made durable for one delivery after its attempt.
 enum Action {
-    Delivered { attempts: u32 },
+    Delivered {
+        attempts: u32,
+    },
+    /// An erasure covers the event: nothing of it is stored or sent again.
+    Erased,
     Retry(PendingDelivery, i64),
     DeadLetter(DeadLetter),
 }
@@ -396,6 +400,10 @@ impl Worker {
                 )
             })
             .await?;
+        if tenant.erasures.covers(&event) {
+            self.metrics.erased.with_label_values(&["queued"]).inc();
+            return Ok(());
+        }
         let rendered = tracing::info_span!(
             "match",
             endpoints = tenant.endpoints.len(),
@@ -773,6 +781,7 @@ impl Worker {
             "outcome",
             match action {
                 Action::Delivered { .. } => "delivered",
+                Action::Erased => "erased",
                 Action::Retry(..) => "retry",
                 Action::DeadLetter(_) => "dead_letter",
             },
@@ -809,7 +818,8 @@ impl Worker {
                 dead_letter_reason: Some(record.reason.as_str().to_owned()),
                 blocked_by: None,
             },
-            Action::DeadLetter(DeadLetter::MessageV1(_) | DeadLetter::DeliveryRefV1(_)) => return,
+            Action::DeadLetter(DeadLetter::MessageV1(_) | DeadLetter::DeliveryRefV1(_))
+            | Action::Erased => return,
         };
         self.activity.record(Activity::State {
             tenant: event.tenant.clone(),
@@ -995,7 +1005,12 @@ impl Worker {
             outcome = ?report.outcome,
             "delivery attempt"
         );
-        self.record_attempt(event, endpoint, attempts, &report);
+        // An erasure that ran while the request was under way: nothing of the event may
+        // be stored now (the erasure's sweep may already be done).
+        let erased = self.is_erased(event).await;
+        if !erased {
+            self.record_attempt(event, endpoint, attempts, &report);
+        }
         let disabled = self.update_health(event, endpoint, &health, &report).await;
         if let Some(probe) = probe {
             probe.release().await;
@@ -1004,6 +1019,10 @@ impl Worker {
                 self.endpoints.invalidate(&event.tenant);
                 self.wake_held(&event.tenant, endpoint).await;
             }
+        }
+        if erased {
+            self.metrics.erased.with_label_values(&["in_flight"]).inc();
+            return Action::Erased;
         }
         let last_error = match &report.outcome {
             AttemptOutcome::Failed(failure) => Some(failure.clone()),
@@ -1250,6 +1269,7 @@ impl Worker {
                 attempt_id: uuid::Uuid::now_v7().to_string(),
                 event_id: event.id.clone(),
                 event_type: event.event_type.as_str().to_owned(),
+                subject: event.subject.clone(),
                 attempt,
                 at: OffsetDateTime::now_utc(),
                 outcome: outcome.to_owned(),
@@ -1268,7 +1288,7 @@ impl Worker {
         let mut dead = Vec::new();
         for action in actions {
             match action {
-                Action::Delivered { .. } => {}
+                Action::Delivered { .. } | Action::Erased => {}
                 Action::Retry(task, due) => retries.push((task, due)),
                 Action::DeadLetter(record) => dead.push(record),
             }
@@ -1335,6 +1355,14 @@ impl Worker {
         }
     }
 
+    /// Whether an erasure covers `event` now (as of the tenant's cached markers).
+    async fn is_erased(&self, event: &Event) -> bool {
+        self.endpoints
+            .load(&event.tenant, None)
+            .await
+            .is_ok_and(|tenant| tenant.erasures.covers(event))
+    }
+
     /// Runs one claimed retry to its next durable state.
     pub async fn handle_retry(&self, claimed: Claimed) {
         let span = deliver_span(
@@ -1382,6 +1410,13 @@ impl Worker {
                 self.endpoints.load(&task.event.tenant, None)
             })
             .await?;
+        if task.erased || tenant.erasures.covers(&task.event) {
+            self.metrics.erased.with_label_values(&["retry"]).inc();
+            return match task.sequence {
+                Some(_) => self.complete_ordered(&lane, &id, token, &task).await,
+                None => self.complete(&lane, &id, token).await,
+            };
+        }
         let event_json: Arc<str> = serde_json::to_string(&task.event)
             .unwrap_or_default()
             .into();
@@ -1445,7 +1480,7 @@ impl Worker {
             }
         };
         match action {
-            Action::Delivered { .. } => complete().await,
+            Action::Delivered { .. } | Action::Erased => complete().await,
             Action::Retry(next, due) => {
                 self.until_durable("rescheduling a retry", || {
                     self.retries.reschedule(lane, id, token, &next, due)

@@ -7,6 +7,7 @@
 //! changes for events published straight to the exchange) take effect within the TTL.
 
 use hookline_shared::domain::endpoint::Endpoint;
+use hookline_shared::domain::erasure::Erasures;
 use hookline_shared::domain::event::TenantId;
 use hookline_shared::domain::health::HealthRecord;
 use hookline_shared::store::StoreError;
@@ -29,6 +30,8 @@ const MAX_TENANTS: u64 = 10_000;
 pub struct TenantEndpoints {
     pub version: u64,
     pub endpoints: Vec<Endpoint>,
+    /// What erasures ran for the tenant: events they cover are dropped.
+    pub erasures: Erasures,
     health: HashMap<String, HealthRecord>,
 }
 
@@ -60,6 +63,7 @@ impl Source for RedisSource {
         Ok(TenantEndpoints {
             version: listed.version,
             endpoints: listed.endpoints,
+            erasures: listed.erasures,
             health,
         })
     }

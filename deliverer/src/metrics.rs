@@ -20,6 +20,8 @@ pub struct DelivererMetrics {
     pub retries_scheduled: IntCounter,
     pub held_woken: IntCounter,
     pub handed_off: IntCounter,
+    /// Deliveries dropped because an erasure covers their event, by where they were.
+    pub erased: IntCounterVec,
     pub retry_backlog: IntGaugeVec,
     pub dead_letters: IntCounterVec,
     pub in_flight: IntGauge,
@@ -89,6 +91,13 @@ impl DelivererMetrics {
             held_woken: unreachable_on_error(IntCounter::new(
                 "hookline_held_deliveries_woken_total",
                 "Deliveries held by an open circuit made due at once when its probe succeeded.",
+            )),
+            erased: unreachable_on_error(IntCounterVec::new(
+                Opts::new(
+                    "hookline_erased_deliveries_total",
+                    "Deliveries dropped because an erasure covers their event: stage=queued (a message still in a queue), retry (a task in the retry pool), in_flight (an attempt under way when the erasure ran).",
+                ),
+                &["stage"],
             )),
             handed_off: unreachable_on_error(IntCounter::new(
                 "hookline_deliveries_handed_off_total",
@@ -198,6 +207,7 @@ impl DelivererMetrics {
         register(registry, metrics.retries_scheduled.clone());
         register(registry, metrics.held_woken.clone());
         register(registry, metrics.handed_off.clone());
+        register(registry, metrics.erased.clone());
         register(registry, metrics.retry_backlog.clone());
         register(registry, metrics.dead_letters.clone());
         register(registry, metrics.in_flight.clone());

@@ -162,6 +162,10 @@ impl Ingest {
                 keys.clone(),
             ),
             catalog: CatalogStore::new(redis.clone(), keys.clone()),
+            erasures: hookline_shared::store::erasure::ErasureStore::new(
+                redis.clone(),
+                keys.clone(),
+            ),
             known_types: api::KnownTypes::default(),
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client for test deliveries")?,

@@ -74,6 +74,11 @@ pub struct ApiSettings {
     pub portal_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub portal_link_ttl: Duration,
+    /// How long an erasure waits between leaving its marker and sweeping the stores:
+    /// longer than the deliverers' `delivery.endpoint_cache_ttl`, so each has read the
+    /// marker by then.
+    #[serde(with = "humantime_serde")]
+    pub erasure_settle: Duration,
     /// Failed authentications per client address before it is answered 429.
     pub auth_failures: Quota,
     /// Test deliveries (`…/test`, `verify` on create) per endpoint and per tenant.

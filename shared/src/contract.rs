@@ -174,6 +174,11 @@ pub struct PendingDelivery {
     /// The event's `traceparent`, so every attempt of the delivery is in its trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Left by an erasure in place of the task (its event stripped of content): the
+    /// deliverer that claims it completes it without an attempt, letting an ordered
+    /// key's next delivery go.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
     pub event: Event,
 }
 
@@ -200,7 +205,25 @@ impl PendingDelivery {
             payload: None,
             sequence: None,
             trace: None,
+            erased: false,
             event,
+        }
+    }
+
+    /// What an erasure leaves of this task: its place (id, lane, order), not its content.
+    pub fn tombstone(&self) -> Self {
+        let event = Event {
+            data: serde_json::Value::Null,
+            changes: None,
+            actor: None,
+            subject: None,
+            version: None,
+            ..self.event.clone()
+        };
+        Self {
+            sequence: self.sequence,
+            erased: true,
+            ..Self::new(event, self.endpoint_id.clone())
         }
     }
 

@@ -799,10 +799,8 @@ async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
         .await
     {
         if let Ok(record) = serde_json::from_slice::<Value>(&message.delivery.data)
-            && let (Some(endpoint), Some(id)) = (
-                record["endpoint_id"].as_str(),
-                record["event_id"].as_str(),
-            )
+            && let (Some(endpoint), Some(id)) =
+                (record["endpoint_id"].as_str(), record["event_id"].as_str())
         {
             found.push((endpoint.to_owned(), id.to_owned()));
         }

@@ -20,7 +20,10 @@ async fn store() -> (RetryStore, Keyspace) {
     .expect("Redis");
     let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let keys = Keyspace::new(&prefix);
-    (RetryStore::new(redis, keys.clone(), development_sealer()), keys)
+    (
+        RetryStore::new(redis, keys.clone(), development_sealer()),
+        keys,
+    )
 }
 
 /// The tests' installations run with the development key.

@@ -8,6 +8,7 @@ mod console;
 mod disabling;
 mod egress;
 mod endpoints;
+mod erasure;
 mod fairness;
 mod formats;
 mod history;

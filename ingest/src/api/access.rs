@@ -104,6 +104,12 @@ pub fn verify_portal_token(key: &SecretString, token: &str, now: OffsetDateTime)
     (now.unix_timestamp() < expires).then(|| tenant.to_owned())
 }
 
+/// When a portal token expires (unix s), read from its claims without verifying it.
+pub fn portal_expiry(token: &str) -> Option<i64> {
+    let (claims, _mac) = token.rsplit_once(PORTAL_SEPARATOR)?;
+    claims.rsplit(PORTAL_SEPARATOR).next()?.parse().ok()
+}
+
 /// The scope a presented bearer token grants, if any.
 pub fn scope_of(state: &AppState, presented: &str) -> Option<Scope> {
     let matches = |token: &SecretString| {

@@ -90,6 +90,7 @@ pub async fn test_delivery(
         actor: None,
         priority: None,
         ordering_key: None,
+        subject: None,
     };
     let event = Event::from_message(
         message,

@@ -149,13 +149,16 @@ pub struct Authenticated<S> {
     state: AppState,
 }
 
+type Checked = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 impl<S> Service<Request> for Authenticated<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = Either<Ready<Result<Response, Infallible>>, Either<S::Future, Checked>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -177,9 +180,44 @@ where
             return Either::Left(ready(Ok(refusal.into_response())));
         }
         match access::authorize(&self.state, &request) {
+            Ok(
+                scope @ access::Scope::Tenant {
+                    via: access::Credential::PortalLink,
+                    ..
+                },
+            ) => {
+                // A portal link minted before its tenant was deleted no longer works: a
+                // read of Redis, for console sessions only.
+                let issued_at = access::bearer(&request)
+                    .and_then(access::portal_expiry)
+                    .map(|expires| {
+                        expires
+                            - i64::try_from(self.state.settings.portal_link_ttl.as_secs())
+                                .unwrap_or(i64::MAX)
+                    });
+                let access::Scope::Tenant { tenant, .. } = &scope else {
+                    unreachable!("matched above")
+                };
+                let tenant = tenant.clone();
+                request.extensions_mut().insert(scope);
+                let state = self.state.clone();
+                // The clone that was made ready is the one called (tower's rule).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Either::Right(Either::Right(Box::pin(async move {
+                    let deleted = state.erasures.tenant_deleted_at(&tenant).await;
+                    match (deleted, issued_at) {
+                        (Ok(Some(deleted_ms)), Some(issued)) if deleted_ms / 1000 >= issued => {
+                            Ok(ApiError::unauthorized().into_response())
+                        }
+                        (Err(error), _) => Ok(ApiError::from(error).into_response()),
+                        _ => inner.call(request).await,
+                    }
+                })))
+            }
             Ok(scope) => {
                 request.extensions_mut().insert(scope);
-                Either::Right(self.inner.call(request))
+                Either::Right(Either::Left(self.inner.call(request)))
             }
             Err(refusal) => {
                 if let Some(ip) = client

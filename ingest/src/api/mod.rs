@@ -7,6 +7,7 @@ mod catalog;
 mod checks;
 mod dead_letters;
 mod endpoints;
+mod erasure;
 pub mod error;
 mod events;
 mod history;
@@ -35,6 +36,7 @@ use hookline_shared::store::activity::ActivityStore;
 use hookline_shared::store::catalog::CatalogStore;
 use hookline_shared::store::dead_letters::DeadLetterStore;
 use hookline_shared::store::endpoints::EndpointStore;
+use hookline_shared::store::erasure::ErasureStore;
 use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
@@ -67,6 +69,8 @@ pub struct Inner {
     pub sequences: SequenceStore,
     pub replicas: ReplicaRegistry,
     pub catalog: CatalogStore,
+    /// Erasure markers, deleted tenants and the audit trail.
+    pub erasures: ErasureStore,
     pub known_types: KnownTypes,
     pub dispatcher: Dispatcher,
     pub secret_overlap: Duration,
@@ -313,6 +317,35 @@ pub fn api() -> Documented<AppState> {
             "/tenants/{tenant}/dead-letters/{dead_letter_id}/replay",
             dead_letters::replay_one,
             Doc::new("Replay one dead letter", (200, "Queued")),
+        )
+        .op(
+            M::POST,
+            "/tenants/{tenant}/erasures",
+            erasure::erase,
+            Doc::new(
+                "Erase every stored copy of a subject's events (or of one event): history, attempts, pending retries, dead letters; events still queued are dropped",
+                (200, "What was removed"),
+            )
+            .body("Erasure"),
+        )
+        .op(
+            M::DELETE,
+            "/tenants/{tenant}",
+            erasure::delete_tenant,
+            Doc::new(
+                "Delete the tenant: endpoints, secrets, history, retries, dead letters, quotas; its portal links stop working",
+                (200, "What was removed"),
+            ),
+        )
+        .op(
+            M::GET,
+            "/operator/audit",
+            erasure::audit_log,
+            Doc::new(
+                "Operators: erasures and tenant deletions, newest first (who, when, what, counts)",
+                (200, "Audit entries"),
+            )
+            .query(&["limit"]),
         )
         .op(
             M::POST,

@@ -184,6 +184,8 @@ fn schemas() -> Value {
                     "description": "bulk: delivered with the capacity real-time events leave, with a floor share"},
                 "ordering_key": {"type": "string", "maxLength": 128,
                     "description": "events with the same key reach ordered endpoints one at a time, in acceptance order"},
+                "subject": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9_.:-]+$",
+                    "description": "whose personal data the event carries (candidate:81): what POST …/erasures names"},
             },
         },
         "EventBatch": {
@@ -234,6 +236,10 @@ fn schemas() -> Value {
             "endpoint": {"type": "string"},
             "since": {"type": "string", "format": "date-time"},
             "until": {"type": "string", "format": "date-time"}}},
+        "Erasure": {"type": "object", "description": "exactly one of subject and event_id",
+            "additionalProperties": false, "properties": {
+            "subject": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9_.:-]+$"},
+            "event_id": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9_.:-]+$"}}},
         "EventType": {"type": "object", "properties": {"description": {"type": "string"}, "example": {}}},
         "Preview": {"type": "object", "properties": {"event": {"$ref": "#/components/schemas/Event"}}},
     })

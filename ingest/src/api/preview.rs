@@ -91,6 +91,7 @@ pub async fn sample_message(state: &AppState, endpoint: &Endpoint) -> EventMessa
         }),
         priority: None,
         ordering_key: None,
+        subject: None,
     }
 }
 

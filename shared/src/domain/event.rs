@@ -104,6 +104,9 @@ pub struct EventMessage {
     /// Events with the same key reach an ordered endpoint one at a time, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// Whose personal data the event carries (`candidate:81`): what an erasure names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// How an event competes for delivery capacity. Bulk events (imports, backfills) are
@@ -155,6 +158,7 @@ impl EventMessage {
             actor,
             priority: _,
             ordering_key: _,
+            subject: _,
         } = self;
         let mut values = vec![("data".to_owned(), data)];
         for (field, Change { from, to }) in changes.iter().flatten() {
@@ -194,6 +198,8 @@ pub struct Event {
     pub priority: Priority,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// What the edge supplies when the message leaves a field out.
@@ -243,6 +249,9 @@ impl Event {
         if let Some(key) = &message.ordering_key {
             check_identifier("ordering_key", key, MAX_EVENT_ID_LEN)?;
         }
+        if let Some(subject) = &message.subject {
+            check_identifier("subject", subject, MAX_EVENT_ID_LEN)?;
+        }
         let priority = match &message.priority {
             Some(priority) => Priority::parse(priority)?,
             None => Priority::Realtime,
@@ -258,6 +267,7 @@ impl Event {
             actor: message.actor,
             priority,
             ordering_key: message.ordering_key,
+            subject: message.subject,
         })
     }
 
@@ -274,6 +284,7 @@ impl Event {
             actor: self.actor.clone(),
             priority: (!self.priority.is_realtime()).then(|| self.priority.as_str().to_owned()),
             ordering_key: self.ordering_key.clone(),
+            subject: self.subject.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! callers pass `now` and jitter in, so every rule here is table-tested.
 
 pub mod endpoint;
+pub mod erasure;
 pub mod event;
 pub mod filter;
 pub mod health;

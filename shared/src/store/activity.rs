@@ -8,7 +8,8 @@
 
 use super::sealing::Sealer;
 use super::{Keyspace, StoreError, open_json};
-use crate::domain::event::TenantId;
+use crate::domain::erasure::ErasureTarget;
+use crate::domain::event::{Event, TenantId};
 use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,6 +25,9 @@ pub struct AttemptRecord {
     pub attempt_id: String,
     pub event_id: String,
     pub event_type: String,
+    /// The event's `subject`, so an erasure finds the attempt without the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// 1 for the first attempt of this delivery.
     pub attempt: u32,
     #[serde(with = "time::serde::rfc3339")]
@@ -417,6 +421,86 @@ impl ActivityStore {
         raw.iter()
             .map(|stored| open_json(&self.sealer, &key, stored))
             .collect()
+    }
+
+    /// Removes the stored states of the events `target` covers (erased at `at_ms`) and
+    /// the attempts of those events at `endpoint_ids`; returns (events, attempts).
+    pub async fn erase(
+        &self,
+        tenant: &TenantId,
+        target: &ErasureTarget,
+        at_ms: i64,
+        endpoint_ids: &[String],
+    ) -> Result<(u64, u64), StoreError> {
+        let mut redis = self.redis.clone();
+        let index = self.keys.events_index(tenant);
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut redis)
+            .await?;
+        let mut erased_ids = std::collections::HashSet::new();
+        for page in ids.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in page {
+                pipe.hget(self.keys.event_state(tenant, id), "event");
+            }
+            let events: Vec<Option<String>> = pipe.query_async(&mut redis).await?;
+            let mut delete = redis::pipe();
+            let mut deleting = false;
+            for (id, stored) in page.iter().zip(events) {
+                let key = self.keys.event_state(tenant, id);
+                let Some(stored) = stored else { continue };
+                // An event that no longer reads is not one this erasure can judge.
+                let Ok(event) = open_json::<Event>(&self.sealer, &key, &stored) else {
+                    continue;
+                };
+                if target.covers(&event, at_ms) {
+                    delete.del(&key).ignore();
+                    delete.zrem(&index, id).ignore();
+                    erased_ids.insert(id.clone());
+                    deleting = true;
+                }
+            }
+            if deleting {
+                let () = delete.query_async(&mut redis).await?;
+            }
+        }
+        let mut attempts = 0;
+        for endpoint_id in endpoint_ids {
+            let key = self.keys.attempts(tenant, endpoint_id);
+            let stored: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await?;
+            let covered: Vec<&String> = stored
+                .iter()
+                .filter(|member| {
+                    open_json::<AttemptRecord>(&self.sealer, &key, member).is_ok_and(|record| {
+                        erased_ids.contains(&record.event_id)
+                            || match target {
+                                ErasureTarget::Event(id) => record.event_id == *id,
+                                ErasureTarget::Subject(subject) => {
+                                    record.subject.as_deref() == Some(subject.as_str())
+                                        && super::health::to_ms(record.at) <= at_ms
+                                }
+                            }
+                    })
+                })
+                .collect();
+            if !covered.is_empty() {
+                let removed: u64 = redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(&covered)
+                    .query_async(&mut redis)
+                    .await?;
+                attempts += removed;
+            }
+        }
+        Ok((erased_ids.len() as u64, attempts))
     }
 
     /// The event and its state at each endpoint, if it is still within retention.

@@ -9,9 +9,10 @@ use super::health::to_ms;
 use super::sealing::Sealer;
 use super::{Keyspace, StoreError, open_json};
 use crate::contract::DeadDelivery;
+use crate::domain::erasure::ErasureTarget;
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -199,6 +200,30 @@ impl DeadLetterStore {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(removed == 1)
+    }
+
+    /// Removes the indexed dead letters of the events `target` covers (erased at `at_ms`).
+    pub async fn erase(
+        &self,
+        tenant: &TenantId,
+        target: &ErasureTarget,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.dead_letters(tenant);
+        let records: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut erased = 0;
+        for (id, stored) in records {
+            let Ok(record) = open_json::<DeadDelivery>(&self.sealer, &key, &stored) else {
+                continue;
+            };
+            if target.covers(&record.event, at_ms) && self.remove(tenant, &id).await? {
+                erased += 1;
+            }
+        }
+        Ok(erased)
     }
 
     /// How many of the tenant's indexed dead letters have each reason.

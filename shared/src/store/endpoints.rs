@@ -3,10 +3,12 @@
 use super::sealing::Sealer;
 use super::{Keyspace, StoreError};
 use crate::domain::endpoint::Endpoint;
+use crate::domain::erasure::Erasures;
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
 use redis::AsyncCommands;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,9 @@ return removed
 pub struct VersionedEndpoints {
     pub version: u64,
     pub endpoints: Vec<Endpoint>,
+    /// The tenant's erasure markers, read in the same round trip: a deliverer drops
+    /// what they cover.
+    pub erasures: Erasures,
 }
 
 impl EndpointStore {
@@ -75,11 +80,13 @@ impl EndpointStore {
         tenant: &TenantId,
     ) -> Result<VersionedEndpoints, StoreError> {
         let key = self.keys.endpoints(tenant);
-        let (version, values): (Option<u64>, Vec<String>) = redis::pipe()
-            .get(self.keys.endpoints_version(tenant))
-            .hvals(&key)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let (version, values, erasures): (Option<u64>, Vec<String>, HashMap<String, i64>) =
+            redis::pipe()
+                .get(self.keys.endpoints_version(tenant))
+                .hvals(&key)
+                .hgetall(self.keys.erasures(tenant))
+                .query_async(&mut self.redis.clone())
+                .await?;
         let mut endpoints = values
             .iter()
             .map(|json| self.decode(&key, json))
@@ -88,6 +95,7 @@ impl EndpointStore {
         Ok(VersionedEndpoints {
             version: version.unwrap_or(0),
             endpoints,
+            erasures: Erasures::from_fields(erasures),
         })
     }
 

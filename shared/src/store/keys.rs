@@ -144,6 +144,27 @@ impl Keyspace {
         format!("{}:deliverers", self.prefix)
     }
 
+    /// Hash: erasure target (`subject:…`, `event:…`) → when it was erased (ms). Read by
+    /// deliverers with the tenant's endpoints.
+    pub fn erasures(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "erasures")
+    }
+
+    /// The glob that matches every key of the tenant (its hash tag's keys).
+    pub fn tenant_pattern(&self, tenant: &TenantId) -> String {
+        self.tenant_key(tenant, "*")
+    }
+
+    /// Hash: tenant → when it was deleted (ms); portal links minted before stop working.
+    pub fn deleted_tenants(&self) -> String {
+        format!("{}:deleted-tenants", self.prefix)
+    }
+
+    /// Stream: one entry per erasure or tenant deletion (who, when, what, counts).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
     pub fn tenants(&self) -> String {
         format!("{}:tenants", self.prefix)
     }

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod dead_letters;
 pub mod durability;
 pub mod endpoints;
+pub mod erasure;
 pub mod health;
 pub mod keys;
 pub mod ordered;

@@ -25,7 +25,7 @@ use crate::domain::event::{Priority, TenantId};
 use crate::store::RedisConnection;
 use crate::store::sealing::{SealError, Sealer};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// Shards of the retry pool. Fixed: a task's shard follows from its tenant, and changing
 /// the count would strand the tasks of every tenant that moved.
@@ -614,7 +614,9 @@ impl RetryStore {
                 .query_async(&mut redis)
                 .await?;
             for json in tasks.values() {
-                let Ok(task) = self.decode(json) else { continue };
+                let Ok(task) = self.decode(json) else {
+                    continue;
+                };
                 let lane = Lane::of_task(&task);
                 let due: Option<i64> = redis::cmd("ZSCORE")
                     .arg(self.lane_key(&lane))
@@ -630,7 +632,61 @@ impl RetryStore {
     }
 }
 
+/// Replaces a task that still exists (a completed one stays gone).
+static TOMBSTONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
 impl RetryStore {
+    /// Replaces every stored task of `tenant` whose event `covered` says so with its
+    /// tombstone (see [`PendingDelivery::tombstone`]); returns how many.
+    pub async fn erase(
+        &self,
+        tenant: &TenantId,
+        covered: impl Fn(&PendingDelivery) -> bool,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.retry_tasks(shard_of(tenant.as_str()));
+        let mut redis = self.redis.clone();
+        let mut cursor = "0".to_owned();
+        let mut erased = 0;
+        loop {
+            let (next, fields): (String, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut redis)
+                .await?;
+            for pair in fields.chunks_exact(2) {
+                let Ok(task) = self.decode(&pair[1]) else {
+                    continue;
+                };
+                if task.erased || task.event.tenant != *tenant || !covered(&task) {
+                    continue;
+                }
+                let replaced: i64 = TOMBSTONE
+                    .key(&key)
+                    .arg(&pair[0])
+                    .arg(self.encode(&task.tombstone()))
+                    .invoke_async(&mut redis)
+                    .await?;
+                erased += u64::try_from(replaced).unwrap_or(0);
+            }
+            if next == "0" {
+                return Ok(erased);
+            }
+            cursor = next;
+        }
+    }
+
     /// A task as stored: its JSON, sealed.
     pub(crate) fn encode(&self, task: &PendingDelivery) -> String {
         // Strings, numbers and JSON values: serializing cannot fail.
