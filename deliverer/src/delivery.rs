@@ -1391,7 +1391,9 @@ impl Worker {
             Ok(task) => task,
             Err(unreadable) => {
                 let error = hookline_shared::telemetry::error_chain(&unreadable);
-                tracing::error!(delivery.id = %id, error, "unreadable retry task dead-lettered");
+                // Not the error: a parser's message may quote a value of the task. It
+                // is in the dead-letter record.
+                tracing::error!(delivery.id = %id, "unreadable retry task dead-lettered");
                 let record = DeadLetter::MessageV1(RejectedMessage {
                     id: id.clone(),
                     reason: DeadLetterReason::InvalidMessage,

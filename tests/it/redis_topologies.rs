@@ -75,6 +75,34 @@ async fn full_pipeline(redis_url: &str) {
         .call(Method::POST, "/v1/tenants/globex/dead-letters/replay", None)
         .await;
     assert_eq!(replayed.body["queued"], 1, "{}", replayed.body);
+    // Erasure and tenant deletion: scans, scripts and sweeps in the tenant's slot.
+    let erased = hookline
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/erasures",
+            Some(json!({"event_id": "evt-1"})),
+        )
+        .await;
+    assert_eq!(erased.status, 200, "{}", erased.body);
+    assert_eq!(erased.body["counts"]["events"], 1, "{}", erased.body);
+    assert_eq!(erased.body["counts"]["attempts"], 2, "{}", erased.body);
+    assert_eq!(
+        hookline.get("/v1/tenants/acme/events/evt-1").await.status,
+        404
+    );
+    let deleted = hookline
+        .call(Method::DELETE, "/v1/tenants/globex", None)
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.body["counts"]["endpoints"], 1, "{}", deleted.body);
+    assert_eq!(
+        hookline.get("/v1/tenants/globex/endpoints").await.body["data"],
+        json!([])
+    );
+    assert_eq!(
+        hookline.get("/v1/tenants/globex/dead-letters").await.body["data"],
+        json!([])
+    );
     hookline.stop().await;
 }
 

@@ -32,9 +32,10 @@ local function forget(id)
 end
 ";
 
-/// Stores one record and drops expired ones.
+/// Stores one record and drops expired ones; the keys expire a retention after the
+/// newest record, so a tenant's dead letters go even when no new one comes to trim them.
 /// KEYS: records, time index, reason counts, reason by id.
-/// ARGV: id, json, score (ms), cutoff (ms), reason.
+/// ARGV: id, json, score (ms), cutoff (ms), reason, retention (ms).
 static INDEX: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{FORGET}
@@ -45,6 +46,7 @@ end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do forget(id) end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 return #expired
 "
     ))
@@ -107,6 +109,7 @@ impl DeadLetterStore {
             .arg(to_ms(record.dead_lettered_at))
             .arg(cutoff)
             .arg(record.reason.as_str())
+            .arg(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
