@@ -1,6 +1,6 @@
 //! Keeps the ops record of dead letters, `{prefix}.dead-letter`, bounded: Hookline never
-//! consumes it otherwise, and every record holds a whole event (personal data, broker
-//! disk). Each check drops, oldest first, the records past `retention.dead_letter_queue`
+//! consumes it otherwise, and its records take broker disk (a dead delivery's is a
+//! reference; a message that was never a valid event keeps up to 64 KiB of its body). Each check drops, oldest first, the records past `retention.dead_letter_queue`
 //! and those beyond `retention.dead_letter_queue_max`; the first record young enough
 //! goes back to the head of the queue and ends the check. Every deliverer trims; they
 //! take different records, and each drop is an ack of one old record.

@@ -33,6 +33,7 @@ pub mod probe;
 pub mod retries;
 pub mod settings;
 pub mod slots;
+pub mod tenant_retention;
 pub mod throttle;
 
 use anyhow::Context;
@@ -181,6 +182,23 @@ impl Deliverer {
         );
 
         let side_tasks = vec![
+            tokio::spawn(
+                tenant_retention::TenantRetentionTrim {
+                    overrides: hookline_shared::store::retention::RetentionStore::new(
+                        redis.clone(),
+                        keys.clone(),
+                    ),
+                    endpoints: hookline_shared::store::endpoints::EndpointStore::new(
+                        redis.clone(),
+                        keys.clone(),
+                        sealer.clone(),
+                    ),
+                    activity: ActivityStore::new(redis.clone(), keys.clone(), sealer.clone()),
+                    dead_letters: DeadLetterStore::new(redis.clone(), keys.clone(), sealer.clone()),
+                    every: settings.retention.tenant_check,
+                }
+                .run(shutdown.clone()),
+            ),
             tokio::spawn(
                 dead_letter_trim::DeadLetterTrim {
                     settings: settings.amqp.clone(),

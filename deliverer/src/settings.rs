@@ -154,6 +154,11 @@ impl Settings {
                 "retention.dead_letter_queue_check",
                 "HOOKLINE__RETENTION__DEAD_LETTER_QUEUE_CHECK",
             ),
+            (
+                self.retention.tenant_check,
+                "retention.tenant_check",
+                "HOOKLINE__RETENTION__TENANT_CHECK",
+            ),
         ];
         if let Some((_, field, variable)) = durations.iter().find(|(d, ..)| d.is_zero()) {
             return Err(SettingsError::invalid(field, variable, "must be positive"));

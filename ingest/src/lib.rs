@@ -166,6 +166,10 @@ impl Ingest {
                 redis.clone(),
                 keys.clone(),
             ),
+            retention: hookline_shared::store::retention::RetentionStore::new(
+                redis.clone(),
+                keys.clone(),
+            ),
             known_types: api::KnownTypes::default(),
             dispatcher: Dispatcher::new(&settings.delivery.dispatch())
                 .context("building the HTTP client for test deliveries")?,

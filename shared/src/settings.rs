@@ -357,6 +357,13 @@ pub struct RetentionSettings {
     /// How often a deliverer trims it.
     #[serde(with = "humantime_serde")]
     pub dead_letter_queue_check: Duration,
+    /// How often a deliverer trims tenants with a shorter retention of their own.
+    #[serde(with = "humantime_serde", default = "tenant_check")]
+    pub tenant_check: Duration,
+}
+
+fn tenant_check() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[cfg(test)]

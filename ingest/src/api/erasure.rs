@@ -128,6 +128,7 @@ pub async fn delete_tenant(
     tokio::time::sleep(state.settings.erasure_settle).await;
     keys += state.erasures.delete_tenant_keys(&tenant).await?;
     let retries = state.retries.erase(&tenant, |_| true).await?;
+    state.quotas.forget(&tenant).await;
     let counts = BTreeMap::from([
         ("endpoints", endpoints),
         ("keys", keys),

@@ -17,6 +17,7 @@ mod operator;
 mod portal;
 mod preview;
 pub mod quota;
+mod retention;
 pub mod throttle;
 
 use crate::accepted::AcceptedEvents;
@@ -41,6 +42,7 @@ use hookline_shared::store::health::HealthStore;
 use hookline_shared::store::quotas::QuotaOverrides;
 use hookline_shared::store::rate::RateLimiter;
 use hookline_shared::store::replicas::ReplicaRegistry;
+use hookline_shared::store::retention::RetentionStore;
 use hookline_shared::store::retries::RetryStore;
 use hookline_shared::store::sequences::SequenceStore;
 use openapi::{Doc, Documented};
@@ -71,6 +73,8 @@ pub struct Inner {
     pub catalog: CatalogStore,
     /// Erasure markers, deleted tenants and the audit trail.
     pub erasures: ErasureStore,
+    /// Tenants' own, shorter retention.
+    pub retention: RetentionStore,
     pub known_types: KnownTypes,
     pub dispatcher: Dispatcher,
     pub secret_overlap: Duration,
@@ -327,6 +331,31 @@ pub fn api() -> Documented<AppState> {
                 (200, "What was removed"),
             )
             .body("Erasure"),
+        )
+        .op(
+            M::GET,
+            "/tenants/{tenant}/retention",
+            retention::get,
+            Doc::new(
+                "The tenant's own retention (empty: the installation's)",
+                (200, "The retention"),
+            ),
+        )
+        .op(
+            M::PUT,
+            "/tenants/{tenant}/retention",
+            retention::put,
+            Doc::new(
+                "Keep the tenant's event history and dead letters shorter than the installation does",
+                (200, "The retention"),
+            )
+            .body("Retention"),
+        )
+        .op(
+            M::DELETE,
+            "/tenants/{tenant}/retention",
+            retention::delete,
+            Doc::new("Back to the installation's retention", (204, "Removed")),
         )
         .op(
             M::DELETE,

@@ -236,6 +236,9 @@ fn schemas() -> Value {
             "endpoint": {"type": "string"},
             "since": {"type": "string", "format": "date-time"},
             "until": {"type": "string", "format": "date-time"}}},
+        "Retention": {"type": "object", "additionalProperties": false, "properties": {
+            "history": {"type": "string", "description": "event states and attempt logs, e.g. 2d (at least 1s)"},
+            "dead_letters": {"type": "string", "description": "the dead-letter index, e.g. 7d"}}},
         "Erasure": {"type": "object", "description": "exactly one of subject and event_id",
             "additionalProperties": false, "properties": {
             "subject": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9_.:-]+$"},

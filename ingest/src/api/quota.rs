@@ -77,7 +77,7 @@ impl TenantQuotas {
     }
 
     /// Drops this replica's cached override after a change made here.
-    async fn forget(&self, tenant: &TenantId) {
+    pub(super) async fn forget(&self, tenant: &TenantId) {
         self.cached.invalidate(tenant).await;
     }
 }

@@ -423,6 +423,35 @@ impl ActivityStore {
             .collect()
     }
 
+    /// Removes the tenant's event states and attempts older than `cutoff_ms` (a tenant
+    /// retention shorter than the installation's); returns how many states went.
+    pub async fn trim_older(
+        &self,
+        tenant: &TenantId,
+        cutoff_ms: i64,
+        endpoint_ids: &[String],
+    ) -> Result<u64, StoreError> {
+        let mut redis = self.redis.clone();
+        let index = self.keys.events_index(tenant);
+        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(cutoff_ms)
+            .query_async(&mut redis)
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &old {
+            pipe.del(self.keys.event_state(tenant, id)).ignore();
+        }
+        pipe.zrembyscore(&index, "-inf", cutoff_ms).ignore();
+        for endpoint_id in endpoint_ids {
+            pipe.zrembyscore(self.keys.attempts(tenant, endpoint_id), "-inf", cutoff_ms)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut redis).await?;
+        Ok(old.len() as u64)
+    }
+
     /// Removes the stored states of the events `target` covers (erased at `at_ms`) and
     /// the attempts of those events at `endpoint_ids`; returns (events, attempts).
     pub async fn erase(

@@ -205,6 +205,23 @@ impl DeadLetterStore {
         Ok(removed == 1)
     }
 
+    /// Removes the tenant's dead letters indexed before `cutoff_ms`; returns how many.
+    pub async fn trim_older(&self, tenant: &TenantId, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.dead_letter_index(tenant))
+            .arg("-inf")
+            .arg(cutoff_ms)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut removed = 0;
+        for id in old {
+            if self.remove(tenant, &id).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the indexed dead letters of the events `target` covers (erased at `at_ms`).
     pub async fn erase(
         &self,

@@ -120,6 +120,11 @@ impl ErasureStore {
             .arg(tenant.as_str())
             .query_async(&mut redis)
             .await?;
+        let _: i64 = redis::cmd("HDEL")
+            .arg(self.keys.retention_overrides())
+            .arg(tenant.as_str())
+            .query_async(&mut redis)
+            .await?;
         Ok(deleted)
     }
 

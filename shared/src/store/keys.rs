@@ -160,6 +160,11 @@ impl Keyspace {
         format!("{}:deleted-tenants", self.prefix)
     }
 
+    /// Hash: tenant → its retention override JSON (see `store::retention`).
+    pub fn retention_overrides(&self) -> String {
+        format!("{}:retention-overrides", self.prefix)
+    }
+
     /// Stream: one entry per erasure or tenant deletion (who, when, what, counts).
     pub fn audit(&self) -> String {
         format!("{}:audit", self.prefix)

@@ -16,6 +16,7 @@ pub mod ordered;
 pub mod quotas;
 pub mod rate;
 pub mod replicas;
+pub mod retention;
 pub mod retries;
 pub mod sealing;
 pub mod sequences;
