@@ -54,7 +54,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,12 @@ impl Worker {
 /// A reserved rate-limit slot this close is taken now rather than waited for in Redis.
 const RATE_SLACK: Duration = Duration::from_millis(20);
 
+/// An attempt that ends this long after its tenant snapshot was read asks the cache for
+/// the erasure markers again. A marker the snapshot missed was written after the read,
+/// and its sweep comes `api.erasure_settle` (2 s) later: what an attempt ending sooner
+/// than this after the read stores is written before the sweep.
+const ERASURE_RECHECK: Duration = Duration::from_millis(100);
+
 /// What must be made durable for one delivery after its attempt.
 enum Action {
     Delivered {
@@ -230,6 +236,8 @@ struct Prior {
 /// [`admission::decide`], the health record the attempt updates, and the probe lease and
 /// slot it took on the way (released when dropped).
 struct Admitting {
+    /// When the tenant's endpoints (and erasure markers) this delivery uses were read.
+    snapshot_read_at: Instant,
     facts: Facts,
     health: HealthRecord,
     probe: Option<ProbeLease>,
@@ -842,6 +850,7 @@ impl Worker {
     ) -> Action {
         let health = tenant.health(&endpoint.id);
         let mut admitting = Admitting {
+            snapshot_read_at: tenant.read_at,
             facts: Facts {
                 state: health.state(endpoint.spec.enabled, &self.health_policy),
                 deferrals: prior.deferrals,
@@ -966,6 +975,7 @@ impl Worker {
         admitting: Admitting,
     ) -> Action {
         let Admitting {
+            snapshot_read_at,
             health,
             probe,
             slot: _slot,
@@ -1006,8 +1016,10 @@ impl Worker {
             "delivery attempt"
         );
         // An erasure that ran while the request was under way: nothing of the event may
-        // be stored now (the erasure's sweep may already be done).
-        let erased = self.is_erased(event).await;
+        // be stored now (the erasure's sweep may already be done). A marker older than
+        // the snapshot is in it, and one written since is swept `api.erasure_settle`
+        // after it was written: only a snapshot older than ERASURE_RECHECK is asked again.
+        let erased = snapshot_read_at.elapsed() >= ERASURE_RECHECK && self.is_erased(event).await;
         if !erased {
             self.record_attempt(event, endpoint, attempts, &report);
         }

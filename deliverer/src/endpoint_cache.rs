@@ -26,13 +26,27 @@ use std::time::{Duration, Instant};
 const MAX_TENANTS: u64 = 10_000;
 
 /// One tenant's endpoints and what is known about their health.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TenantEndpoints {
     pub version: u64,
     pub endpoints: Vec<Endpoint>,
     /// What erasures ran for the tenant: events they cover are dropped.
     pub erasures: Erasures,
+    /// When the read began: the markers are at least this recent.
+    pub read_at: Instant,
     health: HashMap<String, HealthRecord>,
+}
+
+impl Default for TenantEndpoints {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            endpoints: Vec::new(),
+            erasures: Erasures::default(),
+            read_at: Instant::now(),
+            health: HashMap::new(),
+        }
+    }
 }
 
 impl TenantEndpoints {
@@ -58,12 +72,14 @@ pub struct RedisSource {
 
 impl Source for RedisSource {
     async fn read(&self, tenant: &TenantId) -> Result<TenantEndpoints, StoreError> {
+        let read_at = Instant::now();
         let (listed, health) =
             tokio::try_join!(self.store.list_versioned(tenant), self.health.all(tenant))?;
         Ok(TenantEndpoints {
             version: listed.version,
             endpoints: listed.endpoints,
             erasures: listed.erasures,
+            read_at,
             health,
         })
     }

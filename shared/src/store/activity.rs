@@ -215,9 +215,8 @@ impl ActivityStore {
                     record,
                     ..
                 } => {
-                    let json = self
-                        .sealer
-                        .seal(&serde_json::to_string(record).unwrap_or_default());
+                    let json =
+                        serde_json::to_string(&self.sealed_attempt(record)).unwrap_or_default();
                     attempts
                         .entry(self.keys.attempts(tenant, endpoint_id))
                         .or_default()
@@ -419,8 +418,40 @@ impl ActivityStore {
             .query_async(&mut self.redis.clone())
             .await?;
         raw.iter()
-            .map(|stored| open_json(&self.sealer, &key, stored))
+            .map(|stored| self.open_attempt(&key, stored))
             .collect()
+    }
+
+    /// An attempt as stored: what may be personal data — the receiver's answer, the
+    /// event's subject — sealed; the rest (ids, times, statuses) plain, which keeps the
+    /// common attempt, a 2xx without a body, free of sealing.
+    fn sealed_attempt(&self, record: &AttemptRecord) -> AttemptRecord {
+        AttemptRecord {
+            response_excerpt: record
+                .response_excerpt
+                .as_deref()
+                .map(|excerpt| self.sealer.seal(excerpt)),
+            subject: record
+                .subject
+                .as_deref()
+                .map(|subject| self.sealer.seal(subject)),
+            ..record.clone()
+        }
+    }
+
+    fn open_attempt(&self, key: &str, stored: &str) -> Result<AttemptRecord, StoreError> {
+        let mut record: AttemptRecord = open_json(&self.sealer, key, stored)?;
+        let open = |sealed: String| {
+            self.sealer
+                .open(&sealed)
+                .map_err(|source| StoreError::Sealed {
+                    key: key.to_owned(),
+                    source,
+                })
+        };
+        record.response_excerpt = record.response_excerpt.map(open).transpose()?;
+        record.subject = record.subject.map(open).transpose()?;
+        Ok(record)
     }
 
     /// Removes the tenant's event states and attempts older than `cutoff_ms` (a tenant
@@ -508,7 +539,7 @@ impl ActivityStore {
             let covered: Vec<&String> = stored
                 .iter()
                 .filter(|member| {
-                    open_json::<AttemptRecord>(&self.sealer, &key, member).is_ok_and(|record| {
+                    self.open_attempt(&key, member).is_ok_and(|record| {
                         erased_ids.contains(&record.event_id)
                             || match target {
                                 ErasureTarget::Event(id) => record.event_id == *id,
