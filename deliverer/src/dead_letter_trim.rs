@@ -28,22 +28,13 @@ pub struct DeadLetterTrim {
 
 impl DeadLetterTrim {
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.every) => {}
-            }
-            let checked = tokio::select! {
-                () = shutdown.cancelled() => return,
-                checked = self.check() => checked,
-            };
-            if let Err(error) = checked {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "trimming the dead-letter queue failed; trying again later"
-                );
-            }
-        }
+        crate::periodic::every(
+            self.every,
+            shutdown,
+            "trimming the dead-letter queue",
+            || self.check(),
+        )
+        .await;
     }
 
     async fn check(&self) -> anyhow::Result<()> {

@@ -29,6 +29,7 @@ pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod partitions;
+pub mod periodic;
 pub mod probe;
 pub mod retries;
 pub mod settings;

@@ -23,22 +23,17 @@ pub struct TenantRetentionTrim {
 
 impl TenantRetentionTrim {
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.every) => {}
-            }
-            let checked = tokio::select! {
-                () = shutdown.cancelled() => return,
-                checked = self.check() => checked,
-            };
-            if let Err(error) = checked {
-                tracing::warn!(
-                    error = hookline_shared::telemetry::error_chain(&error),
-                    "trimming tenants to their retention failed; trying again later"
-                );
-            }
-        }
+        crate::periodic::every(
+            self.every,
+            shutdown,
+            "trimming tenants to their retention",
+            || async {
+                self.check()
+                    .await
+                    .map_err(|error| hookline_shared::telemetry::error_chain(&error))
+            },
+        )
+        .await;
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -49,13 +44,7 @@ impl TenantRetentionTrim {
         };
         for (tenant, retention) in self.overrides.all().await? {
             if let Some(history) = retention.history {
-                let endpoint_ids: Vec<String> = self
-                    .endpoints
-                    .list(&tenant)
-                    .await?
-                    .into_iter()
-                    .map(|endpoint| endpoint.id)
-                    .collect();
+                let endpoint_ids = self.endpoints.ids(&tenant).await?;
                 self.activity
                     .trim_older(&tenant, cutoff(history), &endpoint_ids)
                     .await?;

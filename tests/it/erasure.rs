@@ -58,6 +58,13 @@ async fn publish_amqp(hookline: &Hookline, event: &Value) {
         .await;
 }
 
+/// `POST /v1/tenants/acme/erasures` as an operator.
+async fn erase(hookline: &Hookline, request: Value) -> hookline_tests::Answer {
+    hookline
+        .call(Method::POST, "/v1/tenants/acme/erasures", Some(request))
+        .await
+}
+
 #[tokio::test]
 async fn erasing_a_subject_removes_every_stored_copy_and_keeps_the_others() {
     // Second retry 4 s out: deliveries to the failing endpoint wait in the retry pool
@@ -133,13 +140,7 @@ async fn erasing_a_subject_removes_every_stored_copy_and_keeps_the_others() {
         );
     }
 
-    let erased = hookline
-        .call(
-            Method::POST,
-            "/v1/tenants/acme/erasures",
-            Some(json!({"subject": "candidate:81"})),
-        )
-        .await;
+    let erased = erase(&hookline, json!({"subject": "candidate:81"})).await;
     assert_eq!(erased.status, 200, "{}", erased.body);
     let counts = &erased.body["counts"];
     assert_eq!(counts["events"], 2, "{}", erased.body);
@@ -219,13 +220,7 @@ async fn erasing_a_subject_removes_every_stored_copy_and_keeps_the_others() {
     assert!(!dead_ids.is_empty(), "bob's dead letters stay");
 
     // Asked again: nothing more to remove.
-    let again = hookline
-        .call(
-            Method::POST,
-            "/v1/tenants/acme/erasures",
-            Some(json!({"subject": "candidate:81"})),
-        )
-        .await;
+    let again = erase(&hookline, json!({"subject": "candidate:81"})).await;
     assert_eq!(again.status, 200, "{}", again.body);
     for count in ["events", "dead_letters", "retries", "attempts"] {
         assert_eq!(again.body["counts"][count], 0, "{}", again.body);
@@ -267,13 +262,7 @@ async fn an_event_still_queued_when_its_subject_is_erased_is_never_delivered() {
             .status,
         202
     );
-    let erased = hookline
-        .call(
-            Method::POST,
-            "/v1/tenants/acme/erasures",
-            Some(json!({"subject": "candidate:81"})),
-        )
-        .await;
+    let erased = erase(&hookline, json!({"subject": "candidate:81"})).await;
     assert_eq!(erased.status, 200, "{}", erased.body);
     // Queued behind it in the tenant's partition.
     assert_eq!(

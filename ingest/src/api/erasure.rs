@@ -66,13 +66,7 @@ pub async fn erase(
         .mark(&tenant, &target, at_ms, MARKER_KEEP)
         .await?;
     tokio::time::sleep(state.settings.erasure_settle).await;
-    let endpoint_ids: Vec<String> = state
-        .endpoints
-        .list(&tenant)
-        .await?
-        .into_iter()
-        .map(|endpoint| endpoint.id)
-        .collect();
+    let endpoint_ids = state.endpoints.ids(&tenant).await?;
     let (events, attempts) = state
         .activity
         .erase(&tenant, &target, at_ms, &endpoint_ids)

@@ -73,6 +73,15 @@ impl EndpointStore {
         Ok(endpoints)
     }
 
+    /// The tenant's endpoint ids (the hash's fields: nothing is decoded).
+    pub async fn ids(&self, tenant: &TenantId) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .redis
+            .clone()
+            .hkeys(self.keys.endpoints(tenant))
+            .await?)
+    }
+
     /// The list and the version, in one round trip. The version is read first, so it is
     /// never newer than the list: a change in between only makes a later event reload.
     pub async fn list_versioned(
