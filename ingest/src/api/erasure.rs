@@ -83,25 +83,22 @@ pub async fn erase(
         ("retries", retries),
     ]);
     let (kind, named) = match &target {
-        ErasureTarget::Subject(subject) => ("subject", subject),
-        ErasureTarget::Event(id) => ("event", id),
+        ErasureTarget::Subject(subject) => ("subject", subject.as_str()),
+        ErasureTarget::Event(id) => ("event", id.as_str()),
     };
-    audit(
+    audited(
         &state,
         &scope,
-        "erasure",
-        tenant.as_str(),
-        kind,
-        Some(named),
-        now,
-        &counts,
+        Done {
+            action: "erasure",
+            tenant: tenant.as_str(),
+            target: kind,
+            named: Some(named),
+            at: now,
+            counts,
+        },
     )
-    .await?;
-    Ok(Json(ErasureAnswer {
-        tenant: tenant.as_str().to_owned(),
-        erased_at: rfc3339(now),
-        counts,
-    }))
+    .await
 }
 
 pub async fn delete_tenant(
@@ -128,22 +125,19 @@ pub async fn delete_tenant(
         ("keys", keys),
         ("retries", retries),
     ]);
-    audit(
+    audited(
         &state,
         &scope,
-        "tenant_deletion",
-        tenant.as_str(),
-        "tenant",
-        None,
-        now,
-        &counts,
+        Done {
+            action: "tenant_deletion",
+            tenant: tenant.as_str(),
+            target: "tenant",
+            named: None,
+            at: now,
+            counts,
+        },
     )
-    .await?;
-    Ok(Json(ErasureAnswer {
-        tenant: tenant.as_str().to_owned(),
-        erased_at: rfc3339(now),
-        counts,
-    }))
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,17 +160,24 @@ pub async fn audit_log(
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn audit(
+/// What an erasure or a deletion did, for its audit entry and its answer.
+struct Done<'a> {
+    action: &'static str,
+    tenant: &'a str,
+    /// `subject`, `event` or `tenant`.
+    target: &'static str,
+    /// The subject or event id asked for; only its digest is kept.
+    named: Option<&'a str>,
+    at: OffsetDateTime,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+/// Records `done` in the audit trail, then answers with it.
+async fn audited(
     state: &AppState,
     scope: &Scope,
-    action: &str,
-    tenant: &str,
-    target: &str,
-    named: Option<&String>,
-    at: OffsetDateTime,
-    counts: &BTreeMap<&'static str, u64>,
-) -> Result<(), ApiError> {
+    done: Done<'_>,
+) -> Result<Json<ErasureAnswer>, ApiError> {
     let actor = match scope {
         Scope::Operator => "operator",
         Scope::Tenant {
@@ -190,21 +191,29 @@ async fn audit(
     };
     let entry = AuditEntry {
         id: String::new(),
-        at: rfc3339(at),
+        at: rfc3339(done.at),
         actor: actor.to_owned(),
-        action: action.to_owned(),
-        tenant: tenant.to_owned(),
-        target: target.to_owned(),
-        target_digest: named.map(|named| {
+        action: done.action.to_owned(),
+        tenant: done.tenant.to_owned(),
+        target: done.target.to_owned(),
+        target_digest: done.named.map(|named| {
             Sha256::digest(named.as_bytes())
                 .iter()
                 .map(|byte| format!("{byte:02x}"))
                 .collect()
         }),
-        counts: counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        counts: done
+            .counts
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
     };
     state.erasures.audit(&entry).await?;
-    Ok(())
+    Ok(Json(ErasureAnswer {
+        tenant: done.tenant.to_owned(),
+        erased_at: rfc3339(done.at),
+        counts: done.counts,
+    }))
 }
 
 fn unix_ms(at: OffsetDateTime) -> i64 {
