@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help run test bench chaos screenshots catalog lint lint-deploy fmt brokers-down
+.PHONY: help run test bench chaos cluster-chaos screenshots catalog lint lint-deploy fmt brokers-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ bench: ## Measure throughput, latency, isolation and memory against the broker c
 
 chaos: ## Kill and restart deliverers, RabbitMQ and Redis under load; reconcile (CHAOS_EVENTS, default 20000)
 	@scripts/chaos.sh
+
+cluster-chaos: ## Kill, partition and fill a 3-node RabbitMQ cluster and fail over Redis under load; reconcile (root; CLUSTER_EVENTS, default 20000)
+	@scripts/cluster-chaos.sh
 
 screenshots: ## Run the console's browser tests alone and keep their screenshots in docs/console
 	@scripts/screenshots.sh

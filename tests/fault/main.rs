@@ -15,6 +15,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+mod cluster;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -737,13 +739,27 @@ async fn post(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> bool 
 /// Publishes with a confirm on a fresh connection (the broker may restart between
 /// calls); true once the broker confirmed it.
 async fn publish_direct(prefix: &str, tenant: &str, id: &str) -> bool {
+    publish_direct_via(&env("HOOKLINE_TEST_AMQP_URL"), prefix, tenant, id).await
+}
+
+/// A connection to the first node of `urls` (comma-separated) that accepts one.
+async fn connect_any(urls: &str) -> Option<lapin::Connection> {
+    for url in urls.split(',') {
+        let connecting =
+            lapin::Connection::connect(url.trim(), lapin::ConnectionProperties::default());
+        if let Ok(Ok(connection)) = tokio::time::timeout(Duration::from_secs(3), connecting).await {
+            return Some(connection);
+        }
+    }
+    None
+}
+
+async fn publish_direct_via(urls: &str, prefix: &str, tenant: &str, id: &str) -> bool {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let attempt = async {
-        let connection = lapin::Connection::connect(
-            &env("HOOKLINE_TEST_AMQP_URL"),
-            lapin::ConnectionProperties::default(),
-        )
-        .await?;
+        let Some(connection) = connect_any(urls).await else {
+            return Ok(false);
+        };
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -780,14 +796,19 @@ async fn publish_direct(prefix: &str, tenant: &str, id: &str) -> bool {
 /// Takes what is on the dead-letter queue now: (endpoint id, event id) of delivery
 /// records.
 async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
+    take_dead_letters_via(&env("HOOKLINE_TEST_AMQP_URL"), prefix)
+        .await
+        .into_iter()
+        .map(|(endpoint, id, _)| (endpoint, id))
+        .collect()
+}
+
+/// [`take_dead_letters`] from the first reachable node of `urls`, with each record's
+/// reason.
+async fn take_dead_letters_via(urls: &str, prefix: &str) -> Vec<(String, String, String)> {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
     let mut found = Vec::new();
-    let Ok(connection) = lapin::Connection::connect(
-        &env("HOOKLINE_TEST_AMQP_URL"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    else {
+    let Some(connection) = connect_any(urls).await else {
         return found;
     };
     let Ok(channel) = connection.create_channel().await else {
@@ -802,7 +823,8 @@ async fn take_dead_letters(prefix: &str) -> Vec<(String, String)> {
             && let (Some(endpoint), Some(id)) =
                 (record["endpoint_id"].as_str(), record["event_id"].as_str())
         {
-            found.push((endpoint.to_owned(), id.to_owned()));
+            let reason = record["reason"].as_str().unwrap_or_default().to_owned();
+            found.push((endpoint.to_owned(), id.to_owned(), reason));
         }
         let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
     }
