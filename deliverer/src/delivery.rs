@@ -885,15 +885,8 @@ impl Worker {
                     .attempts
                     .with_label_values(&[held_by.outcome(), "none"])
                     .inc();
-                let mut task = pending(
-                    event,
-                    endpoint,
-                    payload,
-                    prior.attempts,
-                    prior.last_error,
-                    prior.carried,
-                );
-                task.deferrals = prior.deferrals + 1;
+                let mut task = put_back(event, endpoint, payload, prior);
+                task.deferrals += 1;
                 let due = due_in(wait);
                 task.held_until_ms = Some(due);
                 Action::Retry(task, due)
@@ -903,15 +896,7 @@ impl Worker {
                     .attempts
                     .with_label_values(&["rate_limited", "none"])
                     .inc();
-                let mut task = pending(
-                    event,
-                    endpoint,
-                    payload,
-                    prior.attempts,
-                    prior.last_error,
-                    prior.carried,
-                );
-                task.deferrals = prior.deferrals;
+                let mut task = put_back(event, endpoint, payload, prior);
                 let due = due_in(wait);
                 task.rate_slot_ms = Some(due);
                 Action::Retry(task, due)
@@ -1646,6 +1631,26 @@ fn record_attempt_span(span: &Span, report: &AttemptReport) {
             span.record("error.class", failure.class.as_str());
             span.record("otel.status_code", "ERROR");
         }
+    }
+}
+
+/// The task of a delivery put back without an attempt: everything it had before.
+fn put_back(
+    event: &Event,
+    endpoint: &Endpoint,
+    payload: &Payload,
+    prior: Prior,
+) -> PendingDelivery {
+    PendingDelivery {
+        deferrals: prior.deferrals,
+        ..pending(
+            event,
+            endpoint,
+            payload,
+            prior.attempts,
+            prior.last_error,
+            prior.carried,
+        )
     }
 }
 

@@ -36,16 +36,6 @@ async fn cluster(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-async fn signal(victim: &Process, signal: &str) {
-    let pid = victim.child.id().expect("pid");
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 /// When each fault began and ended, to tell events sent during it from the others.
 #[derive(Debug)]
 struct Phase {
@@ -65,17 +55,6 @@ fn note_refusal(
     if since.elapsed() > longest.0 {
         *longest = (since.elapsed(), since - started, api);
     }
-}
-
-async fn post_status(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> Option<u16> {
-    http.post(format!("http://127.0.0.1:{api}/v1/tenants/{tenant}/events"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(15))
-        .json(&json!({"id": id, "type": "chaos.test", "data": {}}))
-        .send()
-        .await
-        .ok()
-        .map(|answer| answer.status().as_u16())
 }
 
 fn p99(mut latencies: Vec<Duration>) -> String {

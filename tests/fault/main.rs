@@ -251,9 +251,14 @@ async fn until_positive(http: &reqwest::Client, admin: u16, name: &str, what: &s
 
 /// Kills a process with no chance to clean up, as a crash or an OOM kill would.
 async fn sigkill(victim: &Process) {
+    signal(victim, "-KILL").await;
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`, `-CONT`) to a process.
+async fn signal(victim: &Process, signal: &str) {
     let pid = victim.child.id().expect("pid");
     let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .await
         .expect("kill runs");
@@ -727,13 +732,19 @@ async fn chaos_loses_nothing() {
 }
 
 async fn post(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> bool {
+    post_status(http, api, tenant, id).await == Some(202)
+}
+
+/// The answer's status to a chaos event, or `None` without an answer.
+async fn post_status(http: &reqwest::Client, api: u16, tenant: &str, id: &str) -> Option<u16> {
     http.post(format!("http://127.0.0.1:{api}/v1/tenants/{tenant}/events"))
         .bearer_auth(TOKEN)
         .timeout(Duration::from_secs(15))
         .json(&json!({"id": id, "type": "chaos.test", "data": {}}))
         .send()
         .await
-        .is_ok_and(|r| r.status().as_u16() == 202)
+        .ok()
+        .map(|answer| answer.status().as_u16())
 }
 
 /// Publishes with a confirm on a fresh connection (the broker may restart between
@@ -997,28 +1008,22 @@ async fn ordered_delivery_keeps_each_keys_order_through_failures_hangs_and_a_kil
     sigkill(&victim).await;
 
     unordered.wait_for(EVENTS).await;
-    let ordered_done_when_unordered_was = {
-        let answers = answers.lock().expect("answers");
+    // Ordered events answered 2xx at least once.
+    let answered = || {
         answers
+            .lock()
+            .expect("answers")
             .iter()
             .filter(|(_, status)| *status == 204)
             .map(|(n, _)| *n)
             .collect::<HashSet<_>>()
             .len()
     };
+    let ordered_done_when_unordered_was = answered();
     eventually_within(
         "every ordered event answered 2xx",
         CHAOS_PATIENCE,
-        || async {
-            let answers = answers.lock().expect("answers");
-            answers
-                .iter()
-                .filter(|(_, status)| *status == 204)
-                .map(|(n, _)| *n)
-                .collect::<HashSet<_>>()
-                .len()
-                == EVENTS
-        },
+        || async { answered() == EVENTS },
     )
     .await;
     let answers = answers.lock().expect("answers").clone();

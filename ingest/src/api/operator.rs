@@ -169,10 +169,7 @@ pub async fn overview(
     tenants.sort();
     let mut series: Vec<(i64, u64, u64)> = Vec::new();
     for tenant in tenants {
-        let minutes = state
-            .activity
-            .attempt_series(&tenant, now, window_minutes)
-            .await?;
+        let (mut summary, minutes) = tenant_overview(&state, &tenant, now, window_minutes).await?;
         if series.is_empty() {
             series = minutes;
         } else {
@@ -181,7 +178,6 @@ pub async fn overview(
                 total.2 += failed;
             }
         }
-        let mut summary = tenant_overview(&state, &tenant, now, window_minutes).await?;
         summary.finish(window_minutes);
         overview.totals.add(&summary);
         overview.tenants.push(summary);
@@ -194,27 +190,32 @@ pub async fn overview(
     Ok(Json(overview))
 }
 
+/// The tenant's summary, and its attempts per minute over the window (the same read
+/// gives both: the summary's totals are the minutes' sums).
 async fn tenant_overview(
     state: &AppState,
     tenant: &TenantId,
     now: OffsetDateTime,
     window_minutes: i64,
-) -> Result<TenantOverview, ApiError> {
-    let (endpoints, health, attempts, dead_letters) = tokio::try_join!(
+) -> Result<(TenantOverview, Vec<(i64, u64, u64)>), ApiError> {
+    let (endpoints, health, minutes, dead_letters) = tokio::try_join!(
         state.endpoints.list(tenant),
         state.health.all(tenant),
-        state.activity.attempt_counts(tenant, now, window_minutes),
+        state.activity.attempt_series(tenant, now, window_minutes),
         state.dead_letters.count_by_reason(tenant),
     )?;
-    Ok(TenantOverview {
+    let delivered = minutes.iter().map(|(_, delivered, _)| delivered).sum();
+    let failed = minutes.iter().map(|(_, _, failed)| failed).sum();
+    let summary = TenantOverview {
         tenant: tenant.to_string(),
         endpoints: count_states(&endpoints, &health, &state.health_policy)
             .into_iter()
             .map(|(health_state, count)| (health_state.as_str(), count))
             .collect(),
-        delivered: attempts.delivered,
-        failed: attempts.failed,
+        delivered,
+        failed,
         dead_letters,
         ..TenantOverview::default()
-    })
+    };
+    Ok((summary, minutes))
 }

@@ -138,13 +138,6 @@ pub const ENDPOINT_BUCKET_MINUTES: i64 = 10;
 pub const MAX_ENDPOINT_CHART_HOURS: i64 = 6;
 const ENDPOINT_STATS_TTL_MS: i64 = (MAX_ENDPOINT_CHART_HOURS + 1) * 60 * 60 * 1000;
 
-/// Attempts of one tenant over a window of whole minutes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct AttemptCounts {
-    pub delivered: u64,
-    pub failed: u64,
-}
-
 /// One event's states gathered from a batch: the event as stored, and the latest state
 /// at each of its endpoints.
 struct EventStates<'a> {
@@ -305,34 +298,6 @@ impl ActivityStore {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Attempts in the last `minutes` whole minutes up to `now` (the current minute
-    /// included).
-    pub async fn attempt_counts(
-        &self,
-        tenant: &TenantId,
-        now: OffsetDateTime,
-        minutes: i64,
-    ) -> Result<AttemptCounts, StoreError> {
-        let current = now.unix_timestamp().div_euclid(60);
-        let mut pipe = redis::pipe();
-        for minute in (current - minutes.clamp(1, MAX_STATS_WINDOW_MINUTES) + 1)..=current {
-            pipe.cmd("HMGET")
-                .arg(self.keys.attempt_stats(tenant, minute))
-                .arg("delivered")
-                .arg("failed");
-        }
-        let buckets: Vec<(Option<u64>, Option<u64>)> =
-            pipe.query_async(&mut self.redis.clone()).await?;
-        Ok(buckets
-            .into_iter()
-            .fold(AttemptCounts::default(), |total, (delivered, failed)| {
-                AttemptCounts {
-                    delivered: total.delivered + delivered.unwrap_or(0),
-                    failed: total.failed + failed.unwrap_or(0),
-                }
-            }))
     }
 
     /// Attempts per minute over the last `minutes` whole minutes up to `now` (the
