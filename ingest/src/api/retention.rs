@@ -9,11 +9,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use hookline_shared::store::retention::TenantRetention;
-use std::time::Duration;
 
 const MAX_BODY_BYTES: usize = 1024;
-/// Shorter than this would trim what is still being delivered.
-const MIN_RETENTION: Duration = Duration::from_secs(1);
 
 pub async fn get(
     State(state): State<AppState>,
@@ -32,19 +29,7 @@ pub async fn put(
 ) -> Result<Json<TenantRetention>, ApiError> {
     let tenant = tenant(raw_tenant)?;
     let retention: TenantRetention = body::parse_json(request_body, MAX_BODY_BYTES).await?;
-    for (field, value) in [
-        ("history", retention.history),
-        ("dead_letters", retention.dead_letters),
-    ] {
-        if value.is_some_and(|keep| keep < MIN_RETENTION) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                "must be at least 1s",
-            )
-            .with_field(field));
-        }
-    }
+    retention.check().map_err(ApiError::invalid)?;
     state.retention.put(&tenant, &retention).await?;
     Ok(Json(retention))
 }

@@ -7,7 +7,7 @@
 //! count of events per tenant — so it cannot grow without bound.
 
 use super::sealing::Sealer;
-use super::{Keyspace, StoreError, open_json};
+use super::{Keyspace, StoreError, open_json, parse_json};
 use crate::domain::erasure::ErasureTarget;
 use crate::domain::event::{Event, TenantId};
 use crate::store::RedisConnection;
@@ -542,14 +542,10 @@ impl ActivityStore {
         let Some(event) = fields.remove("event") else {
             return Ok(None);
         };
-        let corrupt = |source| StoreError::Corrupt {
-            key: key.clone(),
-            source,
-        };
         let event: Value = open_json(&self.sealer, &key, &event)?;
         let states = fields
             .into_iter()
-            .map(|(endpoint, json)| Ok((endpoint, serde_json::from_str(&json).map_err(corrupt)?)))
+            .map(|(endpoint, json)| Ok((endpoint, parse_json(&key, &json)?)))
             .collect::<Result<_, StoreError>>()?;
         Ok(Some((event, states)))
     }

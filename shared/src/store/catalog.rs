@@ -1,7 +1,7 @@
 //! The event-type catalog: what an ATS emits, with a description and an example payload
 //! that customers pick from and that template previews render.
 
-use super::{Keyspace, StoreError};
+use super::{Keyspace, StoreError, parse_json};
 use crate::domain::pattern::EventType;
 use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
@@ -75,8 +75,5 @@ impl CatalogStore {
 }
 
 fn decode(key: &str, json: &str) -> Result<EventTypeEntry, StoreError> {
-    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
+    parse_json(key, json)
 }

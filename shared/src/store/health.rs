@@ -5,7 +5,7 @@
 //! change one field atomically; the decisions made from the record live in
 //! `domain::health`.
 
-use super::{Keyspace, StoreError};
+use super::{Keyspace, StoreError, parse_json};
 use crate::domain::event::TenantId;
 use crate::domain::health::{DisabledReason, HealthRecord};
 use crate::store::RedisConnection;
@@ -263,10 +263,5 @@ impl HealthStore {
 }
 
 fn decode(key: &str, json: &str) -> Result<HealthRecord, StoreError> {
-    serde_json::from_str::<Stored>(json)
-        .map(Stored::into_record)
-        .map_err(|source| StoreError::Corrupt {
-            key: key.to_owned(),
-            source,
-        })
+    parse_json::<Stored>(key, json).map(Stored::into_record)
 }

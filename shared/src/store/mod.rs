@@ -48,6 +48,17 @@ pub enum StoreError {
     QuotaExceeded { max: u32 },
 }
 
+/// A JSON value stored at `key`, parsed; one that does not parse is `Corrupt`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    json: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
 /// A value stored sealed (or plain, from before sealing), opened and parsed.
 pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
     sealer: &sealing::Sealer,
@@ -58,10 +69,7 @@ pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
         key: key.to_owned(),
         source,
     })?;
-    serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
+    parse_json(key, &json)
 }
 
 impl StoreError {

@@ -2,7 +2,7 @@
 //! by ingest through a short cache (`ingest/src/api/quota.rs`), so a tenant without one
 //! costs no Redis round trip per event.
 
-use super::{Keyspace, StoreError};
+use super::{Keyspace, StoreError, parse_json};
 use crate::domain::event::TenantId;
 use crate::domain::quota::Quota;
 use crate::store::RedisConnection;
@@ -25,11 +25,7 @@ impl QuotaOverrides {
             .arg(&key)
             .query_async(&mut self.redis.clone())
             .await?;
-        stored
-            .map(|json| {
-                serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { key, source })
-            })
-            .transpose()
+        stored.map(|json| parse_json(&key, &json)).transpose()
     }
 
     pub async fn put(&self, tenant: &TenantId, name: &str, quota: Quota) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //! installation does (`PUT /v1/tenants/{t}/retention`). Deliverers read every override
 //! and trim those tenants' stores to it (`deliverer/src/tenant_retention.rs`).
 
-use super::{Keyspace, StoreError};
+use super::{Keyspace, StoreError, parse_json};
+use crate::domain::Invalid;
 use crate::domain::event::TenantId;
 use crate::store::RedisConnection;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,23 @@ pub struct TenantRetention {
     pub dead_letters: Option<Duration>,
 }
 
+/// Shorter than this would trim what is still being delivered.
+const MIN_RETENTION: Duration = Duration::from_secs(1);
+
+impl TenantRetention {
+    pub fn check(&self) -> Result<(), Invalid> {
+        for (field, value) in [
+            ("history", self.history),
+            ("dead_letters", self.dead_letters),
+        ] {
+            if value.is_some_and(|keep| keep < MIN_RETENTION) {
+                return Err(Invalid::new(field, "must be at least 1s"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RetentionStore {
     redis: RedisConnection,
@@ -46,11 +64,7 @@ impl RetentionStore {
             .arg(tenant.as_str())
             .query_async(&mut self.redis.clone())
             .await?;
-        stored
-            .map(|json| {
-                serde_json::from_str(&json).map_err(|source| StoreError::Corrupt { key, source })
-            })
-            .transpose()
+        stored.map(|json| parse_json(&key, &json)).transpose()
     }
 
     pub async fn put(
@@ -91,5 +105,24 @@ impl RetentionStore {
                 ))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_below_one_second_is_refused_naming_its_field() {
+        let keep = |history: Option<u64>, dead_letters: Option<u64>| TenantRetention {
+            history: history.map(Duration::from_millis),
+            dead_letters: dead_letters.map(Duration::from_millis),
+        };
+        assert!(keep(None, None).check().is_ok());
+        assert!(keep(Some(1000), Some(86_400_000)).check().is_ok());
+        let refused = keep(Some(999), None).check().expect_err("too short");
+        assert_eq!(refused.field, "history");
+        let refused = keep(Some(1000), Some(0)).check().expect_err("too short");
+        assert_eq!(refused.field, "dead_letters");
     }
 }
