@@ -411,8 +411,20 @@ impl Hookline {
         total
     }
 
+    /// Whether `{prefix}.{suffix}` exists.
+    pub async fn queue_exists(&self, suffix: &str) -> bool {
+        self.passive_declare(suffix).await.is_ok()
+    }
+
     /// Messages ready in a queue of this installation (by its suffix, e.g. `dead-letter`).
     pub async fn queue_depth(&self, suffix: &str) -> u32 {
+        self.passive_declare(suffix)
+            .await
+            .expect("queue exists")
+            .message_count()
+    }
+
+    async fn passive_declare(&self, suffix: &str) -> Result<lapin::Queue, lapin::Error> {
         let connection = self.amqp().await;
         let channel = connection.create_channel().await.expect("channel");
         let queue = channel
@@ -424,10 +436,9 @@ impl Hookline {
                 },
                 Default::default(),
             )
-            .await
-            .expect("queue exists");
+            .await;
         let _ = connection.close(200, "done".into()).await;
-        queue.message_count()
+        queue
     }
 
     /// Every value this installation keeps in Redis — each key of its prefix read by its

@@ -743,3 +743,100 @@ async fn amqp_url_may_list_several_nodes_and_a_dead_one_is_passed_over() {
     receiver.wait_for(5).await;
     hookline.stop().await;
 }
+
+#[tokio::test]
+async fn what_was_deleted_from_the_broker_is_declared_again_on_reconnect() {
+    let mut hookline = Hookline::builder().deliverers(0).start().await;
+    let receiver = Receiver::start().await;
+    hookline
+        .create_endpoint("acme", json!({"url": receiver.url(), "event_types": ["#"]}))
+        .await;
+    let accepted = hookline
+        .post_event("acme", json!({"type": "candidate.interested", "data": {}}))
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+
+    // The events exchange disappears under ingest (a broker that lost its definitions,
+    // an operator's mistake): the publish that meets it fails, ingest reconnects, finds
+    // the exchange missing and declares the topology again.
+    let connection = hookline.amqp().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_delete(
+            format!("{}.events", hookline.prefix).as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the events exchange");
+    eventually("ingest accepts events again", || async {
+        let answer = hookline
+            .post_event("acme", json!({"type": "candidate.interested", "data": {}}))
+            .await;
+        assert!(
+            answer.status == 202 || answer.status == 503,
+            "accepted or unavailable: {} {}",
+            answer.status,
+            answer.body
+        );
+        answer.status == 202
+    })
+    .await;
+
+    // A delivery queue deleted under a consuming deliverer: its consumer is cancelled,
+    // reconnects, and declares the queue and its binding again.
+    let admin = hookline.start_deliverer(&[]).await;
+    let consuming = f64::from(hookline.partitions);
+    eventually("every partition is consumed", || async {
+        hookline
+            .metric(admin, "hookline_consumer_connected", &[])
+            .await
+            >= consuming
+    })
+    .await;
+    for partition in 0..hookline.partitions {
+        channel
+            .queue_delete(
+                format!("{}.deliveries.{partition}", hookline.prefix)
+                    .as_str()
+                    .into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete a delivery queue");
+    }
+    let _ = connection.close(200, "done".into()).await;
+    eventually("every partition is declared and consumed again", || async {
+        let mut declared = true;
+        for partition in 0..hookline.partitions {
+            declared &= hookline
+                .queue_exists(&format!("deliveries.{partition}"))
+                .await;
+        }
+        declared
+            && hookline
+                .metric(admin, "hookline_consumer_connected", &[])
+                .await
+                >= consuming
+    })
+    .await;
+    let ids: Vec<String> = (0..3).map(|n| format!("after-the-deletes-{n}")).collect();
+    for id in &ids {
+        let answer = hookline
+            .post_event(
+                "acme",
+                json!({"id": id, "type": "candidate.interested", "data": {}}),
+            )
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+    eventually("the events after the deletes are delivered", || async {
+        let received = receiver.received();
+        ids.iter().all(|id| {
+            received
+                .iter()
+                .any(|r| r.header("webhook-id") == Some(id.as_str()))
+        })
+    })
+    .await;
+    hookline.stop().await;
+}

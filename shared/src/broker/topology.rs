@@ -1,6 +1,11 @@
 //! Exchanges and queues, named from the installation prefix. Both binaries declare the
-//! whole topology on every (re)connect: declarations are idempotent, and whichever
-//! process starts first finds a working broker.
+//! whole topology when they first connect: declarations are idempotent, and whichever
+//! process starts first finds a working broker. On a reconnect they [`Topology::redeclare`]:
+//! check passively that everything is there and declare in full only what a broker that
+//! lost it needs — a full declare writes the bindings, and in RabbitMQ 3.x a binding is
+//! a cluster-wide Mnesia transaction that, while a node is cut off, waits until the others
+//! declare it down (`net_ticktime`: 15–20 s with the prod overlay, about a minute with
+//! RabbitMQ's default): exactly when clients reconnect.
 //!
 //! Events are spread over `partitions` delivery queues by tenant: the topic exchange
 //! forwards everything to a consistent-hash exchange (RabbitMQ's bundled
@@ -215,6 +220,69 @@ impl Topology {
             retired.push(queue);
         }
         Ok(retired)
+    }
+
+    /// After a reconnect: the full [`Topology::declare`] only if an exchange or queue of
+    /// the topology is missing (a broker that lost its data, an operator's deletion).
+    /// Passive declares read without a cluster-wide transaction, so this answers while a
+    /// node is cut off; bindings cannot be checked passively and are taken to be there
+    /// when what they join is (every process declares them in full when it starts).
+    pub async fn redeclare(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        if self.all_present(connection).await? {
+            return Ok(());
+        }
+        let channel = connection.create_channel().await?;
+        self.declare(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    async fn all_present(&self, connection: &Connection) -> Result<bool, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let exchange = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let queue = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exchanges = [
+            &self.events_exchange,
+            &self.dead_letter_exchange,
+            &self.partitions_exchange,
+        ];
+        let queues = self.partition_queues().into_iter().chain([
+            self.dead_letter_queue.clone(),
+            self.dead_letter_index_queue.clone(),
+        ]);
+        let checked = async {
+            for name in exchanges {
+                channel
+                    .exchange_declare(
+                        name.as_str().into(),
+                        ExchangeKind::Topic,
+                        exchange,
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            for name in queues {
+                channel
+                    .queue_declare(name.as_str().into(), queue, FieldTable::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        };
+        match checked.await {
+            Ok(()) => {
+                let _ = channel.close(200, "checked".into()).await;
+                Ok(true)
+            }
+            // The broker closed the probe's channel with the 404.
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// Whether a queue exists: a passive declare, on a channel of its own since the
