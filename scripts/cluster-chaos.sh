@@ -3,7 +3,8 @@
 # three RabbitMQ nodes in network namespaces and a Redis master, replica and three
 # sentinels (scripts/cluster.sh), two ingest and three deliverers, mixed HTTP and direct
 # AMQP load over several tenants while the leading node is SIGKILLed, a node is cut off
-# for CLUSTER_CUT_SECONDS (30), a deliverer is stopped past its leases, the Redis master
+# for CLUSTER_CUT_SECONDS (30), the node one deliverer uses is cut off from that deliverer
+# only (its side link goes down), a deliverer is stopped past its leases, the Redis master
 # is SIGKILLed, and a disk alarm holds for CLUSTER_ALARM_SECONDS (20); then every event
 # is reconciled and the report printed (lost = 0, duplicates, dead letters by reason,
 # the longest 503 window, p99 send→receipt by phase). `make test` runs a short version.

@@ -3,17 +3,24 @@
 # network namespace of its own on a bridge, so that a partition is a link going down, not
 # a stopped process. Nodes are rabbit@10.231.0.11 … .13 (long names on the namespaces'
 # addresses), AMQP on 5672 in each namespace, quorum queues, partition handling
-# `pause_minority` (docs/operations.md, "RabbitMQ and Redis"). Beside it, on loopback, a
+# `pause_minority` (docs/operations.md, "RabbitMQ and Redis"). Each node also has a side
+# link of its own to this host (10.232.N.2, a veth pair outside the bridge, carrying AMQP
+# only): a client that connects through side links can be cut off from one node while
+# the cluster and every other client still reach it. Beside it, on loopback, a
 # Redis master (7301) and replica (7302) watched by three sentinels (7311-7313, service
 # hookline-cluster), AOF everysec and noeviction as production wants. Needs root.
 #
 #   scripts/cluster.sh up                 namespaces, bridge, three nodes, clustered
 #   scripts/cluster.sh down               stop every node, remove namespaces and bridge
-#   scripts/cluster.sh env                the AMQP URL listing the three nodes, the Redis URL
+#   scripts/cluster.sh env                the AMQP URLs listing the three nodes (over the
+#                                         bridge, and over the side links), the Redis URL
 #   scripts/cluster.sh redis-kill-master  SIGKILL the Redis master (a sentinel promotes)
 #   scripts/cluster.sh redis-master       the port of the master the sentinels name
 #   scripts/cluster.sh kill N | start N   SIGKILL node N / start it again (it rejoins)
 #   scripts/cluster.sh cut N | heal N     take node N's link down / up again
+#   scripts/cluster.sh side-cut N | side-heal N
+#                                         take node N's side link down / up again
+#   scripts/cluster.sh side-nodes         the node of each client connection over a side link
 #   scripts/cluster.sh leader PREFIX      the node (1-3) leading most of PREFIX.deliveries.*
 #   scripts/cluster.sh disk-alarm on|off  raise / clear a disk alarm on every running node
 #   scripts/cluster.sh ctl N ARGS…        rabbitmqctl against node N
@@ -33,6 +40,9 @@ die() {
 }
 ns() { echo "hlk-n$1"; }
 ip_of() { echo "$NET.1$1"; }
+# Node N's side link: this host is 10.232.N.1, the node 10.232.N.2.
+SIDE=10.232
+side_ip_of() { echo "$SIDE.$1.2"; }
 node() { echo "rabbit@$(ip_of "$1")"; }
 
 node_env() {
@@ -40,7 +50,7 @@ node_env() {
   ip=$(ip_of "$i")
   ENV=(PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$STATE/home" LC_ALL=C.UTF-8
     RABBITMQ_USE_LONGNAME=true RABBITMQ_NODENAME="$(node "$i")"
-    RABBITMQ_NODE_IP_ADDRESS="$ip" RABBITMQ_NODE_PORT=5672 RABBITMQ_DIST_PORT=25672
+    RABBITMQ_NODE_PORT=5672 RABBITMQ_DIST_PORT=25672
     ERL_EPMD_PORT=4369 ERL_EPMD_ADDRESS="$ip,127.0.0.1"
     RABBITMQ_MNESIA_BASE="$STATE/n$i/mnesia" RABBITMQ_LOG_BASE="$STATE/n$i/log"
     RABBITMQ_LOGS="$STATE/n$i/log/rabbit.log" RABBITMQ_PID_FILE="$STATE/n$i/rabbit.pid"
@@ -72,6 +82,13 @@ net_up() {
     ip -n "$(ns "$i")" addr add "$(ip_of "$i")/24" dev "hlk-n${i}p"
     ip -n "$(ns "$i")" link set "hlk-n${i}p" up
     ip -n "$(ns "$i")" link set lo up
+    # AMQP listens on every address of the namespace, so on the side link too; the
+    # nodes talk to each other only over the bridge (inet_dist_use_interface).
+    ip link add "hlk-s$i" type veth peer name "hlk-s${i}p" netns "$(ns "$i")"
+    ip addr add "$SIDE.$i.1/30" dev "hlk-s$i"
+    ip link set "hlk-s$i" up
+    ip -n "$(ns "$i")" addr add "$(side_ip_of "$i")/30" dev "hlk-s${i}p"
+    ip -n "$(ns "$i")" link set "hlk-s${i}p" up
   done
 }
 
@@ -79,6 +96,7 @@ net_down() {
   for i in "${NODES[@]}"; do
     ip netns del "$(ns "$i")" 2>/dev/null || true
     ip link del "hlk-n$i" 2>/dev/null || true
+    ip link del "hlk-s$i" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
 }
@@ -181,6 +199,9 @@ up() {
   echo '[rabbitmq_consistent_hash_exchange].' >"$STATE/plugins"
   {
     echo "cluster_partition_handling = pause_minority"
+    # As the prod overlay: a cut-off node is declared down within 15-20 s, not a minute
+    # (docs/operations.md, "Partition handling").
+    echo "net_ticktime = ${HOOKLINE_CLUSTER_NET_TICKTIME:-15}"
     # Clients reach the nodes over the bridge, not loopback.
     echo "loopback_users = none"
   } >"$STATE/rabbitmq.conf"
@@ -203,11 +224,15 @@ down() {
 }
 
 env_url() {
-  local urls=()
-  for i in "${NODES[@]}"; do urls+=("amqp://guest:guest@$(ip_of "$i"):5672/%2f"); done
+  local urls=() side_urls=()
+  for i in "${NODES[@]}"; do
+    urls+=("amqp://guest:guest@$(ip_of "$i"):5672/%2f")
+    side_urls+=("amqp://guest:guest@$(side_ip_of "$i"):5672/%2f")
+  done
   (
     IFS=,
     echo "HOOKLINE_TEST_CLUSTER_AMQP_URL=${urls[*]}"
+    echo "HOOKLINE_TEST_CLUSTER_SIDE_AMQP_URL=${side_urls[*]}"
   )
   local sentinels=("${SENTINEL_PORTS[@]/#/127.0.0.1:}")
   (
@@ -216,17 +241,28 @@ env_url() {
   )
 }
 
-leader() {
-  local prefix=$1 i
+# rabbitmqctl ARGS… against the first node that answers (a cluster-wide listing).
+ctl_any() {
+  local i
   for i in "${NODES[@]}"; do
-    amqp_open "$i" || continue
-    ctl "$i" list_queues name leader 2>/dev/null |
-      awk -v p="$prefix.deliveries." 'index($1, p) == 1 { print $2 }' |
-      sort | uniq -c | sort -rn | head -1 | awk '{ print $2 }' |
-      sed -E "s/^rabbit@$NET\.1//"
-    return 0
+    if amqp_open "$i"; then
+      ctl "$i" "$@" 2>/dev/null
+      return 0
+    fi
   done
   die "no node answers"
+}
+
+leader() {
+  ctl_any list_queues name leader |
+    awk -v p="$1.deliveries." 'index($1, p) == 1 { print $2 }' |
+    sort | uniq -c | sort -rn | head -1 | awk '{ print $2 }' |
+    sed -E "s/^rabbit@$NET\.1//"
+}
+
+# A side-link client's peer address is 10.232.N.1: N is the node it is connected to.
+side_nodes() {
+  ctl_any list_connections peer_host | awk -F. -v side="$SIDE" '$1 "." $2 == side { print $3 }'
 }
 
 disk_alarm() {
@@ -244,6 +280,9 @@ case "${1:-}" in
   start) start "$2" ;;
   cut) ip link set "hlk-n$2" down ;;
   heal) ip link set "hlk-n$2" up ;;
+  side-cut) ip link set "hlk-s$2" down ;;
+  side-heal) ip link set "hlk-s$2" up ;;
+  side-nodes) side_nodes ;;
   leader) leader "$2" ;;
   redis-master) redis_master ;;
   redis-kill-master) redis_kill_master ;;
@@ -256,7 +295,7 @@ case "${1:-}" in
     ctl "$n" "$@"
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

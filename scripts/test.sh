@@ -12,7 +12,8 @@
 #     default 1500; `make chaos` runs 20000) — instance `chaos`, serially
 #   - the cluster proof at a small size (CLUSTER_EVENTS, default 5000; `make
 #     cluster-chaos` runs 20000): three RabbitMQ nodes in network namespaces and a Redis
-#     Sentinel set (scripts/cluster.sh), nodes killed and cut off, Redis failed over
+#     Sentinel set (scripts/cluster.sh), nodes killed and cut off (from the others and
+#     from one deliverer), Redis failed over
 #
 # Every stage runs even if an earlier one failed; the exit status says whether all passed.
 set -euo pipefail

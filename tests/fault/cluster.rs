@@ -2,9 +2,11 @@
 //! (`scripts/cluster.sh`), two ingest and three deliverers, events from HTTP and AMQP
 //! over several tenants while, one after another, the node leading most delivery queues
 //! is SIGKILLed (and started again), a node is cut off from the other two (its link goes
-//! down) and healed, a deliverer is stopped past its leases and continued, the Redis
-//! master is SIGKILLed (Sentinel promotes the replica), and a disk alarm blocks every
-//! publisher. Nothing accepted may be lost.
+//! down) and healed, the node one deliverer is connected to is cut off from that
+//! deliverer only (the deliverer reaches the nodes over side links of their own, and the
+//! one it uses goes down), a deliverer is stopped past its leases and continued, the
+//! Redis master is SIGKILLed (Sentinel promotes the replica), and a disk alarm blocks
+//! every publisher. Nothing accepted may be lost.
 //!
 //! `CLUSTER_EVENTS` (5,000 in `make test`, 20,000 in `make cluster-chaos`) and
 //! `CLUSTER_CUT_SECONDS` / `CLUSTER_ALARM_SECONDS` (10 / 5; 30 / 20) set the size.
@@ -85,7 +87,20 @@ async fn cluster_chaos_loses_nothing() {
         ),
         ("HOOKLINE__DELIVERY__MAX_HOLD", "20s".to_owned()),
     ];
-    let hookline = Installation::start_with(3, environment.clone()).await;
+    let mut hookline = Installation::start_with(2, environment.clone()).await;
+    // The third deliverer reaches the nodes over their side links only, so one node can
+    // be cut off from it while the cluster and everyone else still reach that node.
+    let mut side_environment = environment.clone();
+    side_environment.push((
+        "HOOKLINE__AMQP__URL",
+        env("HOOKLINE_TEST_CLUSTER_SIDE_AMQP_URL"),
+    ));
+    hookline.deliverers.push(spawn(
+        &hookline.prefix,
+        "hookline-deliverer",
+        &side_environment,
+    ));
+    hookline.wait_ready(hookline.deliverers[2].admin).await;
     let second_api = free_port();
     let mut second_environment = environment;
     second_environment.push(("HOOKLINE__HTTP__LISTEN", format!("127.0.0.1:{second_api}")));
@@ -212,6 +227,48 @@ async fn cluster_chaos_loses_nothing() {
         ended: started.elapsed(),
     });
 
+    reach(0.45).await;
+    let begin = started.elapsed();
+    let side_nodes = || async {
+        cluster(&["side-nodes"])
+            .await
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let Some(cut_off) = side_nodes().await.first().cloned() else {
+        panic!("the side-link deliverer has no connection to any node");
+    };
+    let consuming = || {
+        metric(
+            &hookline.http,
+            hookline.deliverers[2].admin,
+            "hookline_consumer_connected",
+        )
+    };
+    let consumers = consuming().await;
+    cluster(&["side-cut", &cut_off]).await;
+    // Until the cut-off node has dropped the deliverer's connections (its heartbeat timed
+    // out) and the deliverer consumes every queue it did, each consumer on a connection
+    // of its own through the other nodes.
+    eventually_within(
+        "the deliverer cut off from its node moves to another",
+        CHAOS_PATIENCE,
+        || async {
+            let now = side_nodes().await;
+            now.len() as f64 >= consumers
+                && now.iter().all(|node| *node != cut_off)
+                && consuming().await >= consumers
+        },
+    )
+    .await;
+    cluster(&["side-heal", &cut_off]).await;
+    phases.push(Phase {
+        name: "a node cut off from one deliverer",
+        started: begin,
+        ended: started.elapsed(),
+    });
+
     reach(0.55).await;
     let begin = started.elapsed();
     let paused = &hookline.deliverers[0];
@@ -292,23 +349,26 @@ async fn cluster_chaos_loses_nothing() {
     let dead = dead.lock().expect("lock").clone();
     let lost = unsettled(&dead);
 
-    // Send → first receipt, by the phase the event was accepted in.
+    // Send → first receipt, and receipts beyond the first, by the phase the event was
+    // accepted in.
     let accepted_at = accepted_at.lock().expect("lock").clone();
-    let mut first_receipt: HashMap<String, Instant> = HashMap::new();
+    let mut first_receipt: HashMap<String, (Instant, usize)> = HashMap::new();
     let mut receipts: usize = 0;
     for (_, receiver, _) in &receivers {
         for received in receiver.received() {
             receipts += 1;
             if let Some(id) = received.header("webhook-id") {
-                first_receipt
+                let first = first_receipt
                     .entry(id.to_owned())
-                    .and_modify(|at| *at = (*at).min(received.at))
-                    .or_insert(received.at);
+                    .or_insert((received.at, 0));
+                first.0 = first.0.min(received.at);
+                first.1 += 1;
             }
         }
     }
     let unique = first_receipt.len();
-    let mut by_phase: Vec<(String, Vec<Duration>)> = Vec::new();
+    // (phase, send → first receipt of each event, receipts beyond the first)
+    let mut by_phase: Vec<(String, Vec<Duration>, usize)> = Vec::new();
     let label = |accepted: Duration| -> String {
         let mut label = "before the faults".to_owned();
         for phase in &phases {
@@ -322,14 +382,17 @@ async fn cluster_chaos_loses_nothing() {
         label
     };
     for (id, accepted) in &accepted_at {
-        let Some(received) = first_receipt.get(id) else {
+        let Some((received, count)) = first_receipt.get(id) else {
             continue;
         };
         let latency = received.saturating_duration_since(started + *accepted);
         let phase = label(*accepted);
-        match by_phase.iter_mut().find(|(name, _)| *name == phase) {
-            Some((_, latencies)) => latencies.push(latency),
-            None => by_phase.push((phase, vec![latency])),
+        match by_phase.iter_mut().find(|(name, _, _)| *name == phase) {
+            Some((_, latencies, duplicates)) => {
+                latencies.push(latency);
+                *duplicates += count - 1;
+            }
+            None => by_phase.push((phase, vec![latency], count - 1)),
         }
     }
     let mut reasons: HashMap<&str, usize> = HashMap::new();
@@ -342,7 +405,7 @@ async fn cluster_chaos_loses_nothing() {
         hookline.api
     );
     println!(
-        "cluster chaos: {events} events over {} tenants (¾ HTTP to 2 ingest, ¼ AMQP), 3 deliverers, 3 RabbitMQ nodes",
+        "cluster chaos: {events} events over {} tenants (¾ HTTP to 2 ingest, ¼ AMQP), 3 deliverers (one over side links), 3 RabbitMQ nodes",
         tenants.len()
     );
     for phase in &phases {
@@ -366,10 +429,10 @@ async fn cluster_chaos_loses_nothing() {
         refused_from.as_secs_f64(),
         refused_at,
     );
-    by_phase.sort_by_key(|(_, latencies)| std::cmp::Reverse(latencies.len()));
-    for (phase, latencies) in by_phase {
+    by_phase.sort_by_key(|(_, latencies, _)| std::cmp::Reverse(latencies.len()));
+    for (phase, latencies, duplicates) in by_phase {
         println!(
-            "cluster chaos: p99 send→receipt {phase}: {}",
+            "cluster chaos: p99 send→receipt {phase}: {}, {duplicates} duplicate receipts",
             p99(latencies)
         );
     }
