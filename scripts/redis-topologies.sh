@@ -73,11 +73,19 @@ CONF
 }
 
 down() {
-  local pidfile
+  local pidfile pid pids=()
   for pidfile in "$root"/*/pid; do
     [[ -f "$pidfile" ]] || continue
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null && pids+=("$pid")
     rm -f "$pidfile"
+  done
+  # A server still shutting down writes its log: removing its directory under it fails.
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
   done
   rm -rf "$root"
   log "stopped"
