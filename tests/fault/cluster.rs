@@ -46,17 +46,21 @@ struct Phase {
     ended: Duration,
 }
 
-/// Keeps the longest stretch of 503s (or no answer) one event met, and where.
-fn note_refusal(
-    longest: &Mutex<(Duration, Duration, u16)>,
-    since: Instant,
-    started: Instant,
+/// A stretch of 503s (or no answer) one event met before it was accepted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Refusal {
+    lasted: Duration,
+    /// From the start of the run.
+    from: Duration,
     api: u16,
-) {
-    let mut longest = longest.lock().expect("lock");
-    if since.elapsed() > longest.0 {
-        *longest = (since.elapsed(), since - started, api);
-    }
+}
+
+fn note_refusal(refusals: &Mutex<Vec<Refusal>>, since: Instant, started: Instant, api: u16) {
+    refusals.lock().expect("lock").push(Refusal {
+        lasted: since.elapsed(),
+        from: since - started,
+        api,
+    });
 }
 
 fn p99(mut latencies: Vec<Duration>) -> String {
@@ -121,17 +125,17 @@ async fn cluster_chaos_loses_nothing() {
             .collect(),
     );
     let sent = Arc::new(AtomicUsize::new(0));
-    // When each event was accepted, and the longest stretch a sender was refused.
+    // When each event was accepted.
     let accepted_at: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
-    // (how long, from when, which API) of the longest stretch one event was refused.
-    let longest_refusal: Arc<Mutex<(Duration, Duration, u16)>> = Arc::default();
+    // Every stretch in which one event was refused.
+    let refusals: Arc<Mutex<Vec<Refusal>>> = Arc::default();
     let senders: Vec<_> = (0..16)
         .map(|sender| {
-            let (ids, sent, accepted_at, longest_refusal) = (
+            let (ids, sent, accepted_at, refusals) = (
                 ids.clone(),
                 sent.clone(),
                 accepted_at.clone(),
-                longest_refusal.clone(),
+                refusals.clone(),
             );
             let (http, prefix, urls) =
                 (hookline.http.clone(), hookline.prefix.clone(), urls.clone());
@@ -168,14 +172,14 @@ async fn cluster_chaos_loses_nothing() {
                             }
                             _ => {
                                 if let Some(since) = refused_since.take() {
-                                    note_refusal(&longest_refusal, since, started, api);
+                                    note_refusal(&refusals, since, started, api);
                                 }
                             }
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     if let Some(since) = refused_since {
-                        note_refusal(&longest_refusal, since, started, api);
+                        note_refusal(&refusals, since, started, api);
                     }
                     accepted_at
                         .lock()
@@ -367,39 +371,55 @@ async fn cluster_chaos_loses_nothing() {
         }
     }
     let unique = first_receipt.len();
-    // (phase, send → first receipt of each event, receipts beyond the first)
-    let mut by_phase: Vec<(String, Vec<Duration>, usize)> = Vec::new();
-    let label = |accepted: Duration| -> String {
-        let mut label = "before the faults".to_owned();
-        for phase in &phases {
-            if accepted >= phase.started && accepted <= phase.ended {
-                return format!("during: {}", phase.name);
+    // Stretches in time, in order: before the faults, then during and after each one.
+    let stretch_of = |at: Duration| -> usize {
+        let mut stretch = 0;
+        for (index, phase) in phases.iter().enumerate() {
+            if at >= phase.started && at <= phase.ended {
+                return 2 * index + 1;
             }
-            if accepted > phase.ended {
-                label = format!("after: {}", phase.name);
+            if at > phase.ended {
+                stretch = 2 * index + 2;
             }
         }
-        label
+        stretch
     };
+    let stretch_name = |stretch: usize| match stretch {
+        0 => "before the faults".to_owned(),
+        odd if odd % 2 == 1 => format!("during: {}", phases[odd / 2].name),
+        even => format!("after: {}", phases[even / 2 - 1].name),
+    };
+    #[derive(Default)]
+    struct Stretch {
+        latencies: Vec<Duration>,
+        duplicates: usize,
+        longest_refusal: Duration,
+    }
+    let mut stretches: Vec<Stretch> = (0..=2 * phases.len()).map(|_| Stretch::default()).collect();
     for (id, accepted) in &accepted_at {
         let Some((received, count)) = first_receipt.get(id) else {
             continue;
         };
-        let latency = received.saturating_duration_since(started + *accepted);
-        let phase = label(*accepted);
-        match by_phase.iter_mut().find(|(name, _, _)| *name == phase) {
-            Some((_, latencies, duplicates)) => {
-                latencies.push(latency);
-                *duplicates += count - 1;
-            }
-            None => by_phase.push((phase, vec![latency], count - 1)),
-        }
+        let stretch = &mut stretches[stretch_of(*accepted)];
+        stretch
+            .latencies
+            .push(received.saturating_duration_since(started + *accepted));
+        stretch.duplicates += count - 1;
     }
+    let refusals = refusals.lock().expect("lock").clone();
+    for refusal in &refusals {
+        let stretch = &mut stretches[stretch_of(refusal.from)];
+        stretch.longest_refusal = stretch.longest_refusal.max(refusal.lasted);
+    }
+    let longest_refusal = refusals
+        .iter()
+        .copied()
+        .max_by_key(|refusal| refusal.lasted)
+        .unwrap_or_default();
     let mut reasons: HashMap<&str, usize> = HashMap::new();
     for (_, _, reason) in &dead {
         *reasons.entry(reason.as_str()).or_default() += 1;
     }
-    let (refused_for, refused_from, refused_at) = *longest_refusal.lock().expect("lock");
     println!(
         "cluster chaos: ingest APIs on ports {} and {second_api}",
         hookline.api
@@ -425,15 +445,20 @@ async fn cluster_chaos_loses_nothing() {
         sent_in.as_secs_f64(),
         drained_in.as_secs_f64(),
         100.0 * receipts.saturating_sub(unique) as f64 / unique.max(1) as f64,
-        refused_for.as_secs_f64(),
-        refused_from.as_secs_f64(),
-        refused_at,
+        longest_refusal.lasted.as_secs_f64(),
+        longest_refusal.from.as_secs_f64(),
+        longest_refusal.api,
     );
-    by_phase.sort_by_key(|(_, latencies, _)| std::cmp::Reverse(latencies.len()));
-    for (phase, latencies, duplicates) in by_phase {
+    for (index, stretch) in stretches.into_iter().enumerate() {
+        if stretch.latencies.is_empty() && stretch.longest_refusal.is_zero() {
+            continue;
+        }
         println!(
-            "cluster chaos: p99 send→receipt {phase}: {}, {duplicates} duplicate receipts",
-            p99(latencies)
+            "cluster chaos: {}: p99 send→receipt {}, {} duplicate receipts, longest 503 window begun then {:.1} s",
+            stretch_name(index),
+            p99(stretch.latencies),
+            stretch.duplicates,
+            stretch.longest_refusal.as_secs_f64(),
         );
     }
     assert_eq!(lost, 0);
