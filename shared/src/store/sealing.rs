@@ -1,12 +1,13 @@
-//! Signing secrets at rest: sealed with ChaCha20-Poly1305 under a key from configuration
-//! before they reach Redis, so a copy of Redis (a backup, a replica, a `MONITOR`) does not
-//! hand out every subscriber's secret.
+//! Secrets and payloads at rest: signing secrets, retry tasks, event states, attempt
+//! excerpts and dead-letter records are sealed with ChaCha20-Poly1305 under a key from
+//! configuration before they reach Redis, so a copy of Redis (a backup, a replica, a
+//! `MONITOR`) hands out neither subscribers' secrets nor candidates' data.
 //!
-//! A sealed value names its key (`sealed:v1:{key id}:{base64 nonce ‖ ciphertext}`), so
-//! keys rotate without downtime: configure the new key and keep the old one in
-//! `previous_keys`; values sealed under either open, and each endpoint is sealed under
-//! the new key the next time it is written. A plain `whsec_…` value (written before
-//! sealing was configured) still opens.
+//! A sealed value names its key (`sealed:v1:{key id}:{base64 nonce ‖ ciphertext ‖ tag}`),
+//! so keys rotate without downtime: configure the new key and keep the old one in
+//! `previous_keys`; values sealed under either open, and each value is sealed under the
+//! new key the next time it is written. A plain value (written before sealing) still
+//! opens.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
