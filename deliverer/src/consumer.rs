@@ -16,7 +16,7 @@ use lapin::{Connection, Consumer, Event};
 use prometheus::IntGauge;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,40 +93,32 @@ impl<H: Handler> ConsumerLoop<H> {
     pub async fn run(self, shutdown: CancellationToken) -> Option<(Connection, AckWindow)> {
         let (settings, topology) = (&self.settings, &self.topology);
         let (queue, prefetch) = (self.queue.as_str(), self.prefetch);
-        // Declared in full by the first connection, checked on every later one.
-        let declared = AtomicBool::new(false);
-        let declared = &declared;
-        let attempt = move || async move {
-            let connection = hookline_shared::broker::connect(settings, "deliverer").await?;
-            if declared.load(Ordering::Relaxed) {
-                topology.redeclare(&connection).await?;
-            }
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            if !declared.load(Ordering::Relaxed) {
-                topology.declare(&channel).await?;
-                declared.store(true, Ordering::Relaxed);
-            }
-            // A retired queue an operator has deleted is done with, not an outage.
-            let retired = !topology.partition_queues().iter().any(|q| q == queue)
-                && queue != topology.dead_letter_index_queue;
-            if retired && !topology.exists(&connection, queue).await? {
-                let _ = connection.close(200, "queue deleted".into()).await;
-                return Ok(None);
-            }
-            let consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, anyhow::Error>(Some((connection, channel, consumer)))
-        };
+        let mut reconnect = false;
         loop {
+            let attempt = move || async move {
+                let connection = hookline_shared::broker::connect(settings, "deliverer").await?;
+                topology.declare_on_connect(&connection, reconnect).await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .basic_qos(prefetch, BasicQosOptions::default())
+                    .await?;
+                // A retired queue an operator has deleted is done with, not an outage.
+                let retired = !topology.partition_queues().iter().any(|q| q == queue)
+                    && queue != topology.dead_letter_index_queue;
+                if retired && !topology.exists(&connection, queue).await? {
+                    let _ = connection.close(200, "queue deleted".into()).await;
+                    return Ok(None);
+                }
+                let consumer = channel
+                    .basic_consume(
+                        queue.into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>(Some((connection, channel, consumer)))
+            };
             let retrying =
                 retry::until_ok("consumer connection", retry::RECONNECT, &shutdown, attempt);
             // Raced as a whole so that shutdown also drops a connect in progress.
@@ -154,6 +146,7 @@ impl<H: Handler> ConsumerLoop<H> {
                 return Some((connection, acks));
             }
             tracing::warn!("consumer lost its connection; reconnecting");
+            reconnect = true;
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
                 connection.close(200, "reconnecting".into()),

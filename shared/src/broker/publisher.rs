@@ -300,19 +300,14 @@ async fn supervise(
     let mut generation = 0u64;
     let (settings, topology) = (&settings, &topology);
     while !shutdown.is_cancelled() {
-        let first = generation == 0;
+        let reconnect = generation > 0;
         let attempt = move || async move {
             let connection = super::connect(settings, role).await?;
-            if !first {
-                topology.redeclare(&connection).await?;
-            }
+            topology.declare_on_connect(&connection, reconnect).await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            if first {
-                topology.declare(&channel).await?;
-            }
             Ok::<_, anyhow::Error>((connection, channel))
         };
         let retrying = retry::until_ok("RabbitMQ connection", retry::RECONNECT, &shutdown, attempt)

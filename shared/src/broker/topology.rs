@@ -1,8 +1,9 @@
 //! Exchanges and queues, named from the installation prefix. Both binaries declare the
 //! whole topology when they first connect: declarations are idempotent, and whichever
-//! process starts first finds a working broker. On a reconnect they [`Topology::redeclare`]:
-//! check passively that everything is there and declare in full only what a broker that
-//! lost it needs — a full declare writes the bindings, and in RabbitMQ 3.x a binding is
+//! process starts first finds a working broker. On a reconnect
+//! ([`Topology::declare_on_connect`]) they check passively that everything is there and
+//! declare in full only for a broker that lost it — a full declare writes the bindings,
+//! and in RabbitMQ 3.x a binding is
 //! a cluster-wide Mnesia transaction that, while a node is cut off, waits until the others
 //! declare it down (`net_ticktime`: 15–20 s with the prod overlay, about a minute with
 //! RabbitMQ's default): exactly when clients reconnect.
@@ -222,13 +223,19 @@ impl Topology {
         Ok(retired)
     }
 
-    /// After a reconnect: the full [`Topology::declare`] only if an exchange or queue of
-    /// the topology is missing (a broker that lost its data, an operator's deletion).
-    /// Passive declares read without a cluster-wide transaction, so this answers while a
-    /// node is cut off; bindings cannot be checked passively and are taken to be there
-    /// when what they join is (every process declares them in full when it starts).
-    pub async fn redeclare(&self, connection: &Connection) -> Result<(), lapin::Error> {
-        if self.all_present(connection).await? {
+    /// What every new connection of a publisher or consumer declares, on a channel of its
+    /// own: the full [`Topology::declare`] on the process's first connection; on a
+    /// `reconnect`, only if an exchange or queue of the topology is missing (a broker that
+    /// lost its data, an operator's deletion). Passive declares read without a
+    /// cluster-wide transaction, so a reconnect answers while a node is cut off; bindings
+    /// cannot be checked passively and are taken to be there when what they join is
+    /// (every process declares them in full when it starts).
+    pub async fn declare_on_connect(
+        &self,
+        connection: &Connection,
+        reconnect: bool,
+    ) -> Result<(), lapin::Error> {
+        if reconnect && self.all_present(connection).await? {
             return Ok(());
         }
         let channel = connection.create_channel().await?;
