@@ -186,15 +186,42 @@ impl Receiver {
 
     /// Waits until at least `count` requests arrived; fails the test after `PATIENCE`.
     pub async fn wait_for(&self, count: usize) -> Vec<Received> {
+        self.wait_until(|received| {
+            (received.len() < count)
+                .then(|| format!("receiver got {} of {count} requests", received.len()))
+        })
+        .await
+    }
+
+    /// Waits until a request for each event of `ids` (its `webhook-id`) arrived; fails
+    /// the test after `PATIENCE`.
+    pub async fn wait_for_events(&self, ids: &[String]) -> Vec<Received> {
+        self.wait_until(|received| {
+            let missing = ids
+                .iter()
+                .filter(|id| {
+                    !received
+                        .iter()
+                        .any(|r| r.header("webhook-id") == Some(id.as_str()))
+                })
+                .count();
+            (missing > 0).then(|| format!("receiver misses {missing} of {} events", ids.len()))
+        })
+        .await
+    }
+
+    /// Waits, woken by each arrival, until `shortfall` of what arrived is `None`; fails
+    /// the test with the last shortfall after `PATIENCE`.
+    async fn wait_until(&self, shortfall: impl Fn(&[Received]) -> Option<String>) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + crate::PATIENCE;
         loop {
             let arrived = self.shared.arrived.notified();
             let received = self.received();
-            if received.len() >= count {
+            let Some(missing) = shortfall(&received) else {
                 return received;
-            }
+            };
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("receiver got {} of {count} requests", self.count());
+                panic!("{missing}");
             }
         }
     }

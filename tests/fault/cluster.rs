@@ -94,16 +94,10 @@ async fn cluster_chaos_loses_nothing() {
     let mut hookline = Installation::start_with(2, environment.clone()).await;
     // The third deliverer reaches the nodes over their side links only, so one node can
     // be cut off from it while the cluster and everyone else still reach that node.
-    let mut side_environment = environment.clone();
-    side_environment.push((
+    hookline.add_deliverer_with(&[(
         "HOOKLINE__AMQP__URL",
         env("HOOKLINE_TEST_CLUSTER_SIDE_AMQP_URL"),
-    ));
-    hookline.deliverers.push(spawn(
-        &hookline.prefix,
-        "hookline-deliverer",
-        &side_environment,
-    ));
+    )]);
     hookline.wait_ready(hookline.deliverers[2].admin).await;
     let second_api = free_port();
     let mut second_environment = environment;

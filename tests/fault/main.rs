@@ -89,8 +89,15 @@ impl Installation {
     }
 
     fn add_deliverer(&mut self) {
+        self.add_deliverer_with(&[]);
+    }
+
+    /// A deliverer with `overrides` on top of the installation's environment.
+    fn add_deliverer_with(&mut self, overrides: &[(&'static str, String)]) {
+        let mut environment = self.environment.clone();
+        environment.extend_from_slice(overrides);
         self.deliverers
-            .push(spawn(&self.prefix, "hookline-deliverer", &self.environment));
+            .push(spawn(&self.prefix, "hookline-deliverer", &environment));
     }
 
     fn admins(&self) -> Vec<u16> {

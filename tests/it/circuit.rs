@@ -267,19 +267,6 @@ async fn hold_behind_open_circuit(hookline: &Hookline) -> (Receiver, String, Vec
     (receiver, path.to_owned(), held)
 }
 
-/// Waits until `receiver` has had a request for each of the events `ids`.
-async fn arrive(receiver: &Receiver, ids: &[String]) {
-    eventually("every held delivery arrives", || async {
-        let received = receiver.received();
-        ids.iter().all(|id| {
-            received
-                .iter()
-                .any(|request| request.header("webhook-id") == Some(id.as_str()))
-        })
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
     let hookline = Hookline::builder()
@@ -293,7 +280,7 @@ async fn a_held_delivery_that_no_probe_wakes_comes_back_after_max_hold() {
         .await;
     let (receiver, _, held) = hold_behind_open_circuit(&hookline).await;
     receiver.set_status(204);
-    arrive(&receiver, &held).await;
+    receiver.wait_for_events(&held).await;
     hookline.stop().await;
 }
 
@@ -315,6 +302,6 @@ async fn re_enabling_an_endpoint_sends_what_its_open_circuit_held() {
         assert_eq!(patched.status, 200, "{}", patched.body);
     }
     // Re-enabling closed the circuit without a probe: the API woke what it held.
-    arrive(&receiver, &held).await;
+    receiver.wait_for_events(&held).await;
     hookline.stop().await;
 }

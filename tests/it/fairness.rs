@@ -174,15 +174,7 @@ async fn bulk_events_give_way_to_real_time_ones_without_starving() {
     }
 
     hookline.start_deliverer(&[]).await;
-    eventually("the real-time events arrive", || async {
-        let received = receiver.received();
-        urgent.iter().all(|id| {
-            received
-                .iter()
-                .any(|r| r.header("webhook-id") == Some(id.as_str()))
-        })
-    })
-    .await;
+    receiver.wait_for_events(&urgent).await;
     let bulk_first = receiver.count() - urgent.len();
     assert!(
         bulk_first < BACKLOG / 2,
