@@ -9,7 +9,9 @@
 #     driving Debian's Chromium, installed by scripts/console-tools.sh)
 #   - fault tests with the real binaries as processes: a deliverer SIGKILLed mid-flight,
 #     RabbitMQ and Redis restarted, and the chaos scenario at a small size (CHAOS_EVENTS,
-#     default 1500; `make chaos` runs 20000) — instance `chaos`, serially
+#     default 1500; `make chaos` runs 20000) — instance `chaos`, serially; each process's
+#     output goes to target/fault-logs/<prefix>/ (a process that does not become ready
+#     fails its test with the end of its output)
 #   - the cluster proof at a small size (CLUSTER_EVENTS, default 5000; `make
 #     cluster-chaos` runs 20000): three RabbitMQ nodes in network namespaces and a Redis
 #     Sentinel set (scripts/cluster.sh), nodes killed and cut off (from the others and
@@ -92,6 +94,7 @@ cargo build --workspace --bins --tests --quiet
 stage "unit and end-to-end tests" with_brokers test nextest --workspace -E 'not binary(fault)'
 
 # Fault tests restart brokers: their own instance, one test at a time.
+rm -rf target/fault-logs
 scripts/brokers.sh wipe chaos
 scripts/brokers.sh up chaos
 stage "fault tests" with_brokers chaos nextest -p hookline-tests --test fault --test-threads 1 \

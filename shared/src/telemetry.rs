@@ -17,6 +17,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::io::IsTerminal;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -66,8 +67,10 @@ pub fn init(
             .json()
             .flatten_event(true)
             .boxed(),
+        // Colour only on a terminal: escape codes in a file or a log collector are noise.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
             .compact()
             .boxed(),
     };

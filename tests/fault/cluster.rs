@@ -98,12 +98,12 @@ async fn cluster_chaos_loses_nothing() {
         "HOOKLINE__AMQP__URL",
         env("HOOKLINE_TEST_CLUSTER_SIDE_AMQP_URL"),
     )]);
-    hookline.wait_ready(hookline.deliverers[2].admin).await;
+    hookline.wait_ready(&hookline.deliverers[2]).await;
     let second_api = free_port();
     let mut second_environment = environment;
     second_environment.push(("HOOKLINE__HTTP__LISTEN", format!("127.0.0.1:{second_api}")));
     let second_ingest = spawn(&hookline.prefix, "hookline-ingest", &second_environment);
-    hookline.wait_ready(second_ingest.admin).await;
+    hookline.wait_ready(&second_ingest).await;
 
     let tenants = ["acme", "globex", "initech", "umbrella"];
     let mut receivers = Vec::new();

@@ -26,11 +26,24 @@ fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run the fault tests with `make test`"))
 }
 
+/// A port free now for a process to listen on. The kernel may hand a port it gave out a
+/// moment ago again before the process it was meant for has bound it, so this never
+/// returns one twice.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Restarts (or stops / starts) a service of the broker instance these tests own.
@@ -48,6 +61,8 @@ async fn brokers(action: &str, service: &str) {
 struct Process {
     child: Child,
     admin: u16,
+    /// Where its stdout and stderr go, read when it does not become ready.
+    log: PathBuf,
 }
 
 /// Ingest and deliverers as separate processes of the real binaries.
@@ -82,8 +97,8 @@ impl Installation {
         for _ in 0..deliverers {
             installation.add_deliverer();
         }
-        for admin in installation.admins() {
-            installation.wait_ready(admin).await;
+        for process in installation.processes() {
+            installation.wait_ready(process).await;
         }
         installation
     }
@@ -100,10 +115,12 @@ impl Installation {
             .push(spawn(&self.prefix, "hookline-deliverer", &environment));
     }
 
+    fn processes(&self) -> impl Iterator<Item = &Process> {
+        std::iter::once(&self.ingest).chain(&self.deliverers)
+    }
+
     fn admins(&self) -> Vec<u16> {
-        std::iter::once(self.ingest.admin)
-            .chain(self.deliverers.iter().map(|d| d.admin))
-            .collect()
+        self.processes().map(|process| process.admin).collect()
     }
 
     async fn status(&self, admin: u16, path: &str) -> Option<u16> {
@@ -116,11 +133,36 @@ impl Installation {
             .map(|r| r.status().as_u16())
     }
 
-    async fn wait_ready(&self, admin: u16) {
-        eventually("service ready", || async {
-            self.status(admin, "/readyz").await == Some(200)
-        })
-        .await;
+    /// Waits for `/readyz` to answer 200; a process that does not get there fails the
+    /// test with what it said: its readiness report and the end of its output.
+    async fn wait_ready(&self, process: &Process) {
+        let deadline = tokio::time::Instant::now() + hookline_tests::PATIENCE;
+        while self.status(process.admin, "/readyz").await != Some(200) {
+            if tokio::time::Instant::now() >= deadline {
+                let report = match self
+                    .http
+                    .get(format!("http://127.0.0.1:{}/readyz", process.admin))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(error) => format!("no answer: {error}"),
+                };
+                let output = std::fs::read_to_string(&process.log).unwrap_or_default();
+                let tail: Vec<&str> = output.lines().rev().take(40).collect();
+                panic!(
+                    "{} (admin port {}) not ready after {:?}; /readyz: {report}\n\
+                     last lines of {}:\n{}",
+                    process.log.file_name().unwrap_or_default().display(),
+                    process.admin,
+                    hookline_tests::PATIENCE,
+                    process.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn call(
@@ -188,7 +230,8 @@ impl Installation {
     }
 }
 
-/// An `extra` setting of [`spawn`]: the directory the process's output is written to.
+/// An `extra` setting of [`spawn`]: the directory the process's output is written to,
+/// for tests that read it; otherwise it goes to `target/fault-logs/<prefix>`.
 const LOG_DIR: &str = "HOOKLINE_TEST_LOG_DIR";
 
 fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
@@ -216,25 +259,24 @@ fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
         .env("HOOKLINE__RETRY__POLL_INTERVAL", "50ms")
         .env("HOOKLINE__RETRY__LEASE", "5s")
         .env("HOOKLINE__SHUTDOWN__GRACE", "5s")
-        .env("HOOKLINE__LOG__FILTER", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env("HOOKLINE__LOG__FILTER", "warn")
         .kill_on_drop(true);
+    let mut log_dir = root().join("target/fault-logs").join(prefix);
     for (key, value) in extra {
         command.env(key, value);
-        // The process's output goes to a file in this directory, for tests that read it.
         if *key == LOG_DIR {
-            let log = std::fs::File::create(
-                std::path::Path::new(value).join(format!("{binary}-{admin}.log")),
-            )
-            .expect("log file");
-            command.stderr(log.try_clone().expect("log file"));
-            command.stdout(log);
+            log_dir = PathBuf::from(value);
         }
     }
+    std::fs::create_dir_all(&log_dir).expect("log directory");
+    let log = log_dir.join(format!("{binary}-{admin}.log"));
+    let output = std::fs::File::create(&log).expect("log file");
+    command.stderr(output.try_clone().expect("log file"));
+    command.stdout(output);
     Process {
         child: command.spawn().expect("binary starts"),
         admin,
+        log,
     }
 }
 
@@ -378,8 +420,8 @@ async fn a_rabbitmq_restart_loses_nothing_and_ingest_answers_503_meanwhile() {
     hookline.post_until_accepted("acme", &ids[1]).await;
     hookline.post_until_accepted("acme", &ids[2]).await;
     wait_for_all(&receiver, &ids).await;
-    for admin in hookline.admins() {
-        hookline.wait_ready(admin).await;
+    for process in hookline.processes() {
+        hookline.wait_ready(process).await;
     }
     hookline.stop().await;
 }
@@ -472,7 +514,7 @@ async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &[&str])
     hookline.post_until_accepted("acme", &ids[1]).await;
     hookline.post_until_accepted("acme", &ids[2]).await;
     wait_for_all(&receiver, &ids).await;
-    hookline.wait_ready(hookline.ingest.admin).await;
+    hookline.wait_ready(&hookline.ingest).await;
     hookline.stop().await;
 }
 
