@@ -426,18 +426,28 @@ async fn a_rabbitmq_restart_loses_nothing_and_ingest_answers_503_meanwhile() {
     hookline.stop().await;
 }
 
-/// Runs `rabbitmqctl` against the broker instance these tests own.
-async fn rabbitmqctl(args: &[&str]) {
-    let instance = env("HOOKLINE_TEST_BROKERS_INSTANCE");
-    let status = Command::new(root().join("scripts/brokers.sh"))
+/// `rabbitmqctl` against the broker instance these tests own.
+fn rabbitmqctl(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(root().join("scripts/brokers.sh"));
+    command
         .arg("ctl")
-        .arg(&instance)
+        .arg(env("HOOKLINE_TEST_BROKERS_INSTANCE"))
         .args(args)
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+/// Raises a resource alarm with `raise` (rabbitmqctl arguments); `clear` ends it when
+/// the guard drops.
+async fn raise_alarm(raise: &[&str], clear: &'static [&'static str]) -> Undo {
+    let status = Command::from(rabbitmqctl(raise))
         .status()
         .await
         .expect("brokers.sh runs");
-    assert!(status.success(), "rabbitmqctl {args:?}");
+    assert!(status.success(), "rabbitmqctl {raise:?}");
+    Undo::new(|| {
+        let _ = rabbitmqctl(clear).status();
+    })
 }
 
 #[tokio::test]
@@ -463,14 +473,14 @@ async fn a_disk_alarm_is_answered_503_broker_blocked_and_nothing_is_lost() {
 /// Raises a resource alarm with `raise` (rabbitmqctl arguments): ingest answers 503
 /// `broker_blocked` and its readiness says why; once `clear` ends it, the refused event
 /// is accepted when sent again and every accepted event is delivered.
-async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &[&str]) {
+async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &'static [&'static str]) {
     let hookline = Installation::start(1).await;
     let receiver = Receiver::start().await;
     hookline.create_endpoint("acme", receiver.url()).await;
     let mut ids = vec!["before-alarm".to_owned()];
     hookline.post_until_accepted("acme", &ids[0]).await;
 
-    rabbitmqctl(raise).await;
+    let alarm = raise_alarm(raise, clear).await;
     let refused = std::cell::RefCell::new(Value::Null);
     eventually_within(
         "ingest refuses events with broker_blocked",
@@ -507,7 +517,7 @@ async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &[&str])
         .expect("readiness JSON");
     assert_eq!(readiness["amqp_unblocked"], false, "{readiness}");
 
-    rabbitmqctl(clear).await;
+    drop(alarm);
     // The refused event is accepted once it is sent again, as a client would.
     ids.push("during-alarm".to_owned());
     ids.push("after-alarm".to_owned());
@@ -519,19 +529,39 @@ async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &[&str])
 }
 
 /// Sets a Redis configuration parameter on the instance these tests own.
-async fn redis_config_set(parameter: &str, value: &str) {
-    let client = redis::Client::open(env("HOOKLINE_TEST_REDIS_URL")).expect("Redis URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis reachable");
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(parameter)
-        .arg(value)
-        .query_async(&mut connection)
-        .await
-        .expect("CONFIG SET");
+/// Undoes a change to the brokers these tests own when dropped — also when the test
+/// fails, so that the next test finds them as `make test` started them.
+struct Undo(Option<Box<dyn FnOnce()>>);
+
+impl Undo {
+    fn new(undo: impl FnOnce() + 'static) -> Self {
+        Self(Some(Box::new(undo)))
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
+    }
+}
+
+/// `CONFIG SET` on the Redis these tests own, undone (set to `restore`) when the guard
+/// drops.
+fn redis_config_set(parameter: &'static str, value: &str, restore: &'static str) -> Undo {
+    fn config_set(parameter: &str, value: &str) -> redis::RedisResult<()> {
+        let client = redis::Client::open(env("HOOKLINE_TEST_REDIS_URL"))?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(parameter)
+            .arg(value)
+            .query(&mut client.get_connection()?)
+    }
+    config_set(parameter, value).expect("CONFIG SET");
+    Undo::new(move || {
+        let _ = config_set(parameter, restore);
+    })
 }
 
 #[tokio::test]
@@ -542,7 +572,7 @@ async fn redis_refusing_writes_is_answered_503_and_held_until_it_accepts_them() 
 
     // Under `noeviction` (Redis's default policy), a byte of maxmemory refuses every
     // write with OOM while reads go on.
-    redis_config_set("maxmemory", "1").await;
+    let refusing = redis_config_set("maxmemory", "1", "0");
     let refused = hookline
         .call(
             reqwest::Method::POST,
@@ -571,7 +601,7 @@ async fn redis_refusing_writes_is_answered_503_and_held_until_it_accepts_them() 
     .await;
     assert_eq!(receiver.count(), 1, "only the failed first attempt so far");
 
-    redis_config_set("maxmemory", "0").await;
+    drop(refusing);
     receiver.wait_for(2).await;
     hookline.stop().await;
 }
