@@ -731,9 +731,15 @@ async fn operator_overview_reads_the_same_state_as_the_api() {
     }
     down.wait_for(9).await;
 
+    // The dead-letter counts, the attempt counts and the retry backlog have writers of
+    // their own (the dead-letter index, the history, the retry pool): each is waited for.
     let overview = hookline
         .get_until("/v1/operator/overview", |o| {
             o["tenants"][0]["dead_letters"]["retries_exhausted"] == 3
+                && o["tenants"][0]["failed"] == 9
+                && o["tenants"][0]["delivered"] == 3
+                && o["retry_backlog"]["scheduled"] == 0
+                && o["retry_backlog"]["due"] == 0
                 && o["deliverers"]["connected"] == 1
         })
         .await;

@@ -121,6 +121,7 @@ async fn a_tenant_hears_that_an_endpoint_fails_and_recovers_once_each() {
             .starts_with("hookline.")),
         "`#` does not subscribe to Hookline's own types"
     );
+    everything.wait_for(3).await;
     assert_eq!(everything.count(), 3, "the ATS's three events");
     hookline.stop().await;
 }
