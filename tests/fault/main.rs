@@ -528,7 +528,6 @@ async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &'static
     hookline.stop().await;
 }
 
-/// Sets a Redis configuration parameter on the instance these tests own.
 /// Undoes a change to the brokers these tests own when dropped — also when the test
 /// fails, so that the next test finds them as `make test` started them.
 struct Undo(Option<Box<dyn FnOnce()>>);
