@@ -61,7 +61,8 @@ async fn brokers(action: &str, service: &str) {
 struct Process {
     child: Child,
     admin: u16,
-    /// Where its stdout and stderr go, read when it does not become ready.
+    /// Where its stdout and stderr go: read when it does not become ready, and by tests
+    /// of what it prints.
     log: PathBuf,
 }
 
@@ -137,18 +138,19 @@ impl Installation {
     /// test with what it said: its readiness report and the end of its output.
     async fn wait_ready(&self, process: &Process) {
         let deadline = tokio::time::Instant::now() + hookline_tests::PATIENCE;
-        while self.status(process.admin, "/readyz").await != Some(200) {
+        loop {
+            let report = match self
+                .http
+                .get(format!("http://127.0.0.1:{}/readyz", process.admin))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(response) if response.status() == 200 => return,
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(error) => format!("no answer: {error}"),
+            };
             if tokio::time::Instant::now() >= deadline {
-                let report = match self
-                    .http
-                    .get(format!("http://127.0.0.1:{}/readyz", process.admin))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                {
-                    Ok(response) => response.text().await.unwrap_or_default(),
-                    Err(error) => format!("no answer: {error}"),
-                };
                 let output = std::fs::read_to_string(&process.log).unwrap_or_default();
                 let tail: Vec<&str> = output.lines().rev().take(40).collect();
                 panic!(
@@ -230,9 +232,12 @@ impl Installation {
     }
 }
 
-/// An `extra` setting of [`spawn`]: the directory the process's output is written to,
-/// for tests that read it; otherwise it goes to `target/fault-logs/<prefix>`.
-const LOG_DIR: &str = "HOOKLINE_TEST_LOG_DIR";
+/// What the processes that wrote `logs` printed, one after another.
+fn output_of(logs: &[PathBuf]) -> String {
+    logs.iter()
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+        .collect()
+}
 
 fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
     let admin = free_port();
@@ -261,13 +266,10 @@ fn spawn(prefix: &str, binary: &str, extra: &[(&str, String)]) -> Process {
         .env("HOOKLINE__SHUTDOWN__GRACE", "5s")
         .env("HOOKLINE__LOG__FILTER", "warn")
         .kill_on_drop(true);
-    let mut log_dir = root().join("target/fault-logs").join(prefix);
     for (key, value) in extra {
         command.env(key, value);
-        if *key == LOG_DIR {
-            log_dir = PathBuf::from(value);
-        }
     }
+    let log_dir = root().join("target/fault-logs").join(prefix);
     std::fs::create_dir_all(&log_dir).expect("log directory");
     let log = log_dir.join(format!("{binary}-{admin}.log"));
     let output = std::fs::File::create(&log).expect("log file");
@@ -322,14 +324,6 @@ fn delivered_ids(receiver: &Receiver) -> HashSet<String> {
         .collect()
 }
 
-async fn wait_for_all(receiver: &Receiver, ids: &[String]) {
-    eventually("every accepted event was delivered", || async {
-        let delivered = delivered_ids(receiver);
-        ids.iter().all(|id| delivered.contains(id))
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_deliverer_killed_mid_flight_loses_nothing() {
     let mut hookline = Installation::start(2).await;
@@ -351,7 +345,7 @@ async fn a_deliverer_killed_mid_flight_loses_nothing() {
     .await;
     let victim = hookline.deliverers.remove(0);
     sigkill(&victim).await;
-    wait_for_all(&receiver, &ids).await;
+    receiver.wait_for_events(&ids).await;
     drop(victim);
     hookline.stop().await;
 }
@@ -419,7 +413,7 @@ async fn a_rabbitmq_restart_loses_nothing_and_ingest_answers_503_meanwhile() {
     ids.push("while-down".to_owned());
     hookline.post_until_accepted("acme", &ids[1]).await;
     hookline.post_until_accepted("acme", &ids[2]).await;
-    wait_for_all(&receiver, &ids).await;
+    receiver.wait_for_events(&ids).await;
     for process in hookline.processes() {
         hookline.wait_ready(process).await;
     }
@@ -523,7 +517,7 @@ async fn alarm_is_answered_503_and_loses_nothing(raise: &[&str], clear: &'static
     ids.push("after-alarm".to_owned());
     hookline.post_until_accepted("acme", &ids[1]).await;
     hookline.post_until_accepted("acme", &ids[2]).await;
-    wait_for_all(&receiver, &ids).await;
+    receiver.wait_for_events(&ids).await;
     hookline.wait_ready(&hookline.ingest).await;
     hookline.stop().await;
 }
@@ -638,7 +632,7 @@ async fn a_redis_restart_holds_deliveries_until_it_is_back() {
     let generated = accepted.body["id"].as_str().expect("id").to_owned();
 
     brokers("start", "redis").await;
-    wait_for_all(&receiver, &[first, generated]).await;
+    receiver.wait_for_events(&[first, generated]).await;
     hookline.stop().await;
 }
 
@@ -939,7 +933,7 @@ async fn tls_broker_urls_carry_the_whole_pipeline() {
     let receiver = Receiver::start().await;
     hookline.create_endpoint("acme", receiver.url()).await;
     hookline.post_until_accepted("acme", "over-tls-1").await;
-    wait_for_all(&receiver, &["over-tls-1".to_owned()]).await;
+    receiver.wait_for_events(&["over-tls-1".to_owned()]).await;
     hookline.stop().await;
 
     // The same URLs with only the system's roots: the certificate is refused.
@@ -1144,14 +1138,11 @@ async fn ordered_delivery_keeps_each_keys_order_through_failures_hangs_and_a_kil
 /// and neither process's output nor metrics contain the events' marker values.
 #[tokio::test]
 async fn logs_and_metrics_carry_no_payload_values() {
-    let dir = std::env::temp_dir().join(format!("hookline-logs-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("log directory");
     let hookline = Installation::start_with(
         1,
         vec![
             ("HOOKLINE__LOG__FILTER", "debug".into()),
             ("HOOKLINE__LOG__FORMAT", "json".into()),
-            (LOG_DIR, dir.display().to_string()),
         ],
     )
     .await;
@@ -1211,17 +1202,14 @@ async fn logs_and_metrics_carry_no_payload_values() {
                 .expect("metrics text"),
         );
     }
+    let logs: Vec<PathBuf> = hookline.processes().map(|p| p.log.clone()).collect();
     hookline.stop().await;
     assert!(
         dead.body["data"].as_array().is_some_and(|d| !d.is_empty()),
         "a dead letter was made: {}",
         dead.body
     );
-    let mut logs = String::new();
-    for entry in std::fs::read_dir(&dir).expect("log directory") {
-        logs.push_str(&std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default());
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let logs = output_of(&logs);
     assert!(logs.contains("\"level\":\"DEBUG\""), "debug logging was on");
     for marker in [&email, &name] {
         assert!(
@@ -1275,9 +1263,6 @@ async fn one_event_is_one_trace_from_the_ats_through_both_services_to_the_receiv
     const ATS_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const ATS_SPAN_ID: &str = "00f067aa0ba902b7";
     let collector = OtlpCollector::start().await;
-    let dir =
-        std::env::temp_dir().join(format!("hookline-trace-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("log directory");
     let hookline = Installation::start_with(
         1,
         vec![
@@ -1286,7 +1271,6 @@ async fn one_event_is_one_trace_from_the_ats_through_both_services_to_the_receiv
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
             ("HOOKLINE__LOG__FILTER", "debug".into()),
             ("HOOKLINE__LOG__FORMAT", "json".into()),
-            (LOG_DIR, dir.display().to_string()),
         ],
     )
     .await;
@@ -1328,6 +1312,7 @@ async fn one_event_is_one_trace_from_the_ats_through_both_services_to_the_receiv
             && spans.iter().filter(|s| s.name == "deliver").count() == 2
     })
     .await;
+    let deliverer_logs: Vec<PathBuf> = hookline.deliverers.iter().map(|p| p.log.clone()).collect();
     hookline.stop().await;
     let spans = in_trace(&collector.spans());
     let one = |name: &str| -> ExportedSpan {
@@ -1406,14 +1391,7 @@ async fn one_event_is_one_trace_from_the_ats_through_both_services_to_the_receiv
         "no receiver URL in a span"
     );
 
-    let mut deliverer_log = String::new();
-    for entry in std::fs::read_dir(&dir).expect("log directory") {
-        let path = entry.expect("entry").path();
-        if path.to_string_lossy().contains("hookline-deliverer") {
-            deliverer_log.push_str(&std::fs::read_to_string(path).unwrap_or_default());
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let deliverer_log = output_of(&deliverer_logs);
     assert!(
         deliverer_log
             .lines()
