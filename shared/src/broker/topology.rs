@@ -3,10 +3,9 @@
 //! process starts first finds a working broker. On a reconnect
 //! ([`Topology::declare_on_connect`]) they check passively that everything is there and
 //! declare in full only for a broker that lost it — a full declare writes the bindings,
-//! and in RabbitMQ 3.x a binding is
-//! a cluster-wide Mnesia transaction that, while a node is cut off, waits until the others
-//! declare it down (`net_ticktime`: 15–20 s with the prod overlay, about a minute with
-//! RabbitMQ's default): exactly when clients reconnect.
+//! and in RabbitMQ 3.x a binding is a cluster-wide Mnesia transaction that, while a node
+//! is cut off, waits until the others declare it down (`net_ticktime`: 15–20 s with the
+//! prod overlay, about a minute with RabbitMQ's default): exactly when clients reconnect.
 //!
 //! Events are spread over `partitions` delivery queues by tenant: the topic exchange
 //! forwards everything to a consistent-hash exchange (RabbitMQ's bundled
